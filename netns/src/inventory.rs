@@ -1,0 +1,244 @@
+//! One namespace's address inventory: a task that owns the namespace's
+//! netlink socket, dumps once, follows events, re-dumps on demand or after
+//! an overrun, and lets go of the namespace when it is released or gone.
+
+use std::{
+    collections::{BTreeSet, HashSet},
+    net::IpAddr,
+    sync::{atomic::Ordering, Arc, RwLock},
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    route_socket::{Received, RouteSocket},
+    watch_set::Counters,
+    AddressIndex, NetnsRef,
+};
+
+/// Where a watcher is in its life.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// The first dump has not completed yet.
+    Starting,
+    /// The inventory is complete and followed by events.
+    Ready,
+    /// The namespace's file disappeared or names another namespace; the
+    /// socket is closed and the addresses withdrawn.
+    Gone,
+    /// The socket failed; the addresses are withdrawn.
+    Failed(String),
+}
+
+pub(crate) enum Command {
+    /// Re-dump unless a dump finished less than `min_refresh` ago; answer
+    /// when the inventory reflects a dump at least that recent.
+    Refresh(oneshot::Sender<()>),
+}
+
+/// What the task shares with readers of its status.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    pub(crate) addresses: RwLock<BTreeSet<IpAddr>>,
+}
+
+pub(crate) struct Inventory {
+    pub(crate) ns: NetnsRef,
+    pub(crate) socket: RouteSocket,
+    pub(crate) index: AddressIndex,
+    pub(crate) published: Arc<Published>,
+    pub(crate) phase: watch::Sender<Phase>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) liveness_interval: Duration,
+    pub(crate) min_refresh: Duration,
+}
+
+/// A dump in flight: its sequence number, the set it is rebuilding (events
+/// that arrive meanwhile are applied to it too) and who waits for it.
+struct Dump {
+    seq: u32,
+    entries: HashSet<(IpAddr, u32)>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+/// The inventory task's mutable state.
+#[derive(Default)]
+struct State {
+    /// (address, interface index) pairs the namespace holds.
+    entries: HashSet<(IpAddr, u32)>,
+    seq: u32,
+    dump: Option<Dump>,
+    last_dump_done: Option<Instant>,
+}
+
+impl Inventory {
+    /// Runs until the namespace is released (every command sender dropped),
+    /// disappears, or the socket fails. Dropping `self.socket` on return is
+    /// what lets the kernel free the namespace.
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut state = State::default();
+        let mut liveness = tokio::time::interval(self.liveness_interval);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        let end = match self.start_dump(&mut state, Vec::new()).await {
+            Err(end) => end,
+            Ok(()) => loop {
+                let step = tokio::select! {
+                    received = self.socket.receive() => self.on_receive(&mut state, received).await,
+                    command = commands.recv() => self.on_command(&mut state, command).await,
+                    _ = liveness.tick() => self.check_liveness(),
+                };
+                if let Err(end) = step {
+                    break end;
+                }
+            },
+        };
+        self.finish(end);
+    }
+
+    async fn on_receive(
+        &mut self,
+        state: &mut State,
+        received: std::io::Result<Vec<Received>>,
+    ) -> Result<(), Phase> {
+        let messages = match received {
+            Ok(messages) => messages,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                // Events were dropped: only a fresh dump tells the truth.
+                self.counters.overruns.fetch_add(1, Ordering::Relaxed);
+                self.counters.redumps.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(netns = %self.ns.path().display(), "netlink overrun, re-dumping addresses");
+                let waiters = state.dump.take().map(|d| d.waiters).unwrap_or_default();
+                return self.start_dump(state, waiters).await;
+            }
+            Err(e) => return Err(Phase::Failed(format!("netlink receive: {e}"))),
+        };
+        for m in messages {
+            match m {
+                Received::Added { addr, ifindex } => {
+                    state.entries.insert((addr, ifindex));
+                    if let Some(d) = state.dump.as_mut() {
+                        d.entries.insert((addr, ifindex));
+                    }
+                }
+                Received::Removed { addr, ifindex } => {
+                    state.entries.remove(&(addr, ifindex));
+                    if let Some(d) = state.dump.as_mut() {
+                        d.entries.remove(&(addr, ifindex));
+                    }
+                }
+                Received::DumpDone { seq, interrupted } => {
+                    let Some(d) = state.dump.take_if(|d| d.seq == seq) else {
+                        continue;
+                    };
+                    if interrupted {
+                        // The kernel says the dump may be inconsistent.
+                        self.counters.redumps.fetch_add(1, Ordering::Relaxed);
+                        self.start_dump(state, d.waiters).await?;
+                        continue;
+                    }
+                    state.entries = d.entries;
+                    state.last_dump_done = Some(Instant::now());
+                    self.publish(&state.entries);
+                    self.phase.send_if_modified(|p| {
+                        let first = *p == Phase::Starting;
+                        if first {
+                            *p = Phase::Ready;
+                        }
+                        first
+                    });
+                    for w in d.waiters {
+                        let _ = w.send(());
+                    }
+                }
+                Received::DumpFailed { seq, errno } => {
+                    if state.dump.as_ref().is_some_and(|d| d.seq == seq) {
+                        return Err(Phase::Failed(format!(
+                            "address dump refused: errno {errno}"
+                        )));
+                    }
+                }
+            }
+        }
+        if state.dump.is_none() {
+            self.publish(&state.entries);
+        }
+        Ok(())
+    }
+
+    async fn on_command(
+        &mut self,
+        state: &mut State,
+        command: Option<Command>,
+    ) -> Result<(), Phase> {
+        match command {
+            // Released: nobody needs this namespace any more.
+            None => Err(Phase::Gone),
+            Some(Command::Refresh(reply)) => {
+                if let Some(d) = state.dump.as_mut() {
+                    d.waiters.push(reply);
+                } else if state
+                    .last_dump_done
+                    .is_some_and(|t| t.elapsed() < self.min_refresh)
+                {
+                    let _ = reply.send(());
+                } else {
+                    self.counters.redumps.fetch_add(1, Ordering::Relaxed);
+                    self.start_dump(state, vec![reply]).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    fn check_liveness(&self) -> Result<(), Phase> {
+        if self.ns.is_current() {
+            return Ok(());
+        }
+        tracing::info!(netns = %self.ns.path().display(), id = %self.ns.id(), "network namespace is gone; releasing it");
+        Err(Phase::Gone)
+    }
+
+    async fn start_dump(
+        &self,
+        state: &mut State,
+        waiters: Vec<oneshot::Sender<()>>,
+    ) -> Result<(), Phase> {
+        state.seq = state.seq.wrapping_add(1);
+        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+        state.dump = Some(Dump {
+            seq: state.seq,
+            entries: HashSet::new(),
+            waiters,
+        });
+        self.socket
+            .request_dump(state.seq)
+            .await
+            .map_err(|e| Phase::Failed(format!("address dump: {e}")))
+    }
+
+    /// Makes the index and the published set match `entries`.
+    fn publish(&self, entries: &HashSet<(IpAddr, u32)>) {
+        let new: BTreeSet<IpAddr> = entries.iter().map(|(a, _)| *a).collect();
+        let mut current = self
+            .published
+            .addresses
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if *current != new {
+            self.index.update(self.ns.id(), &current, &new);
+            *current = new;
+        }
+    }
+
+    /// Withdraws every address and reports how the watcher ended. The
+    /// socket is dropped with `self` right after.
+    fn finish(self, end: Phase) {
+        if let Phase::Failed(reason) = &end {
+            tracing::warn!(netns = %self.ns.path().display(), reason = %reason, "namespace watcher failed");
+        }
+        self.publish(&HashSet::new());
+        self.phase.send_replace(end);
+    }
+}

@@ -1,0 +1,262 @@
+//! A netlink route socket inside a namespace, subscribed to address
+//! changes, and the decoding of what it receives.
+
+use std::{io, net::IpAddr};
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REQUEST,
+};
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    RouteNetlinkMessage,
+};
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use tokio::io::unix::AsyncFd;
+
+use crate::{run_in_async, Error, NetnsRef};
+
+/// Kernel receive buffer for one watcher: room for bursts of address
+/// events (a pod coming up adds a handful); overruns are handled anyway.
+const RCVBUF: usize = 1 << 20;
+/// Receive buffer per datagram; the kernel's dump chunks are far smaller.
+const DATAGRAM: usize = 64 * 1024;
+
+/// One change or control message decoded from the socket.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Received {
+    /// An address appeared (dump entry or `RTM_NEWADDR`) on interface `ifindex`.
+    Added { addr: IpAddr, ifindex: u32 },
+    /// An address went away (`RTM_DELADDR`).
+    Removed { addr: IpAddr, ifindex: u32 },
+    /// The dump with this sequence number is complete.
+    DumpDone { seq: u32, interrupted: bool },
+    /// The dump with this sequence number failed.
+    DumpFailed { seq: u32, errno: i32 },
+}
+
+/// An address-watching netlink socket, registered with the tokio reactor.
+pub(crate) struct RouteSocket {
+    fd: AsyncFd<Socket>,
+    buf: Vec<u8>,
+    /// Set when a dump message carried `NLM_F_DUMP_INTR`.
+    interrupted: bool,
+}
+
+impl RouteSocket {
+    /// Creates the socket inside `ns` on a helper thread, subscribed to
+    /// IPv4 and IPv6 address events before any dump is asked for, so no
+    /// change between the dump and the subscription can be missed.
+    pub(crate) async fn open_in(ns: &NetnsRef) -> Result<Self, Error> {
+        let socket = run_in_async(ns, || -> io::Result<Socket> {
+            let mut socket = Socket::new(NETLINK_ROUTE)?;
+            let groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+            socket.bind(&SocketAddr::new(0, groups))?;
+            socket.set_rx_buf_sz(RCVBUF)?;
+            socket.set_non_blocking(true)?;
+            Ok(socket)
+        })
+        .await?
+        .map_err(Error::Netlink)?;
+        // SAFETY: `Socket` owns its descriptor, never changes it and closes
+        // it only on drop, so the fd stays valid and the same for as long as
+        // the `AsyncFd` that owns the `Socket` lives.
+        #[allow(unsafe_code)]
+        let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| Error::Netlink(e.into()))?;
+        Ok(Self {
+            fd,
+            buf: vec![0; DATAGRAM],
+            interrupted: false,
+        })
+    }
+
+    /// Asks the kernel for every address of the namespace.
+    pub(crate) async fn request_dump(&self, seq: u32) -> io::Result<()> {
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(
+            header,
+            NetlinkPayload::from(RouteNetlinkMessage::GetAddress(AddressMessage::default())),
+        );
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        let kernel = SocketAddr::new(0, 0);
+        loop {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|s| s.get_ref().send_to(&bytes, &kernel, 0)) {
+                Ok(r) => return r.map(|_| ()),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    /// Waits for the next datagram and decodes it. `ENOBUFS` (events were
+    /// dropped by the kernel) comes back as an `io::Error` with that errno.
+    pub(crate) async fn receive(&mut self) -> io::Result<Vec<Received>> {
+        let len = loop {
+            let mut guard = self.fd.readable().await?;
+            let buf = &mut self.buf;
+            match guard.try_io(|s| {
+                let mut slice = &mut buf[..];
+                s.get_ref().recv(&mut slice, 0)
+            }) {
+                Ok(r) => break r?,
+                Err(_would_block) => continue,
+            }
+        };
+        let len = len.min(self.buf.len());
+        let mut out = Vec::new();
+        decode(&self.buf[..len], &mut self.interrupted, &mut out);
+        Ok(out)
+    }
+}
+
+/// Decodes every netlink message of one datagram. Malformed messages are
+/// skipped: the kernel does not send them, and a re-dump repairs any doubt.
+fn decode(mut data: &[u8], interrupted: &mut bool, out: &mut Vec<Received>) {
+    while data.len() >= 16 {
+        let len = u32::from_ne_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len < 16 || len > data.len() {
+            break;
+        }
+        let aligned = (len + 3) & !3;
+        if let Ok(msg) = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[..len]) {
+            decode_one(msg, interrupted, out);
+        }
+        data = &data[aligned.min(data.len())..];
+    }
+}
+
+fn decode_one(
+    msg: NetlinkMessage<RouteNetlinkMessage>,
+    interrupted: &mut bool,
+    out: &mut Vec<Received>,
+) {
+    let (header, payload) = msg.into_parts();
+    if header.flags & NLM_F_DUMP_INTR != 0 {
+        *interrupted = true;
+    }
+    match payload {
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(m)) => {
+            if let Some(addr) = address_of(&m) {
+                out.push(Received::Added {
+                    addr,
+                    ifindex: m.header.index,
+                });
+            }
+        }
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(m)) => {
+            if let Some(addr) = address_of(&m) {
+                out.push(Received::Removed {
+                    addr,
+                    ifindex: m.header.index,
+                });
+            }
+        }
+        NetlinkPayload::Done(_) => out.push(Received::DumpDone {
+            seq: header.sequence_number,
+            interrupted: std::mem::take(interrupted),
+        }),
+        NetlinkPayload::Error(e) => {
+            if let Some(code) = e.code {
+                out.push(Received::DumpFailed {
+                    seq: header.sequence_number,
+                    errno: -code.get(),
+                });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The local address of an address message: `IFA_LOCAL` when present (it
+/// differs from `IFA_ADDRESS` on point-to-point links), else `IFA_ADDRESS`.
+fn address_of(m: &AddressMessage) -> Option<IpAddr> {
+    let mut address = None;
+    for attr in &m.attributes {
+        match attr {
+            AddressAttribute::Local(a) => return Some(*a),
+            AddressAttribute::Address(a) => address = Some(*a),
+            _ => {}
+        }
+    }
+    address
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netlink_packet_core::DoneMessage;
+
+    fn encode(flags: u16, seq: u32, payload: NetlinkPayload<RouteNetlinkMessage>) -> Vec<u8> {
+        let mut header = NetlinkHeader::default();
+        header.flags = flags;
+        header.sequence_number = seq;
+        let mut msg = NetlinkMessage::new(header, payload);
+        msg.finalize();
+        let mut bytes = vec![0; msg.buffer_len()];
+        msg.serialize(&mut bytes);
+        bytes
+    }
+
+    fn addr_msg(index: u32, attrs: Vec<AddressAttribute>) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.index = index;
+        m.attributes = attrs;
+        m
+    }
+
+    #[test]
+    fn decodes_a_multipart_datagram() {
+        let v4 = "198.18.0.2".parse().unwrap();
+        let v6: IpAddr = "fd12::2".parse().unwrap();
+        let peer = "198.18.0.9".parse().unwrap();
+        let mut dgram = encode(
+            2,
+            7,
+            RouteNetlinkMessage::NewAddress(addr_msg(
+                3,
+                vec![AddressAttribute::Address(peer), AddressAttribute::Local(v4)],
+            ))
+            .into(),
+        );
+        dgram.extend(encode(
+            2 | NLM_F_DUMP_INTR,
+            7,
+            RouteNetlinkMessage::DelAddress(addr_msg(4, vec![AddressAttribute::Address(v6)]))
+                .into(),
+        ));
+        dgram.extend(encode(2, 7, NetlinkPayload::Done(DoneMessage::default())));
+        let mut interrupted = false;
+        let mut out = Vec::new();
+        decode(&dgram, &mut interrupted, &mut out);
+        assert_eq!(
+            out,
+            vec![
+                Received::Added {
+                    addr: v4,
+                    ifindex: 3
+                },
+                Received::Removed {
+                    addr: v6,
+                    ifindex: 4
+                },
+                Received::DumpDone {
+                    seq: 7,
+                    interrupted: true
+                },
+            ]
+        );
+        assert!(!interrupted, "the flag is consumed by DumpDone");
+    }
+
+    #[test]
+    fn truncated_input_is_ignored() {
+        let bytes = encode(2, 1, NetlinkPayload::Done(DoneMessage::default()));
+        let mut out = Vec::new();
+        decode(&bytes[..bytes.len() - 1], &mut false, &mut out);
+        decode(&[1, 2, 3], &mut false, &mut out);
+        assert!(out.is_empty());
+    }
+}
