@@ -1,0 +1,302 @@
+//! The public, appc-defined API over TCP (SPEC §3).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use base64::{engine::general_purpose::STANDARD, Engine};
+use bytes::Bytes;
+use hyper::{body::Incoming, Method, Request, StatusCode};
+
+use super::{
+    form::Form, json, method_not_allowed, not_found, read_body, respond, text, Body, Handled, TEXT,
+};
+use crate::{
+    appc::{is_ac_identifier, is_ac_name, PodUuid},
+    registry::{AnnotationBodies, Pod},
+    server::AppState,
+};
+
+/// Public request bodies are small forms.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// A public endpoint, parsed from the path.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route<'a> {
+    PodAnnotations,
+    PodAnnotation(&'a str),
+    PodManifest,
+    PodUuid,
+    Sign,
+    Verify,
+    AppAnnotations(&'a str),
+    AppAnnotation(&'a str, &'a str),
+    AppImageManifest(&'a str),
+    AppImageId(&'a str),
+}
+
+/// Splits `/{token}/acMetadata/v1/...` (or tokenless `/acMetadata/v1/...`)
+/// into the token and the endpoint.
+pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
+    let path = path.strip_prefix('/')?;
+    let (token, rest) = match path.strip_prefix("acMetadata/") {
+        Some(rest) => (None, rest),
+        None => {
+            let (token, rest) = path.split_once('/')?;
+            (Some(token), rest.strip_prefix("acMetadata/")?)
+        }
+    };
+    let rest = rest.strip_prefix("v1/")?;
+    let r = if let Some(pod) = rest.strip_prefix("pod/") {
+        match pod {
+            "annotations" => Route::PodAnnotations,
+            "manifest" => Route::PodManifest,
+            "uuid" => Route::PodUuid,
+            "hmac/sign" => Route::Sign,
+            "hmac/verify" => Route::Verify,
+            other => Route::PodAnnotation(
+                other
+                    .strip_prefix("annotations/")
+                    .filter(|n| !n.is_empty())?,
+            ),
+        }
+    } else {
+        let (app, tail) = rest.strip_prefix("apps/")?.split_once('/')?;
+        match tail {
+            "annotations" => Route::AppAnnotations(app),
+            "image/manifest" => Route::AppImageManifest(app),
+            "image/id" => Route::AppImageId(app),
+            other => Route::AppAnnotation(
+                app,
+                other
+                    .strip_prefix("annotations/")
+                    .filter(|n| !n.is_empty())?,
+            ),
+        }
+    };
+    Some((token, r))
+}
+
+/// The path as logged: the token replaced by `***`, the query dropped
+/// (it may carry a signature).
+pub fn redact(path: &str) -> String {
+    match route(path) {
+        Some((Some(token), _)) => path.replacen(token, "***", 1),
+        Some((None, _)) => path.to_owned(),
+        None => match path.strip_prefix('/').and_then(|p| p.split_once('/')) {
+            Some((_, rest)) => format!("/***/{rest}"),
+            None => "/***".to_owned(),
+        },
+    }
+}
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Handled {
+    let path = req.uri().path().to_owned();
+    let Some((token, route)) = route(&path) else {
+        return not_found().into();
+    };
+    let post = matches!(route, Route::Sign | Route::Verify);
+    match (post, req.method()) {
+        (true, &Method::POST) | (false, &Method::GET) => {}
+        (true, _) => return method_not_allowed("POST").into(),
+        (false, _) => return method_not_allowed("GET").into(),
+    }
+    if state.require_metadata_flavor
+        && req
+            .headers()
+            .get("metadata-flavor")
+            .is_none_or(|v| v.as_bytes() != b"AppContainer")
+    {
+        return text(
+            StatusCode::FORBIDDEN,
+            "Metadata-Flavor: AppContainer header is required",
+        )
+        .into();
+    }
+    if route == Route::Verify {
+        // Any caller may verify any pod's signature (SPEC §3).
+        return verify(&state, req).await.into();
+    }
+    let pod = match state.pods.resolve(token, peer.ip()).await {
+        Ok(pod) => pod,
+        Err(refusal) => {
+            if refusal.status() == 403 {
+                tracing::warn!(peer = %peer.ip().to_canonical(), reason = %refusal, mode = %state.pods.mode(), "identity refused");
+            }
+            state.metrics.refusal(refusal.label());
+            return super::status_text(refusal.status(), refusal.to_string()).into();
+        }
+    };
+    let response = match route {
+        Route::PodAnnotations => json(pod.annotations.list.clone()),
+        Route::PodAnnotation(name) => annotation(&pod.annotations, name, "Pod"),
+        Route::PodManifest => json(pod.manifest_body.clone()),
+        Route::PodUuid => respond(StatusCode::OK, TEXT, pod.uuid_body.clone()),
+        Route::Sign => sign(&state, &pod, req).await,
+        Route::AppAnnotations(app) => with_app(&pod, app, |a| json(a.annotations.list.clone())),
+        Route::AppAnnotation(app, name) => {
+            with_app(&pod, app, |a| annotation(&a.annotations, name, "App"))
+        }
+        Route::AppImageManifest(app) => with_app(&pod, app, |a| json(a.image_manifest.clone())),
+        Route::AppImageId(app) => with_app(&pod, app, |a| {
+            respond(StatusCode::OK, TEXT, a.image_id.clone())
+        }),
+        Route::Verify => not_found(),
+    };
+    Handled {
+        response,
+        pod: Some(pod.uuid),
+    }
+}
+
+fn annotation(bodies: &AnnotationBodies, name: &str, kind: &str) -> hyper::Response<Body> {
+    if !is_ac_identifier(name) {
+        let what = if kind == "App" {
+            "App annotation name"
+        } else {
+            "Pod annotation"
+        };
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{what} {name:?} is not a valid AC Identifier"),
+        );
+    }
+    match bodies.values.get(name) {
+        Some(v) => respond(StatusCode::OK, TEXT, v.clone()),
+        None => text(
+            StatusCode::NOT_FOUND,
+            format!("{kind} annotation {name:?} not found"),
+        ),
+    }
+}
+
+fn with_app(
+    pod: &Pod,
+    app: &str,
+    f: impl FnOnce(&crate::registry::App) -> hyper::Response<Body>,
+) -> hyper::Response<Body> {
+    if !is_ac_name(app) {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("App name {app:?} is not a valid AC Name"),
+        );
+    }
+    match pod.apps.get(app) {
+        Some(a) => f(a),
+        None => text(StatusCode::NOT_FOUND, "app not found"),
+    }
+}
+
+async fn read_form(req: Request<Incoming>) -> Result<Form, hyper::Response<Body>> {
+    let (parts, body) = req.into_parts();
+    let body = read_body(body, BODY_LIMIT).await?;
+    Form::parse(&parts.headers, body, parts.uri.query())
+        .await
+        .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))
+}
+
+async fn sign(state: &AppState, pod: &Pod, req: Request<Incoming>) -> hyper::Response<Body> {
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let Some(content) = form.get("content") else {
+        return text(StatusCode::BAD_REQUEST, "content field is missing");
+    };
+    respond(
+        StatusCode::OK,
+        TEXT,
+        Bytes::from(state.keys.sign(&pod.uuid, content)),
+    )
+}
+
+async fn verify(state: &AppState, req: Request<Incoming>) -> hyper::Response<Body> {
+    let form = match read_form(req).await {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let uuid = form
+        .get("uuid")
+        .and_then(|u| std::str::from_utf8(u).ok())
+        .and_then(|u| PodUuid::parse(u).ok());
+    let Some(uuid) = uuid else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "uuid field is missing or malformed",
+        );
+    };
+    let Ok(signature) = STANDARD.decode(form.get("signature").unwrap_or_default()) else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "signature field is not valid base64",
+        );
+    };
+    let content = form.get("content").unwrap_or_default();
+    if state.keys.verify(&uuid, content, &signature) {
+        respond(StatusCode::OK, TEXT, Bytes::new())
+    } else {
+        text(StatusCode::FORBIDDEN, "signature is not valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn routes() {
+        fn p(s: &str) -> Option<(Option<String>, Route<'_>)> {
+            route(s).map(|(t, r)| (t.map(str::to_owned), r))
+        }
+        let t = Some(T.to_owned());
+        assert_eq!(
+            p(&format!("/{T}/acMetadata/v1/pod/uuid")),
+            Some((t.clone(), Route::PodUuid))
+        );
+        assert_eq!(
+            p(&format!(
+                "/{T}/acMetadata/v1/pod/annotations/example.com/owner"
+            )),
+            Some((t.clone(), Route::PodAnnotation("example.com/owner")))
+        );
+        assert_eq!(
+            p(&format!("/{T}/acMetadata/v1/apps/web/annotations/a/b")),
+            Some((t.clone(), Route::AppAnnotation("web", "a/b")))
+        );
+        assert_eq!(
+            p(&format!("/{T}/acMetadata/v1/apps/web/image/id")),
+            Some((t.clone(), Route::AppImageId("web")))
+        );
+        assert_eq!(
+            p("/acMetadata/v1/pod/manifest"),
+            Some((None, Route::PodManifest))
+        );
+        assert_eq!(
+            p(&format!("/{T}/acMetadata/v1/pod/hmac/verify")),
+            Some((t, Route::Verify))
+        );
+        for bad in [
+            "/",
+            "/x",
+            &format!("/{T}/acMetadata/v2/pod/uuid"),
+            &format!("/{T}/acMetadata/v1/pod/annotations/"),
+            &format!("/{T}/acMetadata/v1/pod/other"),
+            &format!("/{T}/acMetadata/v1/apps/web"),
+            &format!("/{T}/acMetadata/v1/apps/web/image"),
+            &format!("/{T}/x/acMetadata/v1/pod/uuid"),
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_tokens() {
+        assert_eq!(
+            redact(&format!("/{T}/acMetadata/v1/pod/uuid")),
+            "/***/acMetadata/v1/pod/uuid"
+        );
+        assert_eq!(redact("/acMetadata/v1/pod/uuid"), "/acMetadata/v1/pod/uuid");
+        assert_eq!(redact(&format!("/{T}/nope")), "/***/nope");
+        assert_eq!(redact(&format!("/{T}")), "/***");
+    }
+}

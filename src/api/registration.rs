@@ -1,0 +1,270 @@
+//! The registration API over the Unix socket (SPEC §2) and its operator
+//! extensions (`GET /pods`, `/health`, `/metrics`, key rotation).
+
+use std::{net::IpAddr, sync::Arc};
+
+use bytes::Bytes;
+use hyper::{body::Incoming, Method, Request, StatusCode};
+use serde::Serialize;
+
+use super::{json, method_not_allowed, not_found, read_body, respond, status_text, text, Handled};
+use crate::{
+    appc::PodUuid,
+    pods::PodRequest,
+    registry::{NetnsBinding, Pod, Registrant},
+    server::AppState,
+};
+
+/// Registration bodies are manifests.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+/// Peer credentials of a registration-socket connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Peer {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) -> Handled {
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let method = req.method().clone();
+    let allowed = |s: &AppState| {
+        peer.uid == Some(0) || (s.registration_group.is_some() && peer.gid == s.registration_group)
+    };
+    match segments.as_slice() {
+        ["health"] => match method {
+            Method::GET => respond(StatusCode::OK, super::TEXT, Bytes::from_static(b"ok")).into(),
+            _ => method_not_allowed("GET").into(),
+        },
+        ["metrics"] => match method {
+            Method::GET => {
+                let body = state
+                    .metrics
+                    .render(state.pods.registry().len(), state.pods.watches().stats());
+                respond(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    Bytes::from(body),
+                )
+                .into()
+            }
+            _ => method_not_allowed("GET").into(),
+        },
+        ["info"] => match method {
+            Method::GET => json(Bytes::from(
+                serde_json::json!({
+                    "public_port": state.public_port,
+                    "identity_mode": state.pods.mode().to_string(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                })
+                .to_string(),
+            ))
+            .into(),
+            _ => method_not_allowed("GET").into(),
+        },
+        _ if !allowed(&state) => text(
+            StatusCode::FORBIDDEN,
+            "the registration socket answers only root and --registration-group",
+        )
+        .into(),
+        ["pods"] => match method {
+            Method::GET => json(Bytes::from(listing(&state))).into(),
+            _ => method_not_allowed("GET").into(),
+        },
+        ["pods", uuid] => match method {
+            Method::PUT => register_pod(&state, req, uuid, peer).await,
+            Method::DELETE => match state.pods.unregister(uuid) {
+                Ok(()) => ok(PodUuid::parse(uuid).ok()),
+                Err(e) => status_text(e.status(), e.to_string()).into(),
+            },
+            _ => method_not_allowed("PUT, DELETE").into(),
+        },
+        ["pods", uuid, app] => match method {
+            Method::PUT => {
+                let body = match read_body(req.into_body(), BODY_LIMIT).await {
+                    Ok(b) => b,
+                    Err(r) => return r.into(),
+                };
+                match state.pods.register_app(uuid, app, body) {
+                    Ok(()) => ok(PodUuid::parse(uuid).ok()),
+                    Err(e) => status_text(e.status(), e.to_string()).into(),
+                }
+            }
+            _ => method_not_allowed("PUT").into(),
+        },
+        ["keys"] => match method {
+            Method::GET => json(Bytes::from(
+                serde_json::to_vec(&state.keys.list()).unwrap_or_default(),
+            ))
+            .into(),
+            _ => method_not_allowed("GET").into(),
+        },
+        ["keys", "rotate"] => match method {
+            Method::POST => match state.keys.rotate() {
+                Ok(id) => {
+                    tracing::info!(key_id = id, "HMAC key rotated");
+                    json(Bytes::from(format!("{{\"id\":{id}}}"))).into()
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into(),
+            },
+            _ => method_not_allowed("POST").into(),
+        },
+        _ => not_found().into(),
+    }
+}
+
+fn ok(pod: Option<PodUuid>) -> Handled {
+    Handled {
+        response: respond(StatusCode::OK, super::TEXT, Bytes::new()),
+        pod,
+    }
+}
+
+async fn register_pod(state: &AppState, req: Request<Incoming>, uuid: &str, peer: Peer) -> Handled {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let body = match read_body(req.into_body(), BODY_LIMIT).await {
+        Ok(b) => b,
+        Err(r) => return r.into(),
+    };
+    let request = PodRequest {
+        uuid,
+        token: param("token"),
+        netns: param("netns"),
+        pid: param("pid"),
+        body,
+        registrant: Registrant {
+            uid: peer.uid,
+            pid: peer.pid,
+        },
+    };
+    match state.pods.register_pod(request).await {
+        Ok(pod) => ok(Some(pod.uuid)),
+        Err(e) => status_text(e.status(), e.to_string()).into(),
+    }
+}
+
+/// One pod in `GET /pods`. Never the token.
+#[derive(Serialize)]
+pub struct PodView {
+    pub uuid: PodUuid,
+    pub apps: Vec<String>,
+    pub registered_apps: Vec<String>,
+    pub netns: Option<NetnsView>,
+    pub addresses: Vec<IpAddr>,
+    pub state: &'static str,
+    /// Addresses of this pod that other registered namespaces hold too.
+    pub conflicts: Vec<IpAddr>,
+    pub registered_at: u64,
+    pub registrant: Registrant,
+}
+
+#[derive(Serialize)]
+pub struct NetnsView {
+    pub path: String,
+    pub inode: u64,
+}
+
+#[derive(Serialize)]
+struct Listing {
+    identity_mode: String,
+    pods: Vec<PodView>,
+    watch: WatchView,
+}
+
+#[derive(Serialize)]
+struct WatchView {
+    watched: usize,
+    dumps: u64,
+    redumps: u64,
+    overruns: u64,
+}
+
+fn listing(state: &AppState) -> Vec<u8> {
+    let pods = state.pods.registry().all();
+    let stats = state.pods.watches().stats();
+    let listing = Listing {
+        identity_mode: state.pods.mode().to_string(),
+        pods: pods.iter().map(|p| view(state, p)).collect(),
+        watch: WatchView {
+            watched: stats.watched,
+            dumps: stats.dumps,
+            redumps: stats.redumps,
+            overruns: stats.overruns,
+        },
+    };
+    serde_json::to_vec_pretty(&listing).unwrap_or_default()
+}
+
+pub fn view(state: &AppState, pod: &Pod) -> PodView {
+    let watches = state.pods.watches();
+    let (netns, addresses, mut st) = match &pod.netns {
+        NetnsBinding::Known(r) => {
+            let status = watches.status(r.id());
+            let live = status.as_ref().is_some_and(|s| s.live);
+            (
+                Some(NetnsView {
+                    path: r.path().display().to_string(),
+                    inode: r.id().ino,
+                }),
+                status
+                    .map(|s| {
+                        s.addresses
+                            .into_iter()
+                            .filter(|a| !a.is_loopback())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                if live { "verified" } else { "netns-gone" },
+            )
+        }
+        NetnsBinding::HostNetwork => (None, Vec::new(), "host-network"),
+        NetnsBinding::Pending => (None, Vec::new(), "netns-unknown"),
+    };
+    let own = pod.netns_id();
+    let conflicts: Vec<IpAddr> = addresses
+        .iter()
+        .filter(|a| !is_link_local(a))
+        .filter(|a| {
+            watches
+                .index()
+                .holders(a)
+                .iter()
+                .any(|h| Some(*h) != own && !state.pods.registry().pods_in(*h).is_empty())
+        })
+        .copied()
+        .collect();
+    if !conflicts.is_empty() && st == "verified" {
+        st = "conflict";
+    }
+    PodView {
+        uuid: pod.uuid,
+        apps: pod.manifest.apps.iter().map(|a| a.name.clone()).collect(),
+        registered_apps: pod.apps.keys().cloned().collect(),
+        netns,
+        addresses,
+        state: st,
+        conflicts,
+        registered_at: pod.registered_at,
+        registrant: pod.registrant,
+    }
+}
+
+/// Link-local addresses are per link: the same one in two namespaces is
+/// not an identity conflict.
+fn is_link_local(a: &IpAddr) -> bool {
+    match a {
+        IpAddr::V4(v4) => v4.is_link_local(),
+        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
+    }
+}

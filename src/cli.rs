@@ -1,0 +1,221 @@
+//! Command-line interface.
+
+use std::{net::IpAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::identity::Mode;
+
+pub const DEFAULT_SOCKET: &str = "/run/rkt/metadata-svc.sock";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "rkt-mds",
+    version,
+    about = "Pod metadata service for rkt: a drop-in replacement for `rkt metadata-service` \
+             that checks, through netlink, that each request comes from inside the network \
+             namespace of the pod whose token it carries.",
+    after_help = "Run `rkt-mds serve` as root on the host. Pods reach the public API at \
+                  AC_METADATA_URL=http://<host address>:18112/<token>."
+)]
+pub struct Cli {
+    /// Log at debug level (overridden by RUST_LOG).
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the agent: registration socket for the runtime, public API for pods.
+    Serve(ServeArgs),
+    /// Register a pod (and its apps) the way rkt does; prints AC_METADATA_URL.
+    Register(RegisterArgs),
+    /// Remove a pod's registration.
+    Unregister(UnregisterArgs),
+    /// Show which pod holds which address, and every identity in doubt.
+    Audit(AuditArgs),
+    /// Manage the HMAC signing keys.
+    Keys(KeysArgs),
+    /// Inside a pod: sign a file's contents as this pod (uses AC_METADATA_URL).
+    Sign(SignArgs),
+    /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
+    /// Exit 0 valid, 1 invalid, 2 error.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SocketArg {
+    /// Path of the agent's registration socket.
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH")]
+    pub socket: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// TCP port of the public (appc) API. rkt's code and flag table use
+    /// 18112 (one sentence of rkt's docs says 2375; it is wrong).
+    #[arg(long, default_value_t = 18112, value_name = "PORT")]
+    pub listen_port: u16,
+    /// Address to serve the public API on; repeatable. Default: every IPv4
+    /// and IPv6 address (one dual-stack socket).
+    #[arg(long = "listen-address", value_name = "ADDR")]
+    pub listen_addresses: Vec<IpAddr>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+    /// rkt's data directory: pods' network namespaces are discovered from
+    /// <dir>/pods/run/<uuid>/netns.
+    #[arg(long, default_value = "/var/lib/rkt", value_name = "PATH")]
+    pub dir: PathBuf,
+    /// Durable state (HMAC keys). Created 0700.
+    #[arg(long, default_value = "/var/lib/rkt-mds", value_name = "PATH")]
+    pub state_dir: PathBuf,
+    /// Registrations (survive an agent restart, not a reboot). Created 0700.
+    #[arg(long, default_value = "/run/rkt/mds", value_name = "PATH")]
+    pub runtime_dir: PathBuf,
+    /// How a request's pod is established: `token` (rkt's behaviour),
+    /// `token+netns` (token, and the source address must be in the pod's
+    /// network namespace), or `netns` (the source address alone; a token,
+    /// if given, must agree).
+    #[arg(long, value_enum, default_value_t = Mode::TokenNetns)]
+    pub identity: Mode,
+    /// Refuse public requests without `Metadata-Flavor: AppContainer` (403).
+    #[arg(long)]
+    pub require_metadata_flavor: bool,
+    /// Besides root, peers of this group id may use the registration socket.
+    #[arg(long, value_name = "GID")]
+    pub registration_group: Option<u32>,
+    /// How many HMAC keys to keep after rotations (the newest signs, all verify).
+    #[arg(long, default_value_t = 4, value_name = "N")]
+    pub key_retention: usize,
+    /// Concurrent public connections; beyond, 503.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_connections: usize,
+    /// How often watched namespace files are checked for deletion.
+    #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
+    pub liveness_interval: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct RegisterArgs {
+    /// The pod's UUID.
+    #[arg(long)]
+    pub uuid: String,
+    /// The pod manifest (JSON file).
+    #[arg(long, value_name = "FILE")]
+    pub manifest: PathBuf,
+    /// An app's image manifest; repeatable.
+    #[arg(long = "app", value_name = "NAME=IMAGE_MANIFEST")]
+    pub apps: Vec<String>,
+    /// The pod's network namespace file.
+    #[arg(long, value_name = "PATH", conflicts_with = "pid")]
+    pub netns: Option<PathBuf>,
+    /// A process inside the pod.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// The token (default: 128 random bits as 32 hex digits).
+    #[arg(long)]
+    pub token: Option<String>,
+    /// Host address the pod reaches the agent at, for AC_METADATA_URL.
+    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
+    pub host: IpAddr,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Args, Debug)]
+pub struct UnregisterArgs {
+    /// The pod's UUID.
+    pub uuid: String,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Print the agent's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 1 when any conflict, gone or long-unknown namespace exists.
+    #[arg(long)]
+    pub check: bool,
+    /// With --check: how old a netns-unknown entry must be to count.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub grace: Duration,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Args, Debug)]
+pub struct KeysArgs {
+    #[command(subcommand)]
+    pub action: KeysAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// Add a new signing key; older kept keys still verify.
+    Rotate(SocketArg),
+    /// List kept keys (ids and creation times, never the keys).
+    List(SocketArg),
+}
+
+#[derive(Args, Debug)]
+pub struct SignArgs {
+    /// The file whose contents to sign.
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Write the signature here instead of stdout.
+    #[arg(long, value_name = "SIG")]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// The signed file.
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// UUID of the pod that signed it.
+    #[arg(long)]
+    pub uuid: String,
+    /// The signature, or @FILE to read it from a file.
+    #[arg(long)]
+    pub signature: String,
+}
+
+/// `250ms`, `10s`, `2m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 500ms, 10s or 2m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?}: unit must be ms, s or m")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("5h").is_err());
+    }
+}

@@ -1,0 +1,17 @@
+//! rkt-mds: a network-namespace-aware drop-in replacement for
+//! `rkt metadata-service`. See README.md, ../shared/SPEC.md and DESIGN.md.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod appc;
+pub mod cli;
+pub mod client;
+pub mod identity;
+pub mod keys;
+pub mod listen;
+pub mod metrics;
+pub mod persist;
+pub mod pods;
+pub mod registry;
+pub mod server;
+pub mod store;

@@ -1,0 +1,152 @@
+//! Registrations on disk (`--runtime-dir`): one file per pod, replaced
+//! atomically before the registration is acknowledged. Tokens are stored
+//! only as SHA-256 digests.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    appc::PodUuid,
+    registry::{NetnsBinding, Pod, Registrant},
+    store::{self, StoreError},
+};
+
+/// The file format of one registration.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Record {
+    pub version: u32,
+    pub uuid: PodUuid,
+    /// Hex SHA-256 of the token.
+    pub token_sha256: String,
+    /// The pod manifest exactly as registered.
+    pub manifest: String,
+    /// Image manifests exactly as registered, by app name.
+    pub apps: BTreeMap<String, String>,
+    pub netns: StoredNetns,
+    pub registered_at: u64,
+    pub registrant: Registrant,
+}
+
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum StoredNetns {
+    Known { path: PathBuf, dev: u64, ino: u64 },
+    HostNetwork,
+    Pending,
+}
+
+impl Record {
+    pub fn of(pod: &Pod) -> Self {
+        Self {
+            version: 1,
+            uuid: pod.uuid,
+            token_sha256: pod.token.0.iter().map(|b| format!("{b:02x}")).collect(),
+            manifest: String::from_utf8_lossy(&pod.manifest_source).into_owned(),
+            apps: pod
+                .apps
+                .iter()
+                .map(|(n, a)| {
+                    (
+                        n.clone(),
+                        String::from_utf8_lossy(&a.image_source).into_owned(),
+                    )
+                })
+                .collect(),
+            netns: match &pod.netns {
+                NetnsBinding::Known(r) => StoredNetns::Known {
+                    path: r.path().to_path_buf(),
+                    dev: r.id().dev,
+                    ino: r.id().ino,
+                },
+                NetnsBinding::HostNetwork => StoredNetns::HostNetwork,
+                NetnsBinding::Pending => StoredNetns::Pending,
+            },
+            registered_at: pod.registered_at,
+            registrant: pod.registrant,
+        }
+    }
+
+    pub fn token_digest(&self) -> Option<[u8; 32]> {
+        if self.token_sha256.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, byte) in out.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(self.token_sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
+        }
+        Some(out)
+    }
+}
+
+/// The runtime directory of registrations.
+#[derive(Clone, Debug)]
+pub struct PodStore {
+    dir: PathBuf,
+}
+
+impl PodStore {
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        store::ensure_private_dir(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn path(&self, uuid: &PodUuid) -> PathBuf {
+        self.dir.join(format!("{uuid}.json"))
+    }
+
+    pub fn save(&self, pod: &Pod) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(&Record::of(pod)).unwrap_or_default();
+        store::write_atomic(&self.path(&pod.uuid), &bytes)
+    }
+
+    pub fn remove(&self, uuid: &PodUuid) -> Result<(), StoreError> {
+        store::remove_durable(&self.path(uuid))
+    }
+
+    /// Every readable record. Leftover temporary files are deleted;
+    /// unreadable or foreign files are logged and skipped.
+    pub fn load(&self) -> Vec<Record> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot list the runtime directory");
+                return Vec::new();
+            }
+        };
+        let mut records = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let path = entry.path();
+            if store::is_temporary(&name) {
+                // A crash between write and rename: the old file, if any,
+                // is still whole.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
+            let Some(stem) = name.strip_suffix(".json") else {
+                tracing::warn!(file = %path.display(), "skipping a foreign file in the runtime directory");
+                continue;
+            };
+            let record = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
+                .and_then(|r| match PodUuid::parse(stem) {
+                    Ok(u) if u == r.uuid => Ok(r),
+                    _ => Err("file name does not match the UUID inside".into()),
+                });
+            match record {
+                Ok(r) => records.push(r),
+                Err(reason) => {
+                    tracing::warn!(file = %path.display(), %reason, "skipping an unreadable registration file")
+                }
+            }
+        }
+        records
+    }
+}

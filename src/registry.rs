@@ -1,0 +1,356 @@
+//! The pod store: registrations by UUID, by token digest and by network
+//! namespace, each with its response bodies computed once at registration
+//! so that a GET is a lookup. The only place that mutates registrations.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, RwLock},
+};
+
+use bytes::Bytes;
+use netns::{NetnsId, NetnsRef};
+use serde::{Deserialize, Serialize};
+
+use crate::appc::{self, ImageManifest, PodManifest, PodUuid};
+
+/// SHA-256 of a token: the only form in which tokens are kept.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TokenDigest(pub [u8; 32]);
+
+impl std::fmt::Debug for TokenDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Not even the digest goes to logs.
+        f.write_str("TokenDigest(..)")
+    }
+}
+
+impl TokenDigest {
+    pub fn of(token: &str) -> Self {
+        let d = ring::digest::digest(&ring::digest::SHA256, token.as_bytes());
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        Self(out)
+    }
+}
+
+/// Where a pod's network namespace stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NetnsBinding {
+    /// Known and watched.
+    Known(NetnsRef),
+    /// The pod shares the host's network: identified by token only.
+    HostNetwork,
+    /// Not known yet: rkt writes `<dir>/pods/run/<uuid>/netns` after it
+    /// registers; discovery retries.
+    Pending,
+}
+
+/// Who registered a pod (registration socket peer credentials).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registrant {
+    pub uid: Option<u32>,
+    pub pid: Option<i32>,
+}
+
+/// Precomputed answers for one set of annotations.
+#[derive(Clone, Debug, Default)]
+pub struct AnnotationBodies {
+    /// The JSON array (or `null`).
+    pub list: Bytes,
+    /// Each value by name.
+    pub values: HashMap<String, Bytes>,
+}
+
+impl AnnotationBodies {
+    fn new(list: Option<&appc::Annotations>) -> Self {
+        let json = list.map_or(serde_json::Value::Null, appc::annotations_json);
+        Self {
+            list: Bytes::from(json.to_string()),
+            values: list
+                .into_iter()
+                .flatten()
+                .map(|(n, v)| (n.clone(), Bytes::from(v.clone())))
+                .collect(),
+        }
+    }
+}
+
+/// A registered app: the pod manifest's entry plus its image manifest.
+#[derive(Clone, Debug)]
+pub struct App {
+    /// The image manifest as received (kept for persistence).
+    pub image_source: Bytes,
+    pub image_manifest: Bytes,
+    pub image_id: Bytes,
+    pub annotations: AnnotationBodies,
+}
+
+/// One registration.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub uuid: PodUuid,
+    pub token: TokenDigest,
+    pub manifest: Arc<PodManifest>,
+    /// The pod manifest as received (kept for persistence and idempotency).
+    pub manifest_source: Bytes,
+    pub uuid_body: Bytes,
+    pub manifest_body: Bytes,
+    pub annotations: AnnotationBodies,
+    pub apps: BTreeMap<String, App>,
+    pub netns: NetnsBinding,
+    pub registered_at: u64,
+    pub registrant: Registrant,
+}
+
+impl Pod {
+    pub fn new(
+        uuid: PodUuid,
+        token: TokenDigest,
+        manifest: PodManifest,
+        manifest_source: Bytes,
+        netns: NetnsBinding,
+        registered_at: u64,
+        registrant: Registrant,
+    ) -> Self {
+        Self {
+            uuid,
+            token,
+            uuid_body: Bytes::from(uuid.to_string()),
+            manifest_body: Bytes::from(manifest.json.to_string()),
+            annotations: AnnotationBodies::new(manifest.annotations.as_ref()),
+            manifest: Arc::new(manifest),
+            manifest_source,
+            apps: BTreeMap::new(),
+            netns,
+            registered_at,
+            registrant,
+        }
+    }
+
+    /// Builds the app entry for `name` from its image manifest. `None` when
+    /// the pod manifest has no such app.
+    pub fn make_app(&self, name: &str, image: &ImageManifest, source: Bytes) -> Option<App> {
+        let entry = self.manifest.app(name)?;
+        let merged = appc::merge_annotations(&image.annotations, &entry.annotations);
+        Some(App {
+            image_source: source,
+            image_manifest: Bytes::from(image.json.to_string()),
+            image_id: Bytes::from(entry.image_id.clone()),
+            annotations: AnnotationBodies::new(Some(&merged)),
+        })
+    }
+
+    pub fn netns_id(&self) -> Option<NetnsId> {
+        match &self.netns {
+            NetnsBinding::Known(r) => Some(r.id()),
+            _ => None,
+        }
+    }
+}
+
+/// Why a registration could not be stored.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RegistryError {
+    #[error("pod {0} is already registered with another token")]
+    TokenMismatch(PodUuid),
+    #[error("this token already belongs to another pod")]
+    TokenInUse,
+    #[error("pod {0} is registered with another network namespace")]
+    NetnsMismatch(PodUuid),
+}
+
+#[derive(Default)]
+struct Inner {
+    by_uuid: HashMap<PodUuid, Arc<Pod>>,
+    by_token: HashMap<TokenDigest, PodUuid>,
+    by_netns: HashMap<NetnsId, Vec<PodUuid>>,
+}
+
+/// All registrations. Reads share a lock held for a hash lookup.
+#[derive(Default)]
+pub struct Registry {
+    inner: RwLock<Inner>,
+}
+
+/// What [`Registry::insert`] did.
+#[derive(Debug)]
+pub enum Inserted {
+    New,
+    /// Same UUID and token: the registration was refreshed in place; the
+    /// previous one is returned.
+    Replaced(Arc<Pod>),
+}
+
+impl Registry {
+    pub fn by_token(&self, token: &TokenDigest) -> Option<Arc<Pod>> {
+        let inner = self.read();
+        let uuid = inner.by_token.get(token)?;
+        inner.by_uuid.get(uuid).cloned()
+    }
+
+    pub fn get(&self, uuid: &PodUuid) -> Option<Arc<Pod>> {
+        self.read().by_uuid.get(uuid).cloned()
+    }
+
+    /// UUIDs of the pods bound to namespace `id`.
+    pub fn pods_in(&self, id: NetnsId) -> Vec<PodUuid> {
+        self.read().by_netns.get(&id).cloned().unwrap_or_default()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Pod>> {
+        let mut pods: Vec<_> = self.read().by_uuid.values().cloned().collect();
+        pods.sort_by_key(|p| p.uuid);
+        pods
+    }
+
+    pub fn len(&self) -> usize {
+        self.read().by_uuid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Adds `pod`, or refreshes it when the same UUID is registered with the
+    /// same token (keeping registered apps the new manifest still has).
+    pub fn insert(&self, mut pod: Pod) -> Result<Inserted, RegistryError> {
+        let mut inner = self.write();
+        if let Some(owner) = inner.by_token.get(&pod.token) {
+            if *owner != pod.uuid {
+                return Err(RegistryError::TokenInUse);
+            }
+        }
+        let previous = inner.by_uuid.get(&pod.uuid).cloned();
+        if let Some(prev) = &previous {
+            if prev.token != pod.token {
+                return Err(RegistryError::TokenMismatch(pod.uuid));
+            }
+            if prev.netns_id().is_some()
+                && pod.netns_id().is_some()
+                && prev.netns_id() != pod.netns_id()
+            {
+                return Err(RegistryError::NetnsMismatch(pod.uuid));
+            }
+            if pod.netns == NetnsBinding::Pending {
+                pod.netns = prev.netns.clone();
+            }
+            for (name, app) in &prev.apps {
+                if pod.manifest.app(name).is_some() {
+                    pod.apps.insert(name.clone(), app.clone());
+                }
+            }
+            unlink_netns(&mut inner, prev);
+        }
+        inner.by_token.insert(pod.token, pod.uuid);
+        link_netns(&mut inner, &pod);
+        inner.by_uuid.insert(pod.uuid, Arc::new(pod));
+        Ok(match previous {
+            Some(prev) => Inserted::Replaced(prev),
+            None => Inserted::New,
+        })
+    }
+
+    /// Replaces the registration of `uuid` with `f(old)`; returns the new
+    /// one, or `None` when `uuid` is not registered.
+    pub fn update(&self, uuid: &PodUuid, f: impl FnOnce(&mut Pod)) -> Option<Arc<Pod>> {
+        let mut inner = self.write();
+        let old = inner.by_uuid.get(uuid)?.clone();
+        let mut pod = (*old).clone();
+        f(&mut pod);
+        unlink_netns(&mut inner, &old);
+        link_netns(&mut inner, &pod);
+        let pod = Arc::new(pod);
+        inner.by_uuid.insert(*uuid, pod.clone());
+        Some(pod)
+    }
+
+    pub fn remove(&self, uuid: &PodUuid) -> Option<Arc<Pod>> {
+        let mut inner = self.write();
+        let pod = inner.by_uuid.remove(uuid)?;
+        inner.by_token.remove(&pod.token);
+        unlink_netns(&mut inner, &pod);
+        Some(pod)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn link_netns(inner: &mut Inner, pod: &Pod) {
+    if let Some(id) = pod.netns_id() {
+        let pods = inner.by_netns.entry(id).or_default();
+        if !pods.contains(&pod.uuid) {
+            pods.push(pod.uuid);
+        }
+    }
+}
+
+fn unlink_netns(inner: &mut Inner, pod: &Pod) {
+    if let Some(id) = pod.netns_id() {
+        if let Some(pods) = inner.by_netns.get_mut(&id) {
+            pods.retain(|u| *u != pod.uuid);
+            if pods.is_empty() {
+                inner.by_netns.remove(&id);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pod(uuid: &str, token: &str) -> Pod {
+        let m = PodManifest::from_value(json!({
+            "acKind": "PodManifest", "acVersion": "0.8.11",
+            "apps": [{"name": "a", "image": {"id": "sha512-1"}}]
+        }))
+        .unwrap();
+        Pod::new(
+            PodUuid::parse(uuid).unwrap(),
+            TokenDigest::of(token),
+            m,
+            Bytes::new(),
+            NetnsBinding::HostNetwork,
+            0,
+            Registrant::default(),
+        )
+    }
+
+    const U1: &str = "de305d54-75b4-431b-adb2-eb6b9e546013";
+    const U2: &str = "fe305d54-75b4-431b-adb2-eb6b9e546013";
+
+    #[test]
+    fn tokens_bind_to_one_pod() {
+        let r = Registry::default();
+        assert!(matches!(r.insert(pod(U1, "t1")), Ok(Inserted::New)));
+        assert!(matches!(r.insert(pod(U1, "t1")), Ok(Inserted::Replaced(_))));
+        assert_eq!(
+            r.insert(pod(U1, "t2")).unwrap_err(),
+            RegistryError::TokenMismatch(PodUuid::parse(U1).unwrap())
+        );
+        assert!(r.by_token(&TokenDigest::of("t2")).is_none());
+        assert_eq!(
+            r.insert(pod(U2, "t1")).unwrap_err(),
+            RegistryError::TokenInUse
+        );
+        assert_eq!(r.len(), 1);
+        assert!(r.remove(&PodUuid::parse(U1).unwrap()).is_some());
+        assert!(r.by_token(&TokenDigest::of("t1")).is_none());
+    }
+
+    #[test]
+    fn bodies_are_precomputed() {
+        let p = pod(U1, "t");
+        assert_eq!(&p.uuid_body[..], U1.as_bytes());
+        assert_eq!(&p.annotations.list[..], b"null");
+        let v: serde_json::Value = serde_json::from_slice(&p.manifest_body).unwrap();
+        assert_eq!(v["annotations"], serde_json::Value::Null);
+    }
+}
