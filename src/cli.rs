@@ -92,6 +92,10 @@ pub struct ServeArgs {
     /// Concurrent public connections; beyond, 503.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
+    /// A request's head must arrive within this, or the connection is
+    /// closed (slow-client defence).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
+    pub header_timeout: Duration,
     /// How often watched namespace files are checked for deletion.
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub liveness_interval: Duration,

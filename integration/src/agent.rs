@@ -1,0 +1,282 @@
+//! The agent as a real process with private directories, a free port and
+//! its log captured; killed on drop.
+
+use std::{
+    net::{IpAddr, SocketAddr, TcpListener},
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Stdio},
+    time::Duration,
+};
+
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+use crate::http::{self, Request, Response};
+
+/// The `rkt-mds` binary next to the running test or tool.
+pub fn binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let bin = dir.join("rkt-mds");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo build --workspace`, or run `cargo test --workspace`)",
+        bin.display()
+    );
+    bin
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentOptions {
+    pub identity: &'static str,
+    pub args: Vec<String>,
+    /// A command that starts the agent (e.g. `systemd-socket-activate
+    /// -l PATH`); the binary and its arguments are appended.
+    pub launcher: Vec<String>,
+}
+
+impl Default for AgentOptions {
+    fn default() -> Self {
+        Self {
+            identity: "token+netns",
+            args: Vec::new(),
+            launcher: Vec::new(),
+        }
+    }
+}
+
+impl AgentOptions {
+    pub fn identity(mode: &'static str) -> Self {
+        Self {
+            identity: mode,
+            ..Self::default()
+        }
+    }
+
+    pub fn arg(mut self, a: impl Into<String>) -> Self {
+        self.args.push(a.into());
+        self
+    }
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub root: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub port: u16,
+    pub options: AgentOptions,
+}
+
+impl Agent {
+    pub fn start(options: AgentOptions) -> Self {
+        let root = tempfile::Builder::new()
+            .prefix("rkt-mds-test")
+            .tempdir()
+            .expect("tempdir");
+        std::fs::create_dir_all(root.path().join("rkt/pods/run")).expect("rkt dir");
+        let mut agent = Self {
+            child: None,
+            socket: root.path().join("run/metadata-svc.sock"),
+            root,
+            port: free_port(),
+            options,
+        };
+        agent.spawn();
+        agent
+    }
+
+    pub fn rkt_dir(&self) -> PathBuf {
+        self.root.path().join("rkt")
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.root.path().join("run/mds")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.root.path().join("agent.log")
+    }
+
+    /// The command line (without the binary).
+    pub fn args(&self) -> Vec<String> {
+        let mut a: Vec<String> = vec![
+            "serve".into(),
+            "--socket".into(),
+            self.socket.display().to_string(),
+            "--listen-port".into(),
+            self.port.to_string(),
+            "--dir".into(),
+            self.rkt_dir().display().to_string(),
+            "--state-dir".into(),
+            self.state_dir().display().to_string(),
+            "--runtime-dir".into(),
+            self.runtime_dir().display().to_string(),
+            "--identity".into(),
+            self.options.identity.into(),
+            "--liveness-interval".into(),
+            "100ms".into(),
+            // Lets the suite run unprivileged where it can (root always may).
+            "--registration-group".into(),
+            nix::unistd::getgid().as_raw().to_string(),
+        ];
+        a.extend(self.options.args.iter().cloned());
+        a
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log file");
+        let mut cmd = match self.options.launcher.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(binary());
+                c
+            }
+            None => Command::new(binary()),
+        };
+        let child = cmd
+            .args(self.args())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn rkt-mds");
+        self.child = Some(child);
+        let socket = self.socket.clone();
+        let log_path = self.log_path();
+        let child = self.child.as_mut().expect("child");
+        crate::wait_for(
+            "the agent to answer /health",
+            Duration::from_secs(20),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "agent exited with {status} during start-up:\n{}",
+                        std::fs::read_to_string(&log_path).unwrap_or_default()
+                    );
+                }
+                http::unix(&socket, &Request::get("/health"))
+                    .ok()
+                    .filter(|r| r.status == 200)
+            },
+        );
+    }
+
+    /// SIGTERM, then wait; returns the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent not running");
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        child.wait().expect("wait agent")
+    }
+
+    /// SIGKILL, then wait.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again with the same directories and port.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the agent first");
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// One request over the registration socket.
+    pub fn unix(&self, req: &Request) -> Response {
+        http::unix(&self.socket, req).expect("registration socket request")
+    }
+
+    /// rkt's registration: the pod (chunked), then each app.
+    pub fn register(&self, uuid: &str, token: &str, manifest: &[u8], query: &str) -> Response {
+        self.unix(&Request::chunked(
+            "PUT",
+            &format!("/pods/{uuid}?token={token}{query}"),
+            manifest,
+        ))
+    }
+
+    pub fn register_app(&self, uuid: &str, app: &str, image: &[u8]) -> Response {
+        self.unix(&Request::chunked(
+            "PUT",
+            &format!("/pods/{uuid}/{app}"),
+            image,
+        ))
+    }
+
+    pub fn unregister(&self, uuid: &str) -> Response {
+        self.unix(&Request::new("DELETE", &format!("/pods/{uuid}"), None, &[]))
+    }
+
+    /// `GET /pods`.
+    pub fn pods(&self) -> serde_json::Value {
+        let r = self.unix(&Request::get("/pods"));
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// The entry of `uuid` in `GET /pods`.
+    pub fn pod_entry(&self, uuid: &str) -> Option<serde_json::Value> {
+        self.pods()["pods"]
+            .as_array()?
+            .iter()
+            .find(|p| p["uuid"] == uuid)
+            .cloned()
+    }
+
+    /// The public API address at `ip`.
+    pub fn public(&self, ip: IpAddr) -> SocketAddr {
+        SocketAddr::new(ip, self.port)
+    }
+
+    pub fn loopback(&self) -> SocketAddr {
+        self.public(IpAddr::from([127, 0, 0, 1]))
+    }
+
+    /// One public request from the host over loopback.
+    pub fn get(&self, path: &str) -> Response {
+        http::tcp(self.loopback(), &Request::get(path)).expect("public request")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A TCP port free on both stacks right now.
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("[::]:0")
+        .or_else(|_| TcpListener::bind("0.0.0.0:0"))
+        .expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// The path of a file in `dir`, created with `content`.
+pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, content).expect("write file");
+    p
+}

@@ -1,0 +1,239 @@
+//! Pods as network namespaces: a namespace joined to the host by a veth
+//! pair, with an IPv4 /30 from 198.18.0.0/15 and an IPv6 /64 from a
+//! per-process random ULA. Everything is removed on drop, panics included.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    process::{Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        OnceLock,
+    },
+    time::Duration,
+};
+
+use netns::NetnsRef;
+use socket2::{Domain, Protocol, Socket, Type};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Which /30 and /64 a pod uses; two pods with the same `Addressing`
+/// hold the same addresses (IP reuse, conflicts).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Addressing {
+    index: u32,
+}
+
+impl Addressing {
+    /// A fresh one, unique in this process and very likely across
+    /// concurrently running test processes.
+    pub fn fresh() -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        Self {
+            index: ((pid % 509) * 64 + n % 64) % 32768,
+        }
+    }
+
+    /// 198.18.0.0/15 split into /30s: .1 is the host side, .2 the pod.
+    fn v4(&self, host: u8) -> Ipv4Addr {
+        let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + self.index * 4;
+        Ipv4Addr::from(base + host as u32)
+    }
+
+    fn v6(&self, host: u16) -> Ipv6Addr {
+        let p = ula_prefix();
+        Ipv6Addr::new(p[0], p[1], p[2], self.index as u16, 0, 0, 0, host)
+    }
+}
+
+/// `fdXX:XXXX:XXXX::/48`, random per process.
+fn ula_prefix() -> &'static [u16; 3] {
+    static PREFIX: OnceLock<[u16; 3]> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let mut b = [0u8; 5];
+        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+            let _ = std::io::Read::read_exact(&mut f, &mut b);
+        }
+        [
+            0xfd00 | b[0] as u16,
+            u16::from_be_bytes([b[1], b[2]]),
+            u16::from_be_bytes([b[3], b[4]]),
+        ]
+    })
+}
+
+/// A pod's network: namespace + veth pair + addresses.
+pub struct PodNet {
+    pub name: String,
+    pub host_if: String,
+    pub addressing: Addressing,
+    alive: bool,
+}
+
+impl PodNet {
+    pub fn new() -> Self {
+        Self::with_addressing(Addressing::fresh())
+    }
+
+    pub fn with_addressing(addressing: Addressing) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let pod = Self {
+            name: format!("mds-{pid}-{n}"),
+            host_if: format!("vm{}x{n}", pid % 1_000_000),
+            addressing,
+            alive: true,
+        };
+        // Created before the guard can be dropped half-way: Drop removes
+        // whatever exists.
+        ip(&["netns", "add", &pod.name]);
+        ip(&[
+            "link",
+            "add",
+            &pod.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &pod.name,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/30", pod.host_v4()),
+            "dev",
+            &pod.host_if,
+        ]);
+        ip(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", pod.host_v6()),
+            "dev",
+            &pod.host_if,
+            "nodad",
+        ]);
+        ip(&["link", "set", &pod.host_if, "up"]);
+        pod.exec(&["link", "set", "lo", "up"]);
+        pod.exec(&["addr", "add", &format!("{}/30", pod.v4()), "dev", "eth0"]);
+        pod.exec(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{}/64", pod.v6()),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        pod.exec(&["link", "set", "eth0", "up"]);
+        pod
+    }
+
+    /// The namespace file (`ip netns` bind mount).
+    pub fn netns_path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+
+    pub fn netns(&self) -> NetnsRef {
+        NetnsRef::open(self.netns_path()).expect("open pod netns")
+    }
+
+    pub fn v4(&self) -> Ipv4Addr {
+        self.addressing.v4(2)
+    }
+    pub fn host_v4(&self) -> Ipv4Addr {
+        self.addressing.v4(1)
+    }
+    pub fn v6(&self) -> Ipv6Addr {
+        self.addressing.v6(2)
+    }
+    pub fn host_v6(&self) -> Ipv6Addr {
+        self.addressing.v6(1)
+    }
+
+    /// `ip -n <pod> args...`, asserting success.
+    pub fn exec(&self, args: &[&str]) {
+        let mut full = vec!["-n", self.name.as_str()];
+        full.extend_from_slice(args);
+        ip(&full);
+    }
+
+    /// A TCP connection made from inside the pod (optionally from a given
+    /// source address) to `dst`.
+    pub fn connect(&self, src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+        netns::run_in(&self.netns(), move || -> std::io::Result<TcpStream> {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            if let Some(src) = src {
+                s.bind(&SocketAddr::new(src, 0).into())?;
+            }
+            s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+            let s: TcpStream = s.into();
+            s.set_read_timeout(Some(Duration::from_secs(20)))?;
+            Ok(s)
+        })
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Deletes the veth pair and the namespace now.
+    pub fn teardown(mut self) {
+        self.remove();
+    }
+
+    /// Deletes only the namespace's name (`ip netns del`), as a runtime
+    /// does; the veth goes when the kernel frees the namespace.
+    pub fn delete_netns_only(&mut self) {
+        ip(&["netns", "del", &self.name]);
+    }
+
+    /// Whether the host end of the veth still exists.
+    pub fn host_link_exists(&self) -> bool {
+        Command::new("ip")
+            .args(["link", "show", "dev", &self.host_if])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn remove(&mut self) {
+        if !self.alive {
+            return;
+        }
+        self.alive = false;
+        quiet(&["link", "del", &self.host_if]);
+        quiet(&["netns", "del", &self.name]);
+    }
+}
+
+impl Default for PodNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PodNet {
+    fn drop(&mut self) {
+        self.remove();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn quiet(args: &[&str]) {
+    let _ = Command::new("ip")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

@@ -1,0 +1,88 @@
+//! The binary's command line: help texts and fatal-error exit codes.
+//! (Also makes `cargo test --workspace` build the binary that the
+//! integration tests run.)
+
+use std::process::Command;
+
+fn rkt_mds(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rkt-mds"))
+        .args(args)
+        .env_remove("LISTEN_PID")
+        .output()
+        .expect("run rkt-mds")
+}
+
+#[test]
+fn serve_help_explains_every_option() {
+    let out = rkt_mds(&["serve", "--help"]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for opt in [
+        "--listen-port",
+        "--listen-address",
+        "--socket",
+        "--dir",
+        "--state-dir",
+        "--runtime-dir",
+        "--identity",
+        "--require-metadata-flavor",
+        "--debug",
+        "18112",
+        "token+netns",
+    ] {
+        assert!(help.contains(opt), "serve --help lacks {opt}:\n{help}");
+    }
+}
+
+#[test]
+fn fatal_start_up_error_is_one_line_and_exit_254() {
+    let dir = tempfile::tempdir().unwrap();
+    // The socket path exists and is not a socket: refuse to replace it.
+    let not_socket = dir.path().join("file");
+    std::fs::write(&not_socket, b"precious").unwrap();
+    let out = rkt_mds(&[
+        "serve",
+        "--socket",
+        not_socket.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "--runtime-dir",
+        dir.path().join("run").to_str().unwrap(),
+        "--listen-port",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(254));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("rkt-mds: ") && last.contains("not a socket"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&not_socket).unwrap(), b"precious");
+}
+
+#[test]
+fn client_commands_say_how_to_start_the_agent() {
+    let out = rkt_mds(&["audit", "--socket", "/nonexistent/mds.sock"]);
+    assert_eq!(out.status.code(), Some(254));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rkt-mds serve"), "{err}");
+}
+
+#[test]
+fn verify_outside_a_pod_is_an_error_exit_2() {
+    let out = Command::new(env!("CARGO_BIN_EXE_rkt-mds"))
+        .args([
+            "verify",
+            "--file",
+            "/etc/hostname",
+            "--uuid",
+            "x",
+            "--signature",
+            "y",
+        ])
+        .env_remove("AC_METADATA_URL")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
