@@ -38,6 +38,8 @@ pub struct AgentOptions {
     /// A command that starts the agent (e.g. `systemd-socket-activate
     /// -l PATH`); the binary and its arguments are appended.
     pub launcher: Vec<String>,
+    /// The registration socket path (default: in the agent's temp dir).
+    pub socket: Option<PathBuf>,
 }
 
 impl Default for AgentOptions {
@@ -46,6 +48,7 @@ impl Default for AgentOptions {
             identity: "token+netns",
             args: Vec::new(),
             launcher: Vec::new(),
+            socket: None,
         }
     }
 }
@@ -81,7 +84,10 @@ impl Agent {
         std::fs::create_dir_all(root.path().join("rkt/pods/run")).expect("rkt dir");
         let mut agent = Self {
             child: None,
-            socket: root.path().join("run/metadata-svc.sock"),
+            socket: options
+                .socket
+                .clone()
+                .unwrap_or_else(|| root.path().join("run/metadata-svc.sock")),
             root,
             port: free_port(),
             options,
