@@ -64,6 +64,13 @@ impl RegisterError {
     }
 }
 
+/// A refused public request: why, and which pod the token claimed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub reason: Refusal,
+    pub claimed: Option<PodUuid>,
+}
+
 /// The pod registration request, as parsed from the socket.
 pub struct PodRequest<'a> {
     pub uuid: &'a str,
@@ -356,24 +363,30 @@ impl Pods {
     }
 
     /// Who is asking: the pod a public request acts as, or why it is
-    /// refused. A hit costs two hash lookups and no syscall.
-    pub async fn resolve(&self, token: Option<&str>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
-        let peer = peer.to_canonical();
+    /// refused (with the pod the token claimed, for the log). A hit costs
+    /// two hash lookups and no syscall.
+    pub async fn resolve(&self, token: Option<&str>, peer: IpAddr) -> Result<Arc<Pod>, Refused> {
         let mut pod = match token {
-            Some(t) => Some(
-                self.registry
-                    .by_token(&TokenDigest::of(t))
-                    .ok_or(Refusal::UnknownToken)?,
-            ),
+            Some(t) => Some(self.registry.by_token(&TokenDigest::of(t)).ok_or(Refused {
+                reason: Refusal::UnknownToken,
+                claimed: None,
+            })?),
             None => None,
         };
         if self.config.mode != Mode::Token {
             if let Some(p) = pod.as_ref().filter(|p| p.netns == NetnsBinding::Pending) {
                 let uuid = p.uuid;
                 self.discover(&uuid).await;
-                pod = Some(self.registry.get(&uuid).ok_or(Refusal::UnknownToken)?);
+                pod = self.registry.get(&uuid);
             }
         }
+        let claimed = pod.as_ref().map(|p| p.uuid);
+        self.decide(pod, peer.to_canonical())
+            .await
+            .map_err(|reason| Refused { reason, claimed })
+    }
+
+    async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
         let claim = match &pod {
             None => Claim::NoToken,
             Some(p) => Claim::Pod(
@@ -396,6 +409,15 @@ impl Pods {
         let holders = holders_of(&peer);
         let pods_in = |id| self.registry.pods_in(id);
         let mut verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
+        if verdict == Verdict::Refuse(Refusal::Ambiguous) {
+            // Two namespaces claim the address: one may have let go of it
+            // a moment ago (IP reuse). Catch up on both before refusing.
+            for id in &holders {
+                self.watches.refresh(*id).await;
+            }
+            let holders = holders_of(&peer);
+            verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
+        }
         if let Verdict::RefreshThenRetry(id) = verdict {
             if !self.watches.refresh(id).await {
                 verdict = Verdict::Refuse(if self.watches.status(id).is_some_and(|s| !s.live) {

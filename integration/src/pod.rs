@@ -237,3 +237,32 @@ fn quiet(args: &[&str]) {
         .stderr(Stdio::null())
         .status();
 }
+
+impl PodNet {
+    /// An IPv4 address of the test range that no pod of this process uses.
+    pub fn new_addressing_v4() -> Ipv4Addr {
+        Addressing::fresh().v4(2)
+    }
+}
+
+/// A host route, removed on drop.
+pub struct HostRoute {
+    dst: String,
+    dev: String,
+}
+
+impl HostRoute {
+    pub fn add(dst: &str, dev: &str) -> Self {
+        ip(&["route", "add", dst, "dev", dev]);
+        Self {
+            dst: dst.to_owned(),
+            dev: dev.to_owned(),
+        }
+    }
+}
+
+impl Drop for HostRoute {
+    fn drop(&mut self) {
+        quiet(&["route", "del", &self.dst, "dev", &self.dev]);
+    }
+}

@@ -33,19 +33,39 @@ fn registration_socket_passed_by_systemd() {
     let root = tempfile::tempdir().unwrap();
     let socket = root.path().join("activated.sock");
     let mut options = AgentOptions::identity("token");
-    options.launcher = vec![ACTIVATE.into(), "-l".into(), socket.display().to_string(), "--fdname=registration".into()];
+    options.launcher = vec![
+        ACTIVATE.into(),
+        "-l".into(),
+        socket.display().to_string(),
+        "--fdname=registration".into(),
+    ];
     // The agent's own --socket points at the same path: it must take the
     // passed descriptor rather than bind (binding would find it in use).
     options.socket = Some(socket.clone());
     let mut agent = Agent::start(options);
 
-    let (u, t) = ("6733c088-a507-4694-aabf-edbe4fc5266f", "0123456789abcdef0123456789abcdef");
-    assert_eq!(agent.register(u, t, &fixtures::read("pods/bare-pod.json"), "").status, 200);
+    let (u, t) = (
+        "6733c088-a507-4694-aabf-edbe4fc5266f",
+        "0123456789abcdef0123456789abcdef",
+    );
+    assert_eq!(
+        agent
+            .register(u, t, &fixtures::read("pods/bare-pod.json"), "")
+            .status,
+        200
+    );
     assert_eq!(agent.get(&format!("/{t}/acMetadata/v1/pod/uuid")).text(), u);
-    assert!(agent.log().contains("registration socket from systemd"), "{}", agent.log());
+    assert!(
+        agent.log().contains("registration socket from systemd"),
+        "{}",
+        agent.log()
+    );
 
     assert_eq!(agent.stop().code(), Some(0));
-    assert!(socket.exists(), "under activation the socket file is systemd's to remove");
+    assert!(
+        socket.exists(),
+        "under activation the socket file is systemd's to remove"
+    );
 }
 
 #[test]
@@ -68,14 +88,29 @@ fn public_port_passed_by_systemd() {
     options.socket = Some(socket);
     let agent = Agent::start(options);
 
-    let (u, t) = ("6733c088-a507-4694-aabf-edbe4fc5266f", "0123456789abcdef0123456789abcdef");
-    assert_eq!(agent.register(u, t, &fixtures::read("pods/bare-pod.json"), "").status, 200);
+    let (u, t) = (
+        "6733c088-a507-4694-aabf-edbe4fc5266f",
+        "0123456789abcdef0123456789abcdef",
+    );
+    assert_eq!(
+        agent
+            .register(u, t, &fixtures::read("pods/bare-pod.json"), "")
+            .status,
+        200
+    );
     let activated = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let r = http::tcp(activated, &Request::get(&format!("/{t}/acMetadata/v1/pod/uuid"))).unwrap();
+    let r = http::tcp(
+        activated,
+        &Request::get(&format!("/{t}/acMetadata/v1/pod/uuid")),
+    )
+    .unwrap();
     assert_eq!((r.status, r.text()), (200, u.to_owned()));
     // The agent did not bind its own --listen-port.
     assert!(http::tcp(agent.loopback(), &Request::get("/")).is_err());
     let info = agent.unix(&Request::get("/info")).json();
-    assert_eq!(info["public_port"], port, "clients are told the activated port");
+    assert_eq!(
+        info["public_port"], port,
+        "clients are told the activated port"
+    );
     assert!(agent.log().contains("public listener from systemd"));
 }

@@ -8,6 +8,9 @@ use std::{
 
 use crate::NetnsId;
 
+/// Holders of one address, each with how many watchers report it.
+type Holders = Vec<(NetnsId, u32)>;
+
 /// Address → namespaces holding it, kept current by the watchers.
 ///
 /// Reads take a shared lock and do no syscall. Cloning is cheap (shared).
@@ -15,7 +18,7 @@ use crate::NetnsId;
 /// while the next starts) never erase each other's entries.
 #[derive(Clone, Debug, Default)]
 pub struct AddressIndex {
-    map: Arc<RwLock<HashMap<IpAddr, Vec<(NetnsId, u32)>>>>,
+    map: Arc<RwLock<HashMap<IpAddr, Holders>>>,
 }
 
 impl AddressIndex {
@@ -72,7 +75,7 @@ impl AddressIndex {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<IpAddr, Vec<(NetnsId, u32)>>> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<IpAddr, Holders>> {
         // A panic while holding the lock cannot leave the map half-updated
         // in a way that matters more than refusing service forever would.
         self.map.read().unwrap_or_else(|p| p.into_inner())

@@ -84,7 +84,10 @@ impl Inventory {
         let end = match self.start_dump(&mut state, Vec::new()).await {
             Err(end) => end,
             Ok(()) => loop {
+                // Biased, socket first: events queued before a refresh was
+                // asked for are applied before it is answered.
                 let step = tokio::select! {
+                    biased;
                     received = self.socket.receive() => self.on_receive(&mut state, received).await,
                     command = commands.recv() => self.on_command(&mut state, command).await,
                     _ = liveness.tick() => self.check_liveness(),

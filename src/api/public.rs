@@ -117,12 +117,17 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
     }
     let pod = match state.pods.resolve(token, peer.ip()).await {
         Ok(pod) => pod,
-        Err(refusal) => {
-            if refusal.status() == 403 {
-                tracing::warn!(peer = %peer.ip().to_canonical(), reason = %refusal, mode = %state.pods.mode(), "identity refused");
+        Err(refused) => {
+            let reason = refused.reason;
+            if reason.status() == 403 {
+                let pod = refused.claimed.map(|u| u.to_string()).unwrap_or_default();
+                tracing::warn!(pod = %pod, peer = %peer.ip().to_canonical(), reason = %reason, mode = %state.pods.mode(), "identity refused");
             }
-            state.metrics.refusal(refusal.label());
-            return super::status_text(refusal.status(), refusal.to_string()).into();
+            state.metrics.refusal(reason.label());
+            return Handled {
+                response: super::status_text(reason.status(), reason.to_string()),
+                pod: refused.claimed,
+            };
         }
     };
     let response = match route {
