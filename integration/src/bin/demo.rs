@@ -18,7 +18,10 @@ const U2: &str = "7f6e5d4c-3b2a-4190-8f7e-6d5c4b3a2910";
 
 fn main() -> ExitCode {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("demo: run as root (it creates network namespaces): sudo {}", std::env::args().next().unwrap_or_default());
+        eprintln!(
+            "demo: run as root (it creates network namespaces): sudo {}",
+            std::env::args().next().unwrap_or_default()
+        );
         return ExitCode::from(2);
     }
     // Ctrl-C: finish the current step, then unwind so every guard cleans up.
@@ -48,58 +51,159 @@ fn step(title: &str) -> Result<(), String> {
 fn run() -> Result<(), String> {
     step("Starting the agent (identity mode token+netns)")?;
     let agent = Agent::start(AgentOptions::identity("token+netns"));
-    println!("   registration socket {}, public port {}", agent.socket.display(), agent.port);
+    println!(
+        "   registration socket {}, public port {}",
+        agent.socket.display(),
+        agent.port
+    );
 
     step("Bringing up two pods: network namespaces joined to the host by veth pairs")?;
     let pod1 = PodNet::new();
     let pod2 = PodNet::new();
     for (n, p) in [(1, &pod1), (2, &pod2)] {
-        println!("   pod {n}: netns {}  address {} / {}  (host side {})", p.name, p.v4(), p.v6(), p.host_v4());
+        println!(
+            "   pod {n}: netns {}  address {} / {}  (host side {})",
+            p.name,
+            p.v4(),
+            p.v6(),
+            p.host_v4()
+        );
     }
 
     step("Registering them as a runtime would (`rkt-mds register`)")?;
     let fx = fixtures::dir();
     let f = |rel: &str| fx.join(rel).display().to_string();
-    let url1 = register(&agent, &pod1, U1, &f("pods/web-pod.json"), &[("web", f("pods/web-image.json")), ("log-shipper", f("pods/log-shipper-image.json"))])?;
-    let url2 = register(&agent, &pod2, U2, &f("pods/bare-pod.json"), &[("worker", f("pods/worker-image.json"))])?;
+    let url1 = register(
+        &agent,
+        &pod1,
+        U1,
+        &f("pods/web-pod.json"),
+        &[
+            ("web", f("pods/web-image.json")),
+            ("log-shipper", f("pods/log-shipper-image.json")),
+        ],
+    )?;
+    let url2 = register(
+        &agent,
+        &pod2,
+        U2,
+        &f("pods/bare-pod.json"),
+        &[("worker", f("pods/worker-image.json"))],
+    )?;
     let token1 = url1.rsplit('/').next().unwrap_or_default().to_owned();
 
     step("Pod 1 asks who it is")?;
-    expect(&in_pod(&pod1, &url1, &["curl", "-s", &format!("{url1}/acMetadata/v1/pod/uuid")])?, U1)?;
-    let annotations = in_pod(&pod1, &url1, &["curl", "-s", &format!("{url1}/acMetadata/v1/pod/annotations")])?;
+    expect(
+        &in_pod(
+            &pod1,
+            &url1,
+            &["curl", "-s", &format!("{url1}/acMetadata/v1/pod/uuid")],
+        )?,
+        U1,
+    )?;
+    let annotations = in_pod(
+        &pod1,
+        &url1,
+        &[
+            "curl",
+            "-s",
+            &format!("{url1}/acMetadata/v1/pod/annotations"),
+        ],
+    )?;
     expect(&annotations, "tenant-a")?;
-    expect(&in_pod(&pod1, &url1, &["curl", "-s", &format!("{url1}/acMetadata/v1/apps/web/annotations/example.com/tier")])?, "frontend-override")?;
+    expect(
+        &in_pod(
+            &pod1,
+            &url1,
+            &[
+                "curl",
+                "-s",
+                &format!("{url1}/acMetadata/v1/apps/web/annotations/example.com/tier"),
+            ],
+        )?,
+        "frontend-override",
+    )?;
 
     step("Pod 2 asks who it is")?;
-    expect(&in_pod(&pod2, &url2, &["curl", "-s", &format!("{url2}/acMetadata/v1/pod/uuid")])?, U2)?;
+    expect(
+        &in_pod(
+            &pod2,
+            &url2,
+            &["curl", "-s", &format!("{url2}/acMetadata/v1/pod/uuid")],
+        )?,
+        U2,
+    )?;
 
     step("Pod 1 signs a message; pod 2 verifies it came from pod 1")?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let msg = dir.path().join("message.txt");
     std::fs::write(&msg, "pay tenant-b 42 credits\n").map_err(|e| e.to_string())?;
-    let sig = in_pod(&pod1, &url1, &[&bin(), "sign", "--file", &msg.display().to_string()])?;
+    let sig = in_pod(
+        &pod1,
+        &url1,
+        &[&bin(), "sign", "--file", &msg.display().to_string()],
+    )?;
     let sig = sig.trim().to_owned();
     expect(&format!("{} characters", sig.len()), "88 characters")?;
-    let verify = run_in_pod(&pod2, &url2, &[&bin(), "verify", "--file", &msg.display().to_string(), "--uuid", U1, "--signature", &sig])?;
+    let verify = run_in_pod(
+        &pod2,
+        &url2,
+        &[
+            &bin(),
+            "verify",
+            "--file",
+            &msg.display().to_string(),
+            "--uuid",
+            U1,
+            "--signature",
+            &sig,
+        ],
+    )?;
     if !verify.status.success() {
-        return Err(format!("verify failed: {}", String::from_utf8_lossy(&verify.stderr)));
+        return Err(format!(
+            "verify failed: {}",
+            String::from_utf8_lossy(&verify.stderr)
+        ));
     }
     println!("   -> valid (exit 0)");
     std::fs::write(&msg, "pay tenant-b 4200 credits\n").map_err(|e| e.to_string())?;
-    let tampered = run_in_pod(&pod2, &url2, &[&bin(), "verify", "--file", &msg.display().to_string(), "--uuid", U1, "--signature", &sig])?;
+    let tampered = run_in_pod(
+        &pod2,
+        &url2,
+        &[
+            &bin(),
+            "verify",
+            "--file",
+            &msg.display().to_string(),
+            "--uuid",
+            U1,
+            "--signature",
+            &sig,
+        ],
+    )?;
     if tampered.status.code() != Some(1) {
         return Err("a tampered message verified".into());
     }
     println!("   -> a tampered message: invalid (exit 1)");
 
     step("Pod 2 steals pod 1's token: refused, the request is not from pod 1's namespace")?;
-    let host2 = match url2.split('/').nth(2) { Some(h) => h.to_owned(), None => return Err("bad URL".into()) };
+    let host2 = match url2.split('/').nth(2) {
+        Some(h) => h.to_owned(),
+        None => return Err("bad URL".into()),
+    };
     let stolen = format!("http://{host2}/{token1}/acMetadata/v1/pod/uuid");
-    let out = in_pod(&pod2, &url2, &["curl", "-s", "-w", " (HTTP %{http_code})", &stolen])?;
+    let out = in_pod(
+        &pod2,
+        &url2,
+        &["curl", "-s", "-w", " (HTTP %{http_code})", &stolen],
+    )?;
     expect(&out, "403")?;
 
     step("The operator's audit: which pod holds which address")?;
-    let audit = Command::new(bin()).args(["audit", "--socket", &agent.socket.display().to_string()]).output().map_err(|e| e.to_string())?;
+    let audit = Command::new(bin())
+        .args(["audit", "--socket", &agent.socket.display().to_string()])
+        .output()
+        .map_err(|e| e.to_string())?;
     print!("{}", String::from_utf8_lossy(&audit.stdout));
     if !audit.status.success() {
         return Err("audit failed".into());
@@ -114,24 +218,50 @@ fn bin() -> String {
     integration::agent::binary().display().to_string()
 }
 
-fn register(agent: &Agent, pod: &PodNet, uuid: &str, manifest: &str, apps: &[(&str, String)]) -> Result<String, String> {
+fn register(
+    agent: &Agent,
+    pod: &PodNet,
+    uuid: &str,
+    manifest: &str,
+    apps: &[(&str, String)],
+) -> Result<String, String> {
     let mut args: Vec<String> = vec![
-        "register".into(), "--socket".into(), agent.socket.display().to_string(),
-        "--uuid".into(), uuid.into(), "--manifest".into(), manifest.into(),
-        "--netns".into(), pod.netns_path(), "--host".into(), IpAddr::V4(pod.host_v4()).to_string(),
+        "register".into(),
+        "--socket".into(),
+        agent.socket.display().to_string(),
+        "--uuid".into(),
+        uuid.into(),
+        "--manifest".into(),
+        manifest.into(),
+        "--netns".into(),
+        pod.netns_path(),
+        "--host".into(),
+        IpAddr::V4(pod.host_v4()).to_string(),
     ];
     for (name, file) in apps {
         args.push("--app".into());
         args.push(format!("{name}={file}"));
     }
-    println!("   $ rkt-mds register --uuid {uuid} --manifest {} --netns {} ...", short(manifest), pod.netns_path());
-    let out = Command::new(bin()).args(&args).output().map_err(|e| e.to_string())?;
+    println!(
+        "   $ rkt-mds register --uuid {uuid} --manifest {} --netns {} ...",
+        short(manifest),
+        pod.netns_path()
+    );
+    let out = Command::new(bin())
+        .args(&args)
+        .output()
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return Err(format!("register failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "register failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     println!("   {line}");
-    line.strip_prefix("AC_METADATA_URL=").map(str::to_owned).ok_or_else(|| format!("unexpected output {line:?}"))
+    line.strip_prefix("AC_METADATA_URL=")
+        .map(str::to_owned)
+        .ok_or_else(|| format!("unexpected output {line:?}"))
 }
 
 fn short(path: &str) -> &str {
@@ -139,7 +269,16 @@ fn short(path: &str) -> &str {
 }
 
 fn run_in_pod(pod: &PodNet, url: &str, cmd: &[&str]) -> Result<Output, String> {
-    let shown: Vec<&str> = cmd.iter().map(|c| if c.contains('/') && c.starts_with('/') { short(c) } else { c }).collect();
+    let shown: Vec<&str> = cmd
+        .iter()
+        .map(|c| {
+            if c.contains('/') && c.starts_with('/') {
+                short(c)
+            } else {
+                c
+            }
+        })
+        .collect();
     println!("   [{}] $ {}", pod.name, shown.join(" "));
     Command::new("ip")
         .args(["netns", "exec", &pod.name])
