@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// Besides root, peers of this group id may use the registration socket.
     #[arg(long, value_name = "GID")]
     pub registration_group: Option<u32>,
+    /// How long a pod may look dead (network namespace gone, or rkt's pod
+    /// directory gone from <dir>/pods/run) before its registration is removed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub gc_grace: Duration,
     /// How many HMAC keys to keep after rotations (the newest signs, all verify).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub key_retention: usize,
@@ -144,9 +148,10 @@ pub struct AuditArgs {
     /// Exit 1 when any conflict, gone or long-unknown namespace exists.
     #[arg(long)]
     pub check: bool,
-    /// With --check: how old a netns-unknown entry must be to count.
-    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
-    pub grace: Duration,
+    /// With --check: how old a netns-unknown entry must be to count
+    /// (default: the agent's --gc-grace).
+    #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
+    pub grace: Option<Duration>,
     #[command(flatten)]
     pub socket: SocketArg,
 }

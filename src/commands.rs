@@ -54,6 +54,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         pods::Config {
             mode: args.identity,
             rkt_dir: args.dir.clone(),
+            gc_grace: args.gc_grace,
         },
         watches,
         Some(store),
@@ -180,11 +181,7 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
             return Err(e);
         }
     }
-    let info = call(socket, Method::GET, "/info", None).await?;
-    expect_ok(&info, "asking the agent for its port")?;
-    let port = serde_json::from_slice::<Info>(&info.body)
-        .context("the agent's /info is not valid")?
-        .public_port;
+    let port = info(socket).await?.public_port;
     let host = match args.host {
         std::net::IpAddr::V6(v6) => format!("[{v6}]"),
         v4 => v4.to_string(),
@@ -196,6 +193,13 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
 #[derive(Deserialize)]
 struct Info {
     public_port: u16,
+    gc_grace_secs: u64,
+}
+
+async fn info(socket: &Path) -> Result<Info> {
+    let reply = call(socket, Method::GET, "/info", None).await?;
+    expect_ok(&reply, "asking the agent for its settings")?;
+    serde_json::from_slice(&reply.body).context("the agent's /info is not valid")
 }
 
 fn random_token() -> Result<String> {
@@ -279,10 +283,14 @@ pub async fn audit(args: AuditArgs) -> Result<i32> {
     if !args.check {
         return Ok(0);
     }
+    let grace = match args.grace {
+        Some(g) => g.as_secs(),
+        None => info(&args.socket.socket).await?.gc_grace_secs,
+    };
     let now = pods::unix_now();
     let doubtful = listing.pods.iter().filter(|p| match p.state.as_str() {
         "conflict" | "netns-gone" => true,
-        "netns-unknown" => now.saturating_sub(p.registered_at) >= args.grace.as_secs(),
+        "netns-unknown" => now.saturating_sub(p.registered_at) >= grace,
         _ => false,
     });
     let n = doubtful.count();

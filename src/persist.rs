@@ -29,6 +29,8 @@ pub struct Record {
     pub netns: StoredNetns,
     pub registered_at: u64,
     pub registrant: Registrant,
+    #[serde(default)]
+    pub rkt_pod: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -67,6 +69,7 @@ impl Record {
             },
             registered_at: pod.registered_at,
             registrant: pod.registrant,
+            rkt_pod: pod.rkt_pod,
         }
     }
 

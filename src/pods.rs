@@ -85,6 +85,9 @@ pub struct Config {
     pub mode: Mode,
     /// rkt's data directory (`--dir`).
     pub rkt_dir: PathBuf,
+    /// How long a pod may look dead (namespace gone, rkt pod directory
+    /// gone) before its registration is collected.
+    pub gc_grace: Duration,
 }
 
 /// Registrations, their namespaces and the identity policy.
@@ -94,6 +97,8 @@ pub struct Pods {
     watches: WatchSet,
     store: Option<PodStore>,
     last_discovery: Mutex<HashMap<PodUuid, Instant>>,
+    /// Since when each pod has looked dead, for the GC grace period.
+    dead_since: Mutex<HashMap<PodUuid, Instant>>,
 }
 
 impl Pods {
@@ -104,6 +109,7 @@ impl Pods {
             watches,
             store,
             last_discovery: Mutex::default(),
+            dead_since: Mutex::default(),
         }
     }
 
@@ -117,6 +123,10 @@ impl Pods {
 
     pub fn mode(&self) -> Mode {
         self.config.mode
+    }
+
+    pub fn gc_grace(&self) -> Duration {
+        self.config.gc_grace
     }
 
     /// `PUT /pods/{uuid}?token=...`
@@ -141,7 +151,7 @@ impl Pods {
             }
             _ => None,
         };
-        let pod = Pod::new(
+        let mut pod = Pod::new(
             uuid,
             token,
             manifest,
@@ -150,6 +160,7 @@ impl Pods {
             unix_now(),
             req.registrant,
         );
+        pod.rkt_pod = self.rkt_pod_dir(&uuid).is_dir();
         let inserted = match self.registry.insert(pod) {
             Ok(i) => i,
             Err(e) => {
@@ -489,6 +500,7 @@ impl Pods {
             record.registered_at,
             record.registrant,
         );
+        pod.rkt_pod = record.rkt_pod;
         for (name, source) in record.apps {
             let image = serde_json::from_str(&source)
                 .map_err(|e| e.to_string())
@@ -506,6 +518,47 @@ impl Pods {
             return Err(e.to_string());
         }
         Ok(())
+    }
+
+    /// Removes registrations that have looked dead for the grace period:
+    /// their namespace is gone, or rkt's pod directory left `pods/run/`
+    /// (rkt never did this: crashed `rkt run`s left registrations forever).
+    pub fn collect_garbage(&self) {
+        let now = Instant::now();
+        let mut expired = Vec::new();
+        {
+            let mut dead = self.dead_since.lock().unwrap_or_else(|p| p.into_inner());
+            let mut still_dead = HashMap::new();
+            for pod in self.registry.all() {
+                let Some(reason) = self.why_dead(&pod) else {
+                    continue;
+                };
+                let since = dead.get(&pod.uuid).copied().unwrap_or(now);
+                if now.duration_since(since) >= self.config.gc_grace {
+                    expired.push((pod.uuid, reason));
+                } else {
+                    still_dead.insert(pod.uuid, since);
+                }
+            }
+            *dead = still_dead;
+        }
+        for (uuid, reason) in expired {
+            if let Some(Err(e)) = self.remove(&uuid, reason) {
+                tracing::warn!(pod = %uuid, error = %e, "cannot collect a dead registration");
+            }
+        }
+    }
+
+    fn why_dead(&self, pod: &Pod) -> Option<&'static str> {
+        if let Some(id) = pod.netns_id() {
+            if self.watches.status(id).is_some_and(|s| !s.live) {
+                return Some("garbage-collected: its network namespace is gone");
+            }
+        }
+        if pod.rkt_pod && !self.rkt_pod_dir(&pod.uuid).is_dir() {
+            return Some("garbage-collected: its rkt pod directory left pods/run");
+        }
+        None
     }
 
     fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<PodUuid, Instant>> {

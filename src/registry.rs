@@ -100,6 +100,9 @@ pub struct Pod {
     pub netns: NetnsBinding,
     pub registered_at: u64,
     pub registrant: Registrant,
+    /// rkt's pod directory existed when the pod registered: when it
+    /// leaves `pods/run/`, the pod is over.
+    pub rkt_pod: bool,
 }
 
 impl Pod {
@@ -124,6 +127,7 @@ impl Pod {
             netns,
             registered_at,
             registrant,
+            rkt_pod: false,
         }
     }
 

@@ -250,12 +250,13 @@ async fn refuse_busy(mut stream: TcpStream) {
 }
 
 /// Background work off the request path: binding pods whose namespace rkt
-/// has written since they registered.
+/// has written since they registered, collecting dead registrations.
 async fn maintain(state: Arc<AppState>, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
         state.pods.discover_pending().await;
+        state.pods.collect_garbage();
     }
 }

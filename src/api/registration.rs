@@ -57,6 +57,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
                 serde_json::json!({
                     "public_port": state.public_port,
                     "identity_mode": state.pods.mode().to_string(),
+                    "gc_grace_secs": state.pods.gc_grace().as_secs(),
                     "version": env!("CARGO_PKG_VERSION"),
                 })
                 .to_string(),
