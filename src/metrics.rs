@@ -9,7 +9,7 @@ const BUCKETS: [f64; 8] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.
 
 #[derive(Default)]
 struct Inner {
-    requests: BTreeMap<(&'static str, u16), u64>,
+    requests: BTreeMap<(&'static str, &'static str, u16), u64>,
     refusals: BTreeMap<&'static str, u64>,
     latency_buckets: [u64; BUCKETS.len()],
     latency_count: u64,
@@ -22,9 +22,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn request(&self, api: &'static str, status: u16, latency: Duration) {
+    pub fn request(
+        &self,
+        api: &'static str,
+        endpoint: &'static str,
+        status: u16,
+        latency: Duration,
+    ) {
         let mut m = self.lock();
-        *m.requests.entry((api, status)).or_default() += 1;
+        *m.requests.entry((api, endpoint, status)).or_default() += 1;
         let secs = latency.as_secs_f64();
         for (i, bound) in BUCKETS.iter().enumerate() {
             if secs <= *bound {
@@ -44,13 +50,13 @@ impl Metrics {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "# HELP rkt_mds_requests_total HTTP requests answered, by API and status."
+            "# HELP rkt_mds_requests_total HTTP requests answered, by API, endpoint and status."
         );
         let _ = writeln!(out, "# TYPE rkt_mds_requests_total counter");
-        for ((api, status), n) in &m.requests {
+        for ((api, endpoint, status), n) in &m.requests {
             let _ = writeln!(
                 out,
-                "rkt_mds_requests_total{{api=\"{api}\",status=\"{status}\"}} {n}"
+                "rkt_mds_requests_total{{api=\"{api}\",endpoint=\"{endpoint}\",status=\"{status}\"}} {n}"
             );
         }
         let _ = writeln!(out, "# HELP rkt_mds_identity_refusals_total Public requests refused by the identity policy, by reason.");

@@ -170,8 +170,16 @@ fn serve_public(
             let start = Instant::now();
             let method = req.method().clone();
             let path = public::redact(req.uri().path());
+            let endpoint = public::endpoint(req.uri().path());
             let handled = public::handle(state.clone(), req, peer).await;
-            Ok::<_, Infallible>(finish(&state, "public", &method, &path, start, handled))
+            Ok::<_, Infallible>(finish(
+                &state,
+                ("public", endpoint),
+                &method,
+                &path,
+                start,
+                handled,
+            ))
         }
     });
     let conn = http1_builder(limits).serve_connection(TokioIo::new(stream), svc);
@@ -206,10 +214,11 @@ fn serve_registration(
             let method = req.method().clone();
             // The query carries the token: log the path alone.
             let path = req.uri().path().to_owned();
+            let endpoint = registration::endpoint(&path);
             let handled = registration::handle(state.clone(), req, peer).await;
             Ok::<_, Infallible>(finish(
                 &state,
-                "registration",
+                ("registration", endpoint),
                 &method,
                 &path,
                 start,
@@ -229,7 +238,7 @@ fn serve_registration(
 
 fn finish(
     state: &AppState,
-    api: &'static str,
+    (api, endpoint): (&'static str, &'static str),
     method: &hyper::Method,
     path: &str,
     start: Instant,
@@ -238,7 +247,9 @@ fn finish(
     let latency = start.elapsed();
     let status = handled.response.status();
     api::log_access(api, method, path, status, latency, handled.pod);
-    state.metrics.request(api, status.as_u16(), latency);
+    state
+        .metrics
+        .request(api, endpoint, status.as_u16(), latency);
     handled.response
 }
 

@@ -28,7 +28,39 @@ pub fn binary() -> PathBuf {
         "{} not found: build it first (`cargo build --workspace`, or run `cargo test --workspace`)",
         bin.display()
     );
+    // `cargo test -p integration` alone does not rebuild the agent: refuse
+    // to test an old binary against new sources.
+    let built = modified(&bin);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for src in ["src", "netns/src"] {
+        if newest_below(&root.join(src)).is_some_and(|t| t > built) {
+            panic!(
+                "{} is older than its sources: run `cargo test --workspace` (or `cargo build --workspace` first)",
+                bin.display()
+            );
+        }
+    }
     bin
+}
+
+fn modified(p: &Path) -> std::time::SystemTime {
+    std::fs::metadata(p)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+fn newest_below(dir: &Path) -> Option<std::time::SystemTime> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let t = if p.is_dir() {
+            newest_below(&p)
+        } else {
+            Some(modified(&p))
+        };
+        newest = newest.max(t);
+    }
+    newest
 }
 
 #[derive(Clone, Debug)]
@@ -127,10 +159,12 @@ impl Agent {
             self.options.identity.into(),
             "--liveness-interval".into(),
             "100ms".into(),
-            // Lets the suite run unprivileged where it can (root always may).
-            "--registration-group".into(),
-            nix::unistd::getgid().as_raw().to_string(),
         ];
+        // Lets the suite run unprivileged where it can (root always may).
+        if !nix::unistd::geteuid().is_root() {
+            a.push("--registration-group".into());
+            a.push(nix::unistd::getgid().as_raw().to_string());
+        }
         a.extend(self.options.args.iter().cloned());
         a
     }

@@ -75,6 +75,29 @@ pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
     Some((token, r))
 }
 
+impl Route<'_> {
+    /// The endpoint without its names, for metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Route::PodAnnotations => "pod/annotations",
+            Route::PodAnnotation(_) => "pod/annotations/{name}",
+            Route::PodManifest => "pod/manifest",
+            Route::PodUuid => "pod/uuid",
+            Route::Sign => "pod/hmac/sign",
+            Route::Verify => "pod/hmac/verify",
+            Route::AppAnnotations(_) => "apps/{app}/annotations",
+            Route::AppAnnotation(..) => "apps/{app}/annotations/{name}",
+            Route::AppImageManifest(_) => "apps/{app}/image/manifest",
+            Route::AppImageId(_) => "apps/{app}/image/id",
+        }
+    }
+}
+
+/// The metrics label of a public path.
+pub fn endpoint(path: &str) -> &'static str {
+    route(path).map_or("unknown", |(_, r)| r.label())
+}
+
 /// The path as logged: the token replaced by `***`, the query dropped
 /// (it may carry a signature).
 pub fn redact(path: &str) -> String {

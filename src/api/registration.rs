@@ -26,6 +26,22 @@ pub struct Peer {
     pub pid: Option<i32>,
 }
 
+/// The metrics label of a registration-socket path.
+pub fn endpoint(path: &str) -> &'static str {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["health"] => "health",
+        ["metrics"] => "metrics",
+        ["info"] => "info",
+        ["pods"] => "pods",
+        ["pods", _] => "pods/{uuid}",
+        ["pods", _, _] => "pods/{uuid}/{app}",
+        ["keys"] => "keys",
+        ["keys", "rotate"] => "keys/rotate",
+        _ => "unknown",
+    }
+}
+
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) -> Handled {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
