@@ -100,6 +100,9 @@ pub struct ServeArgs {
     /// closed (slow-client defence).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]
     pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
     /// How often watched namespace files are checked for deletion.
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub liveness_interval: Duration,

@@ -81,6 +81,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let limits = Limits {
         max_connections: args.max_connections,
         header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
         ..Limits::default()
     };
     server::run(state, listeners, limits, shutdown_signal())

@@ -6,6 +6,7 @@ pub mod api;
 pub mod appc;
 pub mod cli;
 pub mod client;
+pub mod deadline;
 pub mod identity;
 pub mod keys;
 pub mod listen;

@@ -24,6 +24,7 @@ use tokio::{
 
 use crate::{
     api::{self, public, registration, Handled},
+    deadline::{DeadlineIo, Timeouts},
     keys::Keyring,
     listen::Listeners,
     metrics::Metrics,
@@ -45,8 +46,11 @@ pub struct AppState {
 /// Connection handling limits.
 #[derive(Clone, Debug)]
 pub struct Limits {
-    /// Whole request head must arrive within this (slowloris defence).
+    /// A request head must arrive within this of its first byte (or of
+    /// the accept): slow-client defence.
     pub header_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
     /// Concurrent public connections; beyond it, 503 and close.
     pub max_connections: usize,
     /// How long in-flight requests may take to finish at shutdown.
@@ -59,6 +63,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             max_connections: 4096,
             drain_timeout: Duration::from_secs(10),
             maintenance_interval: Duration::from_secs(1),
@@ -140,14 +145,38 @@ async fn accept_any(listeners: &[TcpListener]) -> std::io::Result<(TcpStream, So
     futures::future::select_all(accepts).await.0
 }
 
-fn http1_builder(limits: &Limits) -> http1::Builder {
+fn http1_builder() -> http1::Builder {
     let mut builder = http1::Builder::new();
+    // Head and idle deadlines are `DeadlineIo`'s: hyper's own head timer
+    // would also cut idle keep-alive connections at the head timeout.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_timeout)
+        .header_read_timeout(None)
         .keep_alive(true);
     builder
 }
+
+/// What differs between the two APIs' connections.
+struct Api {
+    name: &'static str,
+    /// The path as it may be logged.
+    log_path: fn(&str) -> String,
+    /// The metrics label.
+    endpoint: fn(&str) -> &'static str,
+}
+
+const PUBLIC: Api = Api {
+    name: "public",
+    log_path: public::redact,
+    endpoint: public::endpoint,
+};
+
+const REGISTRATION: Api = Api {
+    name: "registration",
+    // The query carries the token: log the path alone.
+    log_path: str::to_owned,
+    endpoint: registration::endpoint,
+};
 
 fn serve_public(
     state: &Arc<AppState>,
@@ -163,33 +192,8 @@ fn serve_public(
         return;
     };
     let _ = stream.set_nodelay(true);
-    let state = state.clone();
-    let svc = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
-        async move {
-            let start = Instant::now();
-            let method = req.method().clone();
-            let path = public::redact(req.uri().path());
-            let endpoint = public::endpoint(req.uri().path());
-            let handled = public::handle(state.clone(), req, peer).await;
-            Ok::<_, Infallible>(finish(
-                &state,
-                ("public", endpoint),
-                &method,
-                &path,
-                start,
-                handled,
-            ))
-        }
-    });
-    let conn = http1_builder(limits).serve_connection(TokioIo::new(stream), svc);
-    let conn = graceful.watch(conn);
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(peer = %peer, error = %e, "public connection ended with an error");
-        }
-        drop(permit);
-    });
+    let handler = move |state, req| public::handle(state, req, peer);
+    serve_connection(state, graceful, limits, stream, PUBLIC, permit, handler);
 }
 
 fn serve_registration(
@@ -206,33 +210,54 @@ fn serve_registration(
         },
         Err(_) => registration::Peer::default(),
     };
+    let handler = move |state, req| registration::handle(state, req, peer);
+    serve_connection(state, graceful, limits, stream, REGISTRATION, (), handler);
+}
+
+/// Serves one connection on its own task: deadlines, access log, metrics.
+/// `guard` (a connection-cap permit) is held until the connection ends.
+fn serve_connection<S, H, F>(
+    state: &Arc<AppState>,
+    graceful: &GracefulShutdown,
+    limits: &Limits,
+    stream: S,
+    api: Api,
+    guard: impl Send + 'static,
+    handler: H,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Arc<AppState>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Handled> + Send + 'static,
+{
+    let (io, phase) = DeadlineIo::new(
+        stream,
+        Timeouts {
+            header: limits.header_timeout,
+            idle: limits.idle_timeout,
+        },
+    );
     let state = state.clone();
     let svc = service_fn(move |req: Request<Incoming>| {
-        let state = state.clone();
+        let (state, phase, handler) = (state.clone(), phase.clone(), handler.clone());
         async move {
+            phase.request_started();
             let start = Instant::now();
             let method = req.method().clone();
-            // The query carries the token: log the path alone.
-            let path = req.uri().path().to_owned();
-            let endpoint = registration::endpoint(&path);
-            let handled = registration::handle(state.clone(), req, peer).await;
-            Ok::<_, Infallible>(finish(
-                &state,
-                ("registration", endpoint),
-                &method,
-                &path,
-                start,
-                handled,
-            ))
+            let path = (api.log_path)(req.uri().path());
+            let endpoint = (api.endpoint)(req.uri().path());
+            let handled = handler(state.clone(), req).await;
+            let response = finish(&state, (api.name, endpoint), &method, &path, start, handled);
+            phase.request_finished();
+            Ok::<_, Infallible>(response)
         }
     });
-    let conn = http1_builder(limits).serve_connection(TokioIo::new(stream), svc);
-    let conn = graceful.watch(conn);
+    let conn = graceful.watch(http1_builder().serve_connection(TokioIo::new(io), svc));
     tokio::spawn(async move {
         // rkt's availability probe connects and closes at once: not an error.
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "registration connection ended with an error");
+            tracing::debug!(api = api.name, error = %e, "connection ended with an error");
         }
+        drop(guard);
     });
 }
 

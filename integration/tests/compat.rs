@@ -719,3 +719,41 @@ fn socket_file_lifecycle() {
     agent.restart();
     assert_eq!(agent.unix(&Request::get("/health")).status, 200);
 }
+
+#[test]
+fn idle_keep_alive_outlives_the_head_deadline_then_closes() {
+    let agent = Agent::start(
+        AgentOptions::identity("token")
+            .arg("--header-timeout")
+            .arg("1s")
+            .arg("--idle-timeout")
+            .arg("3s"),
+    );
+    let (u, t) = (uuid(1), token(1));
+    assert_eq!(
+        agent
+            .register(&u, &t, &fixtures::read("pods/bare-pod.json"), "")
+            .status,
+        200
+    );
+    let s = std::net::TcpStream::connect(agent.loopback()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut conn = http::Conn::new(s);
+    let req = Request::get(&format!("{}/pod/uuid", base(&t)));
+    assert_eq!(conn.send(&req).unwrap().status, 200);
+    // Idle for longer than the head deadline: what is under test is time
+    // passing, so this sleep is the test, not a synchronization.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        conn.send(&req).unwrap().status,
+        200,
+        "an idle keep-alive connection is not a slow head"
+    );
+    // Left idle, the agent closes it (EOF, not our 30 s read timeout).
+    let mut rest = Vec::new();
+    let n = conn
+        .stream()
+        .read_to_end(&mut rest)
+        .expect("closed by the agent");
+    assert_eq!(n, 0);
+}
