@@ -180,20 +180,20 @@ pub struct PodApp {
     pub annotations: Annotations,
 }
 
-/// A validated pod manifest.
+/// What the agent needs of a validated pod manifest (the JSON itself is
+/// serialized once into the response body and not kept).
 #[derive(Clone, Debug)]
 pub struct PodManifest {
-    /// The manifest as received, with `"annotations": null` added when it
-    /// had none (what rkt echoes, so `/pod/manifest` and
-    /// `/pod/annotations` agree).
-    pub json: Value,
     pub apps: Vec<PodApp>,
     /// `None` when the manifest had no annotations.
     pub annotations: Option<Annotations>,
 }
 
 impl PodManifest {
-    pub fn from_value(mut json: Value) -> Result<Self, SchemaError> {
+    /// Validates `json`; returns the manifest and the JSON to echo: as
+    /// received, with `"annotations": null` added when it had none (what
+    /// rkt echoes, so `/pod/manifest` and `/pod/annotations` agree).
+    pub fn from_value(mut json: Value) -> Result<(Self, Value), SchemaError> {
         let obj = json
             .as_object_mut()
             .ok_or_else(|| bad("pod manifest must be a JSON object".into()))?;
@@ -241,11 +241,13 @@ impl PodManifest {
         if !obj.contains_key("annotations") {
             obj.insert("annotations".into(), Value::Null);
         }
-        Ok(Self {
+        Ok((
+            Self {
+                apps,
+                annotations: pod_annotations,
+            },
             json,
-            apps,
-            annotations: pod_annotations,
-        })
+        ))
     }
 
     pub fn app(&self, name: &str) -> Option<&PodApp> {
@@ -253,16 +255,15 @@ impl PodManifest {
     }
 }
 
-/// A validated image manifest.
+/// What the agent needs of a validated image manifest.
 #[derive(Clone, Debug)]
 pub struct ImageManifest {
-    /// The manifest as received.
-    pub json: Value,
     pub annotations: Annotations,
 }
 
 impl ImageManifest {
-    pub fn from_value(json: Value) -> Result<Self, SchemaError> {
+    /// Validates `json`; returns the manifest and the JSON (echoed as is).
+    pub fn from_value(json: Value) -> Result<(Self, Value), SchemaError> {
         let obj = json
             .as_object()
             .ok_or_else(|| bad("image manifest must be a JSON object".into()))?;
@@ -274,7 +275,7 @@ impl ImageManifest {
         }
         let annotations =
             annotations(obj.get("annotations"), "image manifest")?.unwrap_or_default();
-        Ok(Self { json, annotations })
+        Ok((Self { annotations }, json))
     }
 }
 
@@ -357,12 +358,12 @@ mod tests {
 
     #[test]
     fn fixtures_validate_and_echo_unknown_fields() {
-        let pod = PodManifest::from_value(fixture("pods/web-pod.json")).unwrap();
+        let (pod, echo) = PodManifest::from_value(fixture("pods/web-pod.json")).unwrap();
         assert_eq!(pod.apps.len(), 2);
-        assert_eq!(pod.json["userLabels"], json!({"env": "prod"}));
-        let bare = PodManifest::from_value(fixture("pods/bare-pod.json")).unwrap();
+        assert_eq!(echo["userLabels"], json!({"env": "prod"}));
+        let (bare, echo) = PodManifest::from_value(fixture("pods/bare-pod.json")).unwrap();
         assert!(bare.annotations.is_none());
-        assert_eq!(bare.json["annotations"], Value::Null);
+        assert_eq!(echo["annotations"], Value::Null);
         PodManifest::from_value(fixture("appc-examples/pod_runtime.json")).unwrap();
         for img in [
             "pods/web-image.json",
@@ -376,8 +377,8 @@ mod tests {
 
     #[test]
     fn merge_order_matches_the_fixture_readme() {
-        let pod = PodManifest::from_value(fixture("pods/web-pod.json")).unwrap();
-        let image = ImageManifest::from_value(fixture("pods/web-image.json")).unwrap();
+        let (pod, _) = PodManifest::from_value(fixture("pods/web-pod.json")).unwrap();
+        let (image, _) = ImageManifest::from_value(fixture("pods/web-image.json")).unwrap();
         let merged = merge_annotations(&image.annotations, &pod.app("web").unwrap().annotations);
         let names: Vec<_> = merged.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(

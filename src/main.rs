@@ -9,7 +9,8 @@ use rkt_mds::cli::{Cli, Command};
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(cli.debug);
+    // Held to the end: dropping it flushes the log.
+    let _log = init_logging(cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -28,6 +29,8 @@ fn main() {
             Command::Verify(args) => commands::verify(args).await,
         }
     });
+    drop(runtime);
+    drop(_log);
     match code {
         Ok(code) => std::process::exit(code),
         Err(e) => fatal(e),
@@ -39,13 +42,21 @@ fn fatal(e: anyhow::Error) -> ! {
     std::process::exit(254);
 }
 
-fn init_logging(debug: bool) {
+/// Logs go to stderr through a writer thread, so that no request waits on
+/// a `write(2)` of its access-log line. Under a flood the writer's queue
+/// may drop lines rather than slow down serving.
+fn init_logging(debug: bool) -> tracing_appender::non_blocking::WorkerGuard {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Buffered: the writer thread flushes after each batch it drains, so a
+    // busy agent writes many lines per syscall and an idle one at once.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(stderr);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    guard
 }

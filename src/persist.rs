@@ -22,9 +22,9 @@ pub struct Record {
     pub uuid: PodUuid,
     /// Hex SHA-256 of the token.
     pub token_sha256: String,
-    /// The pod manifest exactly as registered.
+    /// The pod manifest as echoed (the registered one, normalized).
     pub manifest: String,
-    /// Image manifests exactly as registered, by app name.
+    /// Image manifests as echoed, by app name.
     pub apps: BTreeMap<String, String>,
     pub netns: StoredNetns,
     pub registered_at: u64,
@@ -47,14 +47,14 @@ impl Record {
             version: 1,
             uuid: pod.uuid,
             token_sha256: pod.token.0.iter().map(|b| format!("{b:02x}")).collect(),
-            manifest: String::from_utf8_lossy(&pod.manifest_source).into_owned(),
+            manifest: String::from_utf8_lossy(&pod.manifest_body).into_owned(),
             apps: pod
                 .apps
                 .iter()
                 .map(|(n, a)| {
                     (
                         n.clone(),
-                        String::from_utf8_lossy(&a.image_source).into_owned(),
+                        String::from_utf8_lossy(&a.image_manifest).into_owned(),
                     )
                 })
                 .collect(),

@@ -135,7 +135,7 @@ impl Pods {
         let token = check_token(req.token, &uuid)?;
         let json: serde_json::Value =
             serde_json::from_slice(&req.body).map_err(|e| RegisterError::Json(e.to_string()))?;
-        let manifest = PodManifest::from_value(json)?;
+        let (manifest, echo) = PodManifest::from_value(json)?;
         if let Some(existing) = self.registry.get(&uuid) {
             if existing.token != token {
                 return Err(RegistryError::TokenMismatch(uuid).into());
@@ -155,7 +155,7 @@ impl Pods {
             uuid,
             token,
             manifest,
-            req.body,
+            &echo,
             binding,
             unix_now(),
             req.registrant,
@@ -198,9 +198,9 @@ impl Pods {
         let pod = self.registry.get(&uuid).ok_or(RegisterError::PodNotFound)?;
         let json: serde_json::Value =
             serde_json::from_slice(&body).map_err(|e| RegisterError::Json(e.to_string()))?;
-        let image = ImageManifest::from_value(json)?;
+        let (image, echo) = ImageManifest::from_value(json)?;
         let entry = pod
-            .make_app(app, &image, body)
+            .make_app(app, &image, &echo)
             .ok_or_else(|| RegisterError::AppNotInManifest(app.to_owned()))?;
         let previous = pod.apps.get(app).cloned();
         let updated = self
@@ -474,7 +474,7 @@ impl Pods {
     async fn restore(&self, record: Record) -> Result<(), String> {
         let token = TokenDigest(record.token_digest().ok_or("bad token digest")?);
         let json = serde_json::from_str(&record.manifest).map_err(|e| e.to_string())?;
-        let manifest = PodManifest::from_value(json).map_err(|e| e.to_string())?;
+        let (manifest, echo) = PodManifest::from_value(json).map_err(|e| e.to_string())?;
         let binding = match &record.netns {
             StoredNetns::Known { path, dev, ino } => {
                 let r = NetnsRef::open(path)
@@ -495,18 +495,18 @@ impl Pods {
             record.uuid,
             token,
             manifest,
-            Bytes::from(record.manifest),
+            &echo,
             binding,
             record.registered_at,
             record.registrant,
         );
         pod.rkt_pod = record.rkt_pod;
         for (name, source) in record.apps {
-            let image = serde_json::from_str(&source)
+            let (image, echo) = serde_json::from_str(&source)
                 .map_err(|e| e.to_string())
                 .and_then(|j| ImageManifest::from_value(j).map_err(|e| e.to_string()))?;
             let app = pod
-                .make_app(&name, &image, Bytes::from(source))
+                .make_app(&name, &image, &echo)
                 .ok_or_else(|| format!("app {name} is not in the manifest"))?;
             pod.apps.insert(name, app);
         }

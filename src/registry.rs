@@ -78,8 +78,7 @@ impl AnnotationBodies {
 /// A registered app: the pod manifest's entry plus its image manifest.
 #[derive(Clone, Debug)]
 pub struct App {
-    /// The image manifest as received (kept for persistence).
-    pub image_source: Bytes,
+    /// The image manifest, serialized once (also what is persisted).
     pub image_manifest: Bytes,
     pub image_id: Bytes,
     pub annotations: AnnotationBodies,
@@ -91,9 +90,8 @@ pub struct Pod {
     pub uuid: PodUuid,
     pub token: TokenDigest,
     pub manifest: Arc<PodManifest>,
-    /// The pod manifest as received (kept for persistence and idempotency).
-    pub manifest_source: Bytes,
     pub uuid_body: Bytes,
+    /// The pod manifest as echoed, serialized once (also what is persisted).
     pub manifest_body: Bytes,
     pub annotations: AnnotationBodies,
     pub apps: BTreeMap<String, App>,
@@ -110,7 +108,7 @@ impl Pod {
         uuid: PodUuid,
         token: TokenDigest,
         manifest: PodManifest,
-        manifest_source: Bytes,
+        echo: &serde_json::Value,
         netns: NetnsBinding,
         registered_at: u64,
         registrant: Registrant,
@@ -119,10 +117,9 @@ impl Pod {
             uuid,
             token,
             uuid_body: Bytes::from(uuid.to_string()),
-            manifest_body: Bytes::from(manifest.json.to_string()),
+            manifest_body: Bytes::from(echo.to_string()),
             annotations: AnnotationBodies::new(manifest.annotations.as_ref()),
             manifest: Arc::new(manifest),
-            manifest_source,
             apps: BTreeMap::new(),
             netns,
             registered_at,
@@ -133,12 +130,16 @@ impl Pod {
 
     /// Builds the app entry for `name` from its image manifest. `None` when
     /// the pod manifest has no such app.
-    pub fn make_app(&self, name: &str, image: &ImageManifest, source: Bytes) -> Option<App> {
+    pub fn make_app(
+        &self,
+        name: &str,
+        image: &ImageManifest,
+        echo: &serde_json::Value,
+    ) -> Option<App> {
         let entry = self.manifest.app(name)?;
         let merged = appc::merge_annotations(&image.annotations, &entry.annotations);
         Some(App {
-            image_source: source,
-            image_manifest: Bytes::from(image.json.to_string()),
+            image_manifest: Bytes::from(echo.to_string()),
             image_id: Bytes::from(entry.image_id.clone()),
             annotations: AnnotationBodies::new(Some(&merged)),
         })
@@ -311,7 +312,7 @@ mod tests {
     use serde_json::json;
 
     fn pod(uuid: &str, token: &str) -> Pod {
-        let m = PodManifest::from_value(json!({
+        let (m, echo) = PodManifest::from_value(json!({
             "acKind": "PodManifest", "acVersion": "0.8.11",
             "apps": [{"name": "a", "image": {"id": "sha512-1"}}]
         }))
@@ -320,7 +321,7 @@ mod tests {
             PodUuid::parse(uuid).unwrap(),
             TokenDigest::of(token),
             m,
-            Bytes::new(),
+            &echo,
             NetnsBinding::HostNetwork,
             0,
             Registrant::default(),

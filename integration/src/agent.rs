@@ -72,6 +72,8 @@ pub struct AgentOptions {
     pub launcher: Vec<String>,
     /// The registration socket path (default: in the agent's temp dir).
     pub socket: Option<PathBuf>,
+    /// `RUST_LOG` for the agent.
+    pub log_filter: String,
 }
 
 impl Default for AgentOptions {
@@ -81,6 +83,7 @@ impl Default for AgentOptions {
             args: Vec::new(),
             launcher: Vec::new(),
             socket: None,
+            log_filter: "info".into(),
         }
     }
 }
@@ -185,7 +188,7 @@ impl Agent {
         };
         let child = cmd
             .args(self.args())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", &self.options.log_filter)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -25,13 +25,19 @@ pub struct Addressing {
 }
 
 impl Addressing {
-    /// A fresh one, unique in this process and very likely across
-    /// concurrently running test processes.
+    /// A fresh one: unique in this process, and skipping /30s whose host
+    /// side is already on this host (another test process, a leftover).
     pub fn fresh() -> Self {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        Self {
-            index: ((pid % 509) * 64 + n % 64) % 32768,
+        let in_use = host_addresses();
+        loop {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let pid = std::process::id();
+            let a = Self {
+                index: ((pid % 509) * 64 + n) % 32768,
+            };
+            if !in_use.contains(&a.v4(1).to_string()) {
+                return a;
+            }
         }
     }
 
@@ -45,6 +51,15 @@ impl Addressing {
         let p = ula_prefix();
         Ipv6Addr::new(p[0], p[1], p[2], self.index as u16, 0, 0, 0, host)
     }
+}
+
+/// Every IPv4 address configured in the host namespace.
+fn host_addresses() -> String {
+    Command::new("ip")
+        .args(["-4", "-o", "addr", "show"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 /// `fdXX:XXXX:XXXX::/48`, random per process.

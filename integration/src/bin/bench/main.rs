@@ -1,0 +1,332 @@
+//! The benchmark: the release agent against a bare hyper server, both
+//! loaded from inside pod network namespaces over veth, alternating, in
+//! one run. Prints a markdown table and writes every figure as JSON.
+//! Needs root and `wrk` (see integration/bench.sh).
+
+mod reaction;
+mod report;
+mod scale;
+mod wrk;
+
+use std::{
+    net::IpAddr,
+    process::{Child, Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::Duration,
+};
+
+use clap::Parser;
+use integration::{agent::free_port, fixtures, http, Agent, AgentOptions, PodNet};
+use report::{Report, Row};
+use wrk::{Figures, Load};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmark rkt-mds against a bare hyper server, from inside pod namespaces")]
+pub struct Args {
+    /// Alternating agent/reference rounds per scenario (medians reported).
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Seconds of load per wrk run.
+    #[arg(long, default_value_t = 3)]
+    pub seconds: u64,
+    /// Concurrent keep-alive connections per wrk run.
+    #[arg(long, default_value_t = 16)]
+    pub connections: u32,
+    /// Registered pods in the scale scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub pods: u32,
+    /// Namespaces the scale scenario spreads them over.
+    #[arg(long, default_value_t = 500)]
+    pub namespaces: u32,
+    /// Address-change reaction trials.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// Where to write every figure as JSON.
+    #[arg(long, default_value = "bench-results.json")]
+    pub json: std::path::PathBuf,
+    /// Skip the scale scenario (it creates hundreds of namespaces).
+    #[arg(long)]
+    pub skip_scale: bool,
+    /// The agents' RUST_LOG. The default `info` includes the access log,
+    /// one line per request, as in production.
+    #[arg(long, default_value = "info")]
+    pub log: String,
+}
+
+pub const UUID: &str = "b0b0b0b0-a507-4694-aabf-edbe4fc5266f";
+pub const TOKEN: &str = "bench0123456789abcdef0123456789ab";
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("bench: run as root (it creates network namespaces)");
+        return std::process::ExitCode::from(2);
+    }
+    if Command::new("wrk").arg("--version").output().is_err() {
+        eprintln!("bench: wrk is missing: apt-get install wrk (integration/bench.sh does)");
+        return std::process::ExitCode::from(2);
+    }
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    match run(&args) {
+        Ok(report) => {
+            println!("{}", report.markdown());
+            if let Err(e) = std::fs::write(&args.json, report.json().to_string()) {
+                eprintln!("bench: cannot write {}: {e}", args.json.display());
+                return std::process::ExitCode::FAILURE;
+            }
+            eprintln!("bench: figures written to {}", args.json.display());
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn check_interrupted() -> Result<(), String> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        Err("interrupted".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// A reference server process, killed on drop.
+struct Reference {
+    child: Child,
+    port: u16,
+}
+
+impl Reference {
+    fn start(body_size: usize) -> Result<Self, String> {
+        let port = free_port();
+        let bin = integration::agent::binary().with_file_name("reference");
+        let child = Command::new(&bin)
+            .args([port.to_string(), body_size.to_string()])
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        integration::wait_for("the reference server", Duration::from_secs(10), || {
+            http::tcp(addr, &http::Request::get("/")).ok()
+        });
+        Ok(Self { child, port })
+    }
+}
+
+impl Drop for Reference {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A benchmark agent logging at `log_filter`.
+pub fn start_agent(mode: &'static str, log_filter: &str) -> Agent {
+    let mut options = AgentOptions::identity(mode);
+    options.log_filter = log_filter.to_owned();
+    Agent::start(options)
+}
+
+/// Registers the appc example pod (and its one imaged app) bound to `pod`.
+pub fn register_example(
+    agent: &Agent,
+    pod: &PodNet,
+    uuid: &str,
+    token: &str,
+) -> Result<(), String> {
+    let r = agent.register(
+        uuid,
+        token,
+        &fixtures::read("appc-examples/pod_runtime.json"),
+        &format!("&netns={}", pod.netns_path()),
+    );
+    if r.status != 200 {
+        return Err(format!("register: {} {}", r.status, r.text()));
+    }
+    let r = agent.register_app(
+        uuid,
+        "reduce-worker",
+        &fixtures::read("appc-examples/image.json"),
+    );
+    if r.status != 200 {
+        return Err(format!("register app: {} {}", r.status, r.text()));
+    }
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+pub fn medians(runs: &[Figures]) -> Figures {
+    Figures {
+        rps: median(runs.iter().map(|f| f.rps).collect()),
+        p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
+        p99_ms: median(runs.iter().map(|f| f.p99_ms).collect()),
+    }
+}
+
+struct Endpoint {
+    name: &'static str,
+    path: &'static str,
+    form: Option<&'static str>,
+}
+
+const ENDPOINTS: [Endpoint; 4] = [
+    Endpoint {
+        name: "GET /pod/uuid",
+        path: "pod/uuid",
+        form: None,
+    },
+    Endpoint {
+        name: "GET /pod/manifest",
+        path: "pod/manifest",
+        form: None,
+    },
+    Endpoint {
+        name: "GET /apps/reduce-worker/annotations",
+        path: "apps/reduce-worker/annotations",
+        form: None,
+    },
+    Endpoint {
+        name: "POST /pod/hmac/sign",
+        path: "pod/hmac/sign",
+        form: Some("content=hello"),
+    },
+];
+
+fn run(args: &Args) -> Result<Report, String> {
+    let scripts = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut report = Report::new(args);
+    eprintln!("bench: starting agents and the load pod");
+    let load_pod = PodNet::new();
+    let token_agent = start_agent("token", &args.log);
+    let netns_agent = start_agent("token+netns", &args.log);
+    for a in [&token_agent, &netns_agent] {
+        register_example(a, &load_pod, UUID, TOKEN)?;
+    }
+    report.version = token_agent.unix(&http::Request::get("/info")).json()["version"]
+        .as_str()
+        .unwrap_or("")
+        .to_owned();
+    let host = IpAddr::V4(load_pod.host_v4());
+    let url = |agent: &Agent, path: &str| {
+        format!("http://{host}:{}/{TOKEN}/acMetadata/v1/{path}", agent.port)
+    };
+
+    // Reference servers answer bodies of the agent's sizes.
+    let mut references = Vec::new();
+    for e in &ENDPOINTS {
+        let size = body_size(&load_pod, &url(&netns_agent, e.path), e.form)?;
+        references.push((Reference::start(size)?, size));
+    }
+
+    let load = |url: String, form: Option<&'static str>, close: bool| Load {
+        pod: &load_pod,
+        url,
+        form,
+        close,
+        connections: if close { 4 } else { args.connections },
+        duration: Duration::from_secs(args.seconds),
+    };
+
+    // 1. Keep-alive, both identity modes.
+    for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
+        let ref_url = format!("http://{host}:{}/", reference.port);
+        let mut runs: [Vec<Figures>; 3] = Default::default();
+        for round in 0..args.rounds {
+            check_interrupted()?;
+            eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
+            runs[0].push(wrk::run(
+                &load(url(&token_agent, e.path), e.form, false),
+                scripts.path(),
+            )?);
+            runs[2].push(wrk::run(
+                &load(ref_url.clone(), e.form, false),
+                scripts.path(),
+            )?);
+            runs[1].push(wrk::run(
+                &load(url(&netns_agent, e.path), e.form, false),
+                scripts.path(),
+            )?);
+        }
+        let reference = medians(&runs[2]);
+        for (mode, r) in [("token", &runs[0]), ("token+netns", &runs[1])] {
+            report.rows.push(Row::new(
+                format!("keep-alive {}", e.name),
+                mode,
+                *size,
+                r,
+                Some((&runs[2], reference)),
+            ));
+        }
+    }
+
+    // 2. One request per connection: the identity check on every connection.
+    let (reference, size) = &references[0];
+    let ref_url = format!("http://{host}:{}/", reference.port);
+    let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
+    for round in 0..args.rounds {
+        check_interrupted()?;
+        eprintln!("bench: connection-per-request round {}", round + 1);
+        agent_runs.push(wrk::run(
+            &load(url(&netns_agent, "pod/uuid"), None, true),
+            scripts.path(),
+        )?);
+        ref_runs.push(wrk::run(
+            &load(ref_url.clone(), None, true),
+            scripts.path(),
+        )?);
+    }
+    let reference = medians(&ref_runs);
+    report.rows.push(Row::new(
+        "Connection: close GET /pod/uuid".into(),
+        "token+netns",
+        *size,
+        &agent_runs,
+        Some((&ref_runs, reference)),
+    ));
+    drop(token_agent);
+
+    // 4. Reaction time to address changes.
+    check_interrupted()?;
+    eprintln!("bench: address-change reaction, {} trials", args.trials);
+    report.reaction = Some(reaction::measure(&netns_agent, &load_pod, args.trials)?);
+
+    // 3. Scale.
+    if !args.skip_scale {
+        report.scale = Some(scale::measure(
+            args,
+            netns_agent,
+            &load_pod,
+            scripts.path(),
+        )?);
+    }
+    Ok(report)
+}
+
+/// The size of the agent's answer, so the reference answers as much.
+fn body_size(pod: &PodNet, url: &str, form: Option<&str>) -> Result<usize, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &pod.name, "curl", "-s", "--fail"]);
+    if let Some(f) = form {
+        cmd.args(["-d", f]);
+    }
+    let out = cmd.arg(url).output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "{url} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(out.stdout.len())
+}

@@ -1,0 +1,222 @@
+//! The benchmark's report: a markdown table and a JSON document.
+
+use serde_json::{json, Value};
+
+use crate::{medians, wrk::Figures, Args};
+
+pub struct Row {
+    pub scenario: String,
+    pub mode: &'static str,
+    pub body_bytes: usize,
+    pub agent: Figures,
+    pub agent_runs: Vec<Figures>,
+    pub reference: Option<Figures>,
+    pub reference_runs: Vec<Figures>,
+}
+
+impl Row {
+    pub fn new(
+        scenario: String,
+        mode: &'static str,
+        body_bytes: usize,
+        runs: &[Figures],
+        reference: Option<(&Vec<Figures>, Figures)>,
+    ) -> Self {
+        Self {
+            scenario,
+            mode,
+            body_bytes,
+            agent: medians(runs),
+            agent_runs: runs.to_vec(),
+            reference: reference.map(|(_, m)| m),
+            reference_runs: reference.map(|(r, _)| r.clone()).unwrap_or_default(),
+        }
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        self.reference.map(|r| self.agent.rps / r.rps)
+    }
+}
+
+pub struct Reaction {
+    pub add_ms: Vec<f64>,
+    pub del_ms: Vec<f64>,
+}
+
+pub struct Scale {
+    pub pods: u32,
+    pub namespaces: u32,
+    pub setup_secs: f64,
+    pub registration_per_sec: f64,
+    pub rss_hwm_kib: u64,
+    pub at_10: Figures,
+    pub at_n: Figures,
+    pub reload_ms: u64,
+}
+
+pub struct Report {
+    pub rounds: usize,
+    pub seconds: u64,
+    pub connections: u32,
+    pub version: String,
+    pub rows: Vec<Row>,
+    pub reaction: Option<Reaction>,
+    pub scale: Option<Scale>,
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    if v.is_empty() {
+        0.0
+    } else if v.len() % 2 == 1 {
+        v[v.len() / 2]
+    } else {
+        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
+    }
+}
+
+fn max(v: &[f64]) -> f64 {
+    v.iter().copied().fold(0.0, f64::max)
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("")
+        .trim()
+        .to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    json!({"cores": cores, "cpu": cpu, "kernel": kernel.trim()})
+}
+
+/// Versions of hyper and tokio from the lock file both servers are built from.
+fn versions(agent: &str) -> Value {
+    let lock = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"))
+        .unwrap_or_default();
+    let version_of = |name: &str| -> String {
+        let needle = format!("name = \"{name}\"\nversion = \"");
+        lock.find(&needle)
+            .map(|i| {
+                lock[i + needle.len()..]
+                    .split('"')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let wrk = std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .unwrap_or_default();
+    json!({"rkt-mds": agent, "hyper": version_of("hyper"), "tokio": version_of("tokio"), "wrk": wrk})
+}
+
+fn figures(f: &Figures) -> Value {
+    json!({"rps": f.rps, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms})
+}
+
+impl Report {
+    pub fn new(args: &Args) -> Self {
+        Self {
+            rounds: args.rounds,
+            seconds: args.seconds,
+            connections: args.connections,
+            version: String::new(),
+            rows: Vec::new(),
+            reaction: None,
+            scale: None,
+        }
+    }
+
+    pub fn markdown(&self) -> String {
+        let m = machine();
+        let mut out = format!(
+            "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}; wrk 1 thread, {} connections (4 for Connection: close), {} s per run, {} alternating rounds, medians.\n\n",
+            m["cores"], m["cpu"].as_str().unwrap_or(""), m["kernel"].as_str().unwrap_or(""),
+            self.version, versions(&self.version)["hyper"].as_str().unwrap_or(""), versions(&self.version)["tokio"].as_str().unwrap_or(""),
+            self.connections, self.seconds, self.rounds
+        );
+        out += "| scenario | identity | body B | req/s | p50 ms | p99 ms | reference req/s | ratio |\n";
+        out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        for r in &self.rows {
+            out += &format!(
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |\n",
+                r.scenario,
+                r.mode,
+                r.body_bytes,
+                r.agent.rps,
+                r.agent.p50_ms,
+                r.agent.p99_ms,
+                r.reference.map_or("-".into(), |f| format!("{:.0}", f.rps)),
+                r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+            );
+        }
+        let pairs: Vec<(String, f64)> = self
+            .rows
+            .chunks(2)
+            .filter(|c| c.len() == 2 && c[0].mode == "token" && c[1].mode == "token+netns")
+            .map(|c| (c[0].scenario.clone(), c[1].agent.rps / c[0].agent.rps))
+            .collect();
+        if !pairs.is_empty() {
+            out += "\n| scenario | token+netns / token |\n| --- | ---: |\n";
+            for (s, x) in pairs {
+                out += &format!("| {s} | {x:.3} |\n");
+            }
+        }
+        if let Some(s) = &self.scale {
+            out += &format!(
+                "\nScale: {} pods over {} namespaces (setup {:.1} s). Registration {:.0} pods/s (sequential, one connection each, fsync'd). \
+                 Peak RSS (VmHWM) {:.1} MiB. GET /pod/uuid keep-alive at 10 pods {:.0} req/s, at {} pods {:.0} req/s (ratio {:.3}). \
+                 Reload of {} registrations at start-up: {} ms.\n",
+                s.pods, s.namespaces, s.setup_secs, s.registration_per_sec, s.rss_hwm_kib as f64 / 1024.0,
+                s.at_10.rps, s.pods, s.at_n.rps, s.at_n.rps / s.at_10.rps, s.pods, s.reload_ms
+            );
+        }
+        if let Some(r) = &self.reaction {
+            out += &format!(
+                "\nReaction to address changes inside a pod namespace ({} trials, from `ip addr` returning to the agent's inventory): \
+                 add median {:.2} ms (max {:.2}), delete median {:.2} ms (max {:.2}).\n",
+                r.add_ms.len(), median(&r.add_ms), max(&r.add_ms), median(&r.del_ms), max(&r.del_ms)
+            );
+        }
+        out
+    }
+
+    pub fn json(&self) -> Value {
+        json!({
+            "machine": machine(),
+            "versions": versions(&self.version),
+            "settings": {"rounds": self.rounds, "seconds": self.seconds, "connections": self.connections},
+            "rows": self.rows.iter().map(|r| json!({
+                "scenario": r.scenario, "identity": r.mode, "body_bytes": r.body_bytes,
+                "agent": figures(&r.agent), "reference": r.reference.as_ref().map(figures),
+                "ratio": r.ratio(),
+                "agent_runs": r.agent_runs.iter().map(figures).collect::<Vec<_>>(),
+                "reference_runs": r.reference_runs.iter().map(figures).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "scale": self.scale.as_ref().map(|s| json!({
+                "pods": s.pods, "namespaces": s.namespaces, "setup_secs": s.setup_secs,
+                "registration_per_sec": s.registration_per_sec, "rss_hwm_kib": s.rss_hwm_kib,
+                "at_10": figures(&s.at_10), "at_n": figures(&s.at_n), "ratio": s.at_n.rps / s.at_10.rps,
+                "reload_ms": s.reload_ms,
+            })),
+            "reaction": self.reaction.as_ref().map(|r| json!({
+                "add_ms": r.add_ms, "del_ms": r.del_ms,
+                "add_median_ms": median(&r.add_ms), "del_median_ms": median(&r.del_ms),
+            })),
+        })
+    }
+}

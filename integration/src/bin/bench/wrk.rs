@@ -1,0 +1,104 @@
+//! Load from inside a pod namespace with `wrk`, and its report parsed.
+
+use std::{process::Command, time::Duration};
+
+use integration::PodNet;
+
+/// One wrk run's figures.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Figures {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+pub struct Load<'a> {
+    pub pod: &'a PodNet,
+    pub url: String,
+    /// An urlencoded form body: POST instead of GET.
+    pub form: Option<&'a str>,
+    /// `Connection: close`: one request per connection.
+    pub close: bool,
+    pub connections: u32,
+    pub duration: Duration,
+}
+
+pub fn run(load: &Load<'_>, scripts: &std::path::Path) -> Result<Figures, String> {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &load.pod.name, "wrk", "-t1", "--latency"])
+        .arg(format!("-c{}", load.connections))
+        .arg(format!("-d{}s", load.duration.as_secs().max(1)))
+        .arg("--timeout")
+        .arg("5s");
+    if load.close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    if let Some(body) = load.form {
+        let script = scripts.join("post.lua");
+        std::fs::write(
+            &script,
+            format!(
+                "wrk.method = \"POST\"\nwrk.body = \"{body}\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n"
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        cmd.arg("-s").arg(&script);
+    }
+    cmd.arg(&load.url);
+    let out = cmd.output().map_err(|e| format!("cannot run wrk: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(format!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    parse(&text)
+}
+
+/// Parses wrk's `--latency` report; any non-2xx answer or socket error
+/// fails the run (a benchmark of errors measures nothing).
+pub fn parse(text: &str) -> Result<Figures, String> {
+    let mut f = Figures::default();
+    for line in text.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("Requests/sec:") {
+            f.rps = v.trim().parse().map_err(|_| format!("bad line {line:?}"))?;
+        } else if let Some(v) = line.strip_prefix("50%") {
+            f.p50_ms = millis(v.trim())?;
+        } else if let Some(v) = line.strip_prefix("99%") {
+            f.p99_ms = millis(v.trim())?;
+        } else if line.starts_with("Non-2xx") || line.starts_with("Socket errors") {
+            return Err(format!("wrk saw errors: {line}\n{text}"));
+        }
+    }
+    if f.rps == 0.0 {
+        return Err(format!("no throughput in wrk's report:\n{text}"));
+    }
+    Ok(f)
+}
+
+fn millis(v: &str) -> Result<f64, String> {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().map_err(|_| format!("bad latency {v:?}"))?;
+    Ok(match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        "m" => n * 60_000.0,
+        _ => return Err(format!("bad latency unit {v:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_report() {
+        let r = "Running 3s test @ http://x\n  1 threads and 16 connections\n  Latency Distribution\n     50%  210.00us\n     75%  300.00us\n     90%    1.10ms\n     99%    2.50ms\n  100 requests in 3.00s, 1.00MB read\nRequests/sec:  41152.50\nTransfer/sec:      5.00MB\n";
+        let f = parse(r).unwrap();
+        assert_eq!((f.rps, f.p50_ms, f.p99_ms), (41152.5, 0.21, 2.5));
+        assert!(parse(&format!("{r}  Non-2xx or 3xx responses: 4\n")).is_err());
+    }
+}
