@@ -119,8 +119,7 @@ pub fn measure(
     let log = agent.log();
     let reload_ms = log
         .lines()
-        .filter(|l| l.contains("rkt-mds serving"))
-        .last()
+        .rfind(|l| l.contains("rkt-mds serving"))
         .and_then(|l| l.split("millis=").nth(1))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
