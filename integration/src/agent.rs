@@ -253,6 +253,29 @@ impl Agent {
         ))
     }
 
+    /// Registers a fixture pod and every app of it that has an image
+    /// manifest, asserting each step succeeds.
+    pub fn register_fixture(
+        &self,
+        uuid: &str,
+        token: &str,
+        fixture: &crate::fixtures::PodFixture,
+        query: &str,
+    ) {
+        let r = self.register(uuid, token, &crate::fixtures::read(fixture.manifest), query);
+        assert_eq!(
+            r.status,
+            200,
+            "registering {}: {}",
+            fixture.manifest,
+            r.text()
+        );
+        for (app, image) in fixture.apps {
+            let r = self.register_app(uuid, app, &crate::fixtures::read(image));
+            assert_eq!(r.status, 200, "registering app {app}: {}", r.text());
+        }
+    }
+
     pub fn register_app(&self, uuid: &str, app: &str, image: &[u8]) -> Response {
         self.unix(&Request::chunked(
             "PUT",

@@ -17,15 +17,18 @@ pub struct PodFixture {
     pub apps: &'static [(&'static str, &'static str)],
 }
 
+/// The web pod: two apps, slash-bearing annotation names, an override.
+pub const WEB: PodFixture = PodFixture {
+    manifest: "pods/web-pod.json",
+    apps: &[
+        ("web", "pods/web-image.json"),
+        ("log-shipper", "pods/log-shipper-image.json"),
+    ],
+};
+
 /// Every pod fixture with the apps that have an image manifest.
 pub const PODS: &[PodFixture] = &[
-    PodFixture {
-        manifest: "pods/web-pod.json",
-        apps: &[
-            ("web", "pods/web-image.json"),
-            ("log-shipper", "pods/log-shipper-image.json"),
-        ],
-    },
+    WEB,
     PodFixture {
         manifest: "pods/bare-pod.json",
         apps: &[("worker", "pods/worker-image.json")],

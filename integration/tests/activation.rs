@@ -25,45 +25,48 @@ fn have_tool() -> bool {
     false
 }
 
+const U: &str = "6733c088-a507-4694-aabf-edbe4fc5266f";
+const T: &str = "0123456789abcdef0123456789abcdef";
+
+/// An agent started by `systemd-socket-activate` listening on a socket in
+/// `root` (and on `tcp`, if given), with one pod registered through it.
+/// The agent's own `--socket` names the same path: it must take the passed
+/// descriptor rather than bind (binding would find the path in use).
+fn activated(root: &Path, tcp: Option<String>) -> Agent {
+    let socket = root.join("activated.sock");
+    let mut options = AgentOptions::identity("token");
+    options.launcher = vec![ACTIVATE.into(), "-l".into(), socket.display().to_string()];
+    match tcp {
+        Some(addr) => {
+            options
+                .launcher
+                .extend(["-l".into(), addr, "--fdname=registration:public".into()])
+        }
+        None => options.launcher.push("--fdname=registration".into()),
+    }
+    options.socket = Some(socket);
+    let agent = Agent::start(options);
+    let r = agent.register(U, T, &fixtures::read("pods/bare-pod.json"), "");
+    assert_eq!(r.status, 200, "{}", r.text());
+    agent
+}
+
 #[test]
 fn registration_socket_passed_by_systemd() {
     if !have_tool() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let socket = root.path().join("activated.sock");
-    let mut options = AgentOptions::identity("token");
-    options.launcher = vec![
-        ACTIVATE.into(),
-        "-l".into(),
-        socket.display().to_string(),
-        "--fdname=registration".into(),
-    ];
-    // The agent's own --socket points at the same path: it must take the
-    // passed descriptor rather than bind (binding would find it in use).
-    options.socket = Some(socket.clone());
-    let mut agent = Agent::start(options);
-
-    let (u, t) = (
-        "6733c088-a507-4694-aabf-edbe4fc5266f",
-        "0123456789abcdef0123456789abcdef",
-    );
-    assert_eq!(
-        agent
-            .register(u, t, &fixtures::read("pods/bare-pod.json"), "")
-            .status,
-        200
-    );
-    assert_eq!(agent.get(&format!("/{t}/acMetadata/v1/pod/uuid")).text(), u);
+    let mut agent = activated(root.path(), None);
+    assert_eq!(agent.get(&format!("/{T}/acMetadata/v1/pod/uuid")).text(), U);
     assert!(
         agent.log().contains("registration socket from systemd"),
         "{}",
         agent.log()
     );
-
     assert_eq!(agent.stop().code(), Some(0));
     assert!(
-        socket.exists(),
+        agent.socket.exists(),
         "under activation the socket file is systemd's to remove"
     );
 }
@@ -74,37 +77,15 @@ fn public_port_passed_by_systemd() {
         return;
     }
     let root = tempfile::tempdir().unwrap();
-    let socket = root.path().join("activated.sock");
     let port = free_port();
-    let mut options = AgentOptions::identity("token");
-    options.launcher = vec![
-        ACTIVATE.into(),
-        "-l".into(),
-        socket.display().to_string(),
-        "-l".into(),
-        format!("127.0.0.1:{port}"),
-        "--fdname=registration:public".into(),
-    ];
-    options.socket = Some(socket);
-    let agent = Agent::start(options);
-
-    let (u, t) = (
-        "6733c088-a507-4694-aabf-edbe4fc5266f",
-        "0123456789abcdef0123456789abcdef",
-    );
-    assert_eq!(
-        agent
-            .register(u, t, &fixtures::read("pods/bare-pod.json"), "")
-            .status,
-        200
-    );
+    let agent = activated(root.path(), Some(format!("127.0.0.1:{port}")));
     let activated = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let r = http::tcp(
         activated,
-        &Request::get(&format!("/{t}/acMetadata/v1/pod/uuid")),
+        &Request::get(&format!("/{T}/acMetadata/v1/pod/uuid")),
     )
     .unwrap();
-    assert_eq!((r.status, r.text()), (200, u.to_owned()));
+    assert_eq!((r.status, r.text()), (200, U.to_owned()));
     // The agent did not bind its own --listen-port.
     assert!(http::tcp(agent.loopback(), &Request::get("/")).is_err());
     let info = agent.unix(&Request::get("/info")).json();

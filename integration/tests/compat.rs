@@ -166,18 +166,7 @@ fn rkt_sequence_with_every_fixture() {
 fn app_annotation_overrides_image_annotation_in_place() {
     let agent = Agent::start(AgentOptions::identity("token"));
     let (u, t) = (uuid(9), token(9));
-    assert_eq!(
-        agent
-            .register(&u, &t, &fixtures::read("pods/web-pod.json"), "")
-            .status,
-        200
-    );
-    assert_eq!(
-        agent
-            .register_app(&u, "web", &fixtures::read("pods/web-image.json"))
-            .status,
-        200
-    );
+    agent.register_fixture(&u, &t, &fixtures::WEB, "");
     let names: Vec<String> = agent
         .get(&format!("{}/apps/web/annotations", base(&t)))
         .json()
@@ -407,18 +396,7 @@ fn bad_registrations_are_refused_and_change_nothing() {
 fn public_api_errors_and_hmac_forms() {
     let agent = Agent::start(AgentOptions::identity("token"));
     let (u, t) = (uuid(1), token(1));
-    assert_eq!(
-        agent
-            .register(&u, &t, &fixtures::read("pods/web-pod.json"), "")
-            .status,
-        200
-    );
-    assert_eq!(
-        agent
-            .register_app(&u, "web", &fixtures::read("pods/web-image.json"))
-            .status,
-        200
-    );
+    agent.register_fixture(&u, &t, &fixtures::WEB, "");
     let b = base(&t);
     let get = |p: &str| agent.get(p);
 
@@ -620,18 +598,7 @@ fn slow_request_heads_are_cut_off_at_the_deadline() {
 fn keys_and_registrations_survive_a_restart() {
     let mut agent = Agent::start(AgentOptions::identity("token"));
     let (u, t) = (uuid(1), token(1));
-    assert_eq!(
-        agent
-            .register(&u, &t, &fixtures::read("pods/web-pod.json"), "")
-            .status,
-        200
-    );
-    assert_eq!(
-        agent
-            .register_app(&u, "web", &fixtures::read("pods/web-image.json"))
-            .status,
-        200
-    );
+    agent.register_fixture(&u, &t, &fixtures::WEB, "");
     let b = base(&t);
     let sig = http::tcp(
         agent.loopback(),

@@ -25,18 +25,12 @@ const U_C: &str = "cccccccc-a507-4694-aabf-edbe4fc5266f";
 
 /// Registers `pod` (web fixture + its apps) bound to its namespace.
 fn register(agent: &Agent, pod: &PodNet, uuid: &str, token: &str) {
-    let q = format!("&netns={}", pod.netns_path());
-    let r = agent.register(uuid, token, &fixtures::read("pods/web-pod.json"), &q);
-    assert_eq!(r.status, 200, "{}", r.text());
-    for (app, image) in [
-        ("web", "pods/web-image.json"),
-        ("log-shipper", "pods/log-shipper-image.json"),
-    ] {
-        assert_eq!(
-            agent.register_app(uuid, app, &fixtures::read(image)).status,
-            200
-        );
-    }
+    agent.register_fixture(
+        uuid,
+        token,
+        &fixtures::WEB,
+        &format!("&netns={}", pod.netns_path()),
+    );
 }
 
 /// One request from inside `pod` to the agent's host-side address.

@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     os::unix::fs::PermissionsExt,
+    path::Path,
     process::{Command, Output},
     time::Duration,
 };
@@ -293,7 +294,6 @@ fn register_sign_verify_unregister_with_the_cli() {
 #[test]
 fn client_errors_are_clear() {
     let agent = Agent::start(AgentOptions::identity("token"));
-    let sock = agent.socket.display().to_string();
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
     std::fs::write(
@@ -301,97 +301,68 @@ fn client_errors_are_clear() {
         r#"{"acKind":"ImageManifest","acVersion":"0.8.11","apps":[]}"#,
     )
     .unwrap();
-    let out = cli(&[
-        "register",
-        "--socket",
-        &sock,
-        "--uuid",
-        &uuid(1),
-        "--manifest",
-        bad.to_str().unwrap(),
-    ]);
+    let bare = fixtures::dir()
+        .join("pods/bare-pod.json")
+        .display()
+        .to_string();
+    let worker = format!(
+        "nope={}",
+        fixtures::dir().join("pods/worker-image.json").display()
+    );
+    let u = uuid(1);
+    let register = |socket: &Path, manifest: &str, extra: &[&str]| {
+        let socket = socket.display().to_string();
+        let mut args = vec![
+            "register",
+            "--socket",
+            &socket,
+            "--uuid",
+            &u,
+            "--manifest",
+            manifest,
+        ];
+        args.extend_from_slice(extra);
+        cli(&args)
+    };
+
+    let out = register(&agent.socket, bad.to_str().unwrap(), &[]);
     assert_eq!(out.status.code(), Some(254));
     assert!(
         stderr(&out).contains("acKind"),
         "names the field: {}",
         stderr(&out)
     );
-    let out = cli(&[
-        "register",
-        "--socket",
-        &sock,
-        "--uuid",
-        &uuid(1),
-        "--manifest",
-        "/nonexistent.json",
-    ]);
+    let out = register(&agent.socket, "/nonexistent.json", &[]);
     assert!(
         stderr(&out).contains("/nonexistent.json"),
         "{}",
         stderr(&out)
     );
-    let out = cli(&[
-        "register",
-        "--socket",
-        &sock,
-        "--uuid",
-        &uuid(1),
-        "--manifest",
-        &fixtures::dir()
-            .join("pods/bare-pod.json")
-            .display()
-            .to_string(),
-        "--app",
-        "worker",
-    ]);
+    let out = register(&agent.socket, &bare, &["--app", "worker"]);
     assert!(
         stderr(&out).contains("NAME=IMAGE_MANIFEST"),
         "{}",
         stderr(&out)
     );
     // A failed app registration leaves nothing half-registered.
-    let out = cli(&[
-        "register",
-        "--socket",
-        &sock,
-        "--uuid",
-        &uuid(1),
-        "--manifest",
-        &fixtures::dir()
-            .join("pods/bare-pod.json")
-            .display()
-            .to_string(),
-        "--app",
-        &format!(
-            "nope={}",
-            fixtures::dir().join("pods/worker-image.json").display()
-        ),
-    ]);
+    let out = register(&agent.socket, &bare, &["--app", &worker]);
     assert_eq!(out.status.code(), Some(254));
-    assert!(agent.pod_entry(&uuid(1)).is_none());
+    assert!(agent.pod_entry(&u).is_none());
 
     // Agent down: say how to start it.
     let down = dir.path().join("down.sock");
-    for args in [
-        vec!["audit", "--socket", down.to_str().unwrap()],
-        vec!["unregister", &uuid(1), "--socket", down.to_str().unwrap()],
-        vec!["keys", "rotate", "--socket", down.to_str().unwrap()],
-        vec![
-            "register",
-            "--socket",
-            down.to_str().unwrap(),
-            "--uuid",
-            &uuid(1),
-            "--manifest",
-            bad.to_str().unwrap(),
-        ],
+    let d = down.to_str().unwrap();
+    for out in [
+        cli(&["audit", "--socket", d]),
+        cli(&["unregister", &u, "--socket", d]),
+        cli(&["keys", "rotate", "--socket", d]),
+        register(&down, bad.to_str().unwrap(), &[]),
     ] {
-        let out = cli(&args);
-        assert_eq!(out.status.code(), Some(254), "{args:?}");
+        assert_eq!(out.status.code(), Some(254));
         let err = stderr(&out);
         assert!(
             err.contains("no agent answers") && err.contains("rkt-mds serve"),
-            "{args:?}: {err}"
+            "{err}"
         );
     }
 }

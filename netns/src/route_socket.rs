@@ -18,8 +18,6 @@ use crate::{run_in_async, Error, NetnsRef};
 /// Kernel receive buffer for one watcher: room for bursts of address
 /// events (a pod coming up adds a handful); overruns are handled anyway.
 const RCVBUF: usize = 1 << 20;
-/// Receive buffer per datagram; the kernel's dump chunks are far smaller.
-const DATAGRAM: usize = 64 * 1024;
 
 /// One change or control message decoded from the socket.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,7 +35,6 @@ pub(crate) enum Received {
 /// An address-watching netlink socket, registered with the tokio reactor.
 pub(crate) struct RouteSocket {
     fd: AsyncFd<Socket>,
-    buf: Vec<u8>,
     /// Set when a dump message carried `NLM_F_DUMP_INTR`.
     interrupted: bool,
 }
@@ -64,7 +61,6 @@ impl RouteSocket {
         let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| Error::Netlink(e.into()))?;
         Ok(Self {
             fd,
-            buf: vec![0; DATAGRAM],
             interrupted: false,
         })
     }
@@ -93,21 +89,18 @@ impl RouteSocket {
 
     /// Waits for the next datagram and decodes it. `ENOBUFS` (events were
     /// dropped by the kernel) comes back as an `io::Error` with that errno.
+    /// The buffer is sized per datagram (peeked): no watcher keeps a large
+    /// idle buffer, which matters with hundreds of namespaces.
     pub(crate) async fn receive(&mut self) -> io::Result<Vec<Received>> {
-        let len = loop {
+        let datagram = loop {
             let mut guard = self.fd.readable().await?;
-            let buf = &mut self.buf;
-            match guard.try_io(|s| {
-                let mut slice = &mut buf[..];
-                s.get_ref().recv(&mut slice, 0)
-            }) {
-                Ok(r) => break r?,
+            match guard.try_io(|s| s.get_ref().recv_from_full()) {
+                Ok(r) => break r?.0,
                 Err(_would_block) => continue,
             }
         };
-        let len = len.min(self.buf.len());
         let mut out = Vec::new();
-        decode(&self.buf[..len], &mut self.interrupted, &mut out);
+        decode(&datagram, &mut self.interrupted, &mut out);
         Ok(out)
     }
 }

@@ -145,43 +145,31 @@ fn run() -> Result<(), String> {
     )?;
     let sig = sig.trim().to_owned();
     expect(&format!("{} characters", sig.len()), "88 characters")?;
-    let verify = run_in_pod(
-        &pod2,
-        &url2,
-        &[
-            &bin(),
-            "verify",
-            "--file",
-            &msg.display().to_string(),
-            "--uuid",
-            U1,
-            "--signature",
-            &sig,
-        ],
-    )?;
-    if !verify.status.success() {
+    let msg_path = msg.display().to_string();
+    let verify = || {
+        let args = [
+            bin(),
+            "verify".into(),
+            "--file".into(),
+            msg_path.clone(),
+            "--uuid".into(),
+            U1.into(),
+            "--signature".into(),
+            sig.clone(),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_in_pod(&pod2, &url2, &args)
+    };
+    let valid = verify()?;
+    if !valid.status.success() {
         return Err(format!(
             "verify failed: {}",
-            String::from_utf8_lossy(&verify.stderr)
+            String::from_utf8_lossy(&valid.stderr)
         ));
     }
     println!("   -> valid (exit 0)");
     std::fs::write(&msg, "pay tenant-b 4200 credits\n").map_err(|e| e.to_string())?;
-    let tampered = run_in_pod(
-        &pod2,
-        &url2,
-        &[
-            &bin(),
-            "verify",
-            "--file",
-            &msg.display().to_string(),
-            "--uuid",
-            U1,
-            "--signature",
-            &sig,
-        ],
-    )?;
-    if tampered.status.code() != Some(1) {
+    if verify()?.status.code() != Some(1) {
         return Err("a tampered message verified".into());
     }
     println!("   -> a tampered message: invalid (exit 1)");

@@ -242,6 +242,13 @@ fn run(args: &Args) -> Result<Report, String> {
     // 1. Keep-alive, both identity modes.
     for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
         let ref_url = format!("http://{host}:{}/", reference.port);
+        for target in [
+            url(&token_agent, e.path),
+            ref_url.clone(),
+            url(&netns_agent, e.path),
+        ] {
+            wrk::warm_up(&load(target, e.form, false), scripts.path())?;
+        }
         let mut runs: [Vec<Figures>; 3] = Default::default();
         for round in 0..args.rounds {
             check_interrupted()?;
@@ -275,6 +282,9 @@ fn run(args: &Args) -> Result<Report, String> {
     let (reference, size) = &references[0];
     let ref_url = format!("http://{host}:{}/", reference.port);
     let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
+    for target in [url(&netns_agent, "pod/uuid"), ref_url.clone()] {
+        wrk::warm_up(&load(target, None, true), scripts.path())?;
+    }
     for round in 0..args.rounds {
         check_interrupted()?;
         eprintln!("bench: connection-per-request round {}", round + 1);

@@ -23,22 +23,23 @@ fn throughput(
     scripts: &std::path::Path,
     label: &str,
 ) -> Result<wrk::Figures, String> {
+    let load = wrk::Load {
+        pod,
+        url: format!(
+            "http://{}:{}/{TOKEN}/acMetadata/v1/pod/uuid",
+            pod.host_v4(),
+            agent.port
+        ),
+        form: None,
+        close: false,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds),
+    };
+    wrk::warm_up(&load, scripts)?;
     let mut runs = Vec::new();
     for round in 0..args.rounds {
         check_interrupted()?;
         eprintln!("bench: scale throughput at {label} round {}", round + 1);
-        let load = wrk::Load {
-            pod,
-            url: format!(
-                "http://{}:{}/{TOKEN}/acMetadata/v1/pod/uuid",
-                pod.host_v4(),
-                agent.port
-            ),
-            form: None,
-            close: false,
-            connections: args.connections,
-            duration: Duration::from_secs(args.seconds),
-        };
         runs.push(wrk::run(&load, scripts)?);
     }
     Ok(medians(&runs))

@@ -23,6 +23,17 @@ pub struct Load<'a> {
     pub duration: Duration,
 }
 
+/// One second of the same load, discarded: connections, caches and the
+/// allocator settle before anything is measured.
+pub fn warm_up(load: &Load<'_>, scripts: &std::path::Path) -> Result<(), String> {
+    let short = Load {
+        url: load.url.clone(),
+        duration: Duration::from_secs(1),
+        ..*load
+    };
+    run(&short, scripts).map(|_| ())
+}
+
 pub fn run(load: &Load<'_>, scripts: &std::path::Path) -> Result<Figures, String> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &load.pod.name, "wrk", "-t1", "--latency"])
