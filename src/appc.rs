@@ -54,15 +54,30 @@ impl PodUuid {
     }
 }
 
-impl fmt::Display for PodUuid {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl PodUuid {
+    /// The canonical form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, built
+    /// without the formatting machinery (it is in every access-log line).
+    fn canonical(&self) -> [u8; 36] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [b'-'; 36];
+        let mut pos = 0;
         for (i, b) in self.0.iter().enumerate() {
             if matches!(i, 4 | 6 | 8 | 10) {
-                f.write_str("-")?;
+                pos += 1;
             }
-            write!(f, "{b:02x}")?;
+            out[pos] = HEX[usize::from(b >> 4)];
+            out[pos + 1] = HEX[usize::from(b & 0xf)];
+            pos += 2;
         }
-        Ok(())
+        out
+    }
+}
+
+impl fmt::Display for PodUuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = self.canonical();
+        // Only ASCII hex digits and dashes were written.
+        f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
     }
 }
 

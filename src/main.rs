@@ -42,17 +42,13 @@ fn fatal(e: anyhow::Error) -> ! {
     std::process::exit(254);
 }
 
-/// Logs go to stderr through a writer thread, so that no request waits on
-/// a `write(2)` of its access-log line. Under a flood the writer's queue
-/// may drop lines rather than slow down serving.
-fn init_logging(debug: bool) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a batching writer thread, so that no request
+/// waits on a `write(2)` of its access-log line.
+fn init_logging(debug: bool) -> rkt_mds::log_writer::FlushGuard {
     let default = if debug { "debug" } else { "info" };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Buffered: the writer thread flushes after each batch it drains, so a
-    // busy agent writes many lines per syscall and an idle one at once.
-    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
-    let (writer, guard) = tracing_appender::non_blocking(stderr);
+    let (writer, guard) = rkt_mds::log_writer::batch_writer(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)

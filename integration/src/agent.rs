@@ -239,6 +239,21 @@ impl Agent {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
+    /// The log once `done(log)` holds: the agent writes its log through a
+    /// batching thread, so a line shows up a moment after its event.
+    pub fn wait_log(&self, what: &str, done: impl Fn(&str) -> bool) -> String {
+        crate::wait_for(what, Duration::from_secs(5), || {
+            let log = self.log();
+            done(&log).then_some(log)
+        })
+    }
+
+    /// The first log line matching `pred`, waiting for it to be written.
+    pub fn log_line(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let log = self.wait_log(what, |log| log.lines().any(&pred));
+        log.lines().find(|l| pred(l)).unwrap_or_default().to_owned()
+    }
+
     /// One request over the registration socket.
     pub fn unix(&self, req: &Request) -> Response {
         http::unix(&self.socket, req).expect("registration socket request")

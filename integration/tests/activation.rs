@@ -59,11 +59,9 @@ fn registration_socket_passed_by_systemd() {
     let root = tempfile::tempdir().unwrap();
     let mut agent = activated(root.path(), None);
     assert_eq!(agent.get(&format!("/{T}/acMetadata/v1/pod/uuid")).text(), U);
-    assert!(
-        agent.log().contains("registration socket from systemd"),
-        "{}",
-        agent.log()
-    );
+    agent.log_line("the activation log line", |l| {
+        l.contains("registration socket from systemd")
+    });
     assert_eq!(agent.stop().code(), Some(0));
     assert!(
         agent.socket.exists(),
@@ -93,5 +91,7 @@ fn public_port_passed_by_systemd() {
         info["public_port"], port,
         "clients are told the activated port"
     );
-    assert!(agent.log().contains("public listener from systemd"));
+    agent.log_line("the activation log line", |l| {
+        l.contains("public listener from systemd")
+    });
 }

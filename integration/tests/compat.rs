@@ -530,7 +530,9 @@ fn public_api_errors_and_hmac_forms() {
     assert_eq!(r.status, 413);
 
     // No token, key or signature in the log; tokens appear redacted.
-    let log = agent.log();
+    let log = agent.wait_log("the last request's access line", |l| {
+        l.contains("status=413")
+    });
     assert!(!log.contains(&t), "token in the log");
     assert!(!log.contains(&sig), "signature in the log");
     assert!(

@@ -183,12 +183,13 @@ fn corrupt_and_foreign_files_are_skipped_and_the_agent_starts() {
         uuid(1)
     );
     assert!(!leftover.exists(), "a crash's temporary file is cleaned up");
-    let warnings = agent
-        .log()
-        .lines()
-        .filter(|l| l.contains("WARN") && l.contains("skipping"))
-        .count();
-    assert_eq!(warnings, 5, "{}", agent.log());
+    let skipped = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("WARN") && l.contains("skipping"))
+            .count()
+    };
+    let log = agent.wait_log("five skipped files", |log| skipped(log) >= 5);
+    assert_eq!(skipped(&log), 5, "{log}");
 }
 
 fn sign(agent: &Agent, t: &str, content: &str) -> String {
@@ -317,11 +318,9 @@ fn namespace_bound_registrations_survive_a_restart() {
         "identity still enforced after reload"
     );
     assert_eq!(listed(&agent), BTreeSet::from([uuid(1), uuid(2)]));
-    let log = agent.log();
-    let line = log
-        .lines()
-        .find(|l| l.contains("dropping a stored registration"))
-        .expect("an info line");
+    let line = agent.log_line("the dropped registration", |l| {
+        l.contains("dropping a stored registration")
+    });
     assert!(
         line.contains("INFO") && line.contains(&uuid(3)) && line.contains("gone"),
         "{line}"
@@ -377,16 +376,12 @@ fn dead_pods_are_collected_after_the_grace_period() {
         404,
         "rkt gc's DELETE of a collected pod: 404"
     );
-    let log = agent.log();
-    assert!(
-        log.lines().any(|l| l.contains("INFO")
-            && l.contains(&uuid(1))
-            && l.contains("network namespace is gone")),
-        "{log}"
-    );
-    assert!(
-        log.lines()
-            .any(|l| l.contains("INFO") && l.contains(&uuid(3)) && l.contains("rkt pod directory")),
-        "{log}"
-    );
+    let line = agent.log_line("pod 1's collection", |l| {
+        l.contains(&uuid(1)) && l.contains("network namespace is gone")
+    });
+    assert!(line.contains("INFO"), "{line}");
+    let line = agent.log_line("pod 3's collection", |l| {
+        l.contains(&uuid(3)) && l.contains("rkt pod directory")
+    });
+    assert!(line.contains("INFO"), "{line}");
 }

@@ -149,11 +149,8 @@ fn t2_a_stolen_token_is_refused_from_another_pod() {
             assert_eq!(from_pod(&agent, &b, v6, &get(T_B, "pod/uuid")).status, 200);
         }
         if expected == 403 {
+            let line = agent.log_line("the refusal event", |l| l.contains("identity refused"));
             let log = agent.log();
-            let line = log
-                .lines()
-                .find(|l| l.contains("identity refused"))
-                .expect("a warn event");
             assert!(
                 line.contains("WARN") && line.contains(U_A) && line.contains(&b.v4().to_string()),
                 "{line}"

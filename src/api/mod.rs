@@ -88,21 +88,34 @@ pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<B
     }
 }
 
-/// One access-log line. `path` must already be free of secrets.
+/// A pod UUID, or nothing, as a log field (no allocation).
+struct MaybePod(Option<PodUuid>);
+
+impl std::fmt::Display for MaybePod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            Some(p) => p.fmt(f),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One access-log line. `path` must display free of secrets.
 pub fn log_access(
     api: &'static str,
     method: &hyper::Method,
-    path: &str,
+    path: &dyn std::fmt::Display,
     status: StatusCode,
     latency: Duration,
     pod: Option<PodUuid>,
 ) {
-    let pod = pod.map(|p| p.to_string()).unwrap_or_default();
+    let pod = MaybePod(pod);
     tracing::info!(
         target: "access",
-        api,
+        // Display, not Debug: no quoting and escaping work per line.
+        api = %api,
         method = %method,
-        path,
+        path = %path,
         status = status.as_u16(),
         latency_us = latency.as_micros() as u64,
         pod = %pod,

@@ -100,16 +100,22 @@ pub fn endpoint(path: &str) -> &'static str {
 
 /// The path as logged: the token (the first segment, unless the path is
 /// tokenless) replaced by `***`. The query is never part of it (it may
-/// carry a signature).
-pub fn redact(path: &str) -> String {
-    if path.starts_with("/acMetadata/") {
-        return path.to_owned();
+/// carry a signature). Formatted only if the line is logged.
+pub struct Redacted<'a>(pub &'a str);
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = self.0;
+        if path.starts_with("/acMetadata/") {
+            return f.write_str(path);
+        }
+        let rest = path
+            .strip_prefix('/')
+            .and_then(|p| p.find('/').map(|i| &p[i..]))
+            .unwrap_or("");
+        f.write_str("/***")?;
+        f.write_str(rest)
     }
-    let rest = path
-        .strip_prefix('/')
-        .and_then(|p| p.find('/').map(|i| &p[i..]))
-        .unwrap_or("");
-    format!("/***{rest}")
 }
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Handled {
@@ -320,6 +326,7 @@ mod tests {
 
     #[test]
     fn redaction_hides_tokens() {
+        let redact = |p: &str| Redacted(p).to_string();
         assert_eq!(
             redact(&format!("/{T}/acMetadata/v1/pod/uuid")),
             "/***/acMetadata/v1/pod/uuid"

@@ -211,7 +211,9 @@ fn run(args: &Args) -> Result<Report, String> {
     let load_pod = PodNet::new();
     let token_agent = start_agent("token", &args.log);
     let netns_agent = start_agent("token+netns", &args.log);
-    for a in [&token_agent, &netns_agent] {
+    // The same, without the access log: what one line per request costs.
+    let quiet_agent = start_agent("token+netns", "warn");
+    for a in [&token_agent, &netns_agent, &quiet_agent] {
         register_example(a, &load_pod, UUID, TOKEN)?;
     }
     report.version = token_agent.unix(&http::Request::get("/info")).json()["version"]
@@ -242,38 +244,35 @@ fn run(args: &Args) -> Result<Report, String> {
     // 1. Keep-alive, both identity modes.
     for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
         let ref_url = format!("http://{host}:{}/", reference.port);
-        for target in [
-            url(&token_agent, e.path),
-            ref_url.clone(),
-            url(&netns_agent, e.path),
-        ] {
-            wrk::warm_up(&load(target, e.form, false), scripts.path())?;
+        // Agents and the reference alternate within each round.
+        let targets = [
+            ("token", url(&token_agent, e.path)),
+            ("token+netns", url(&netns_agent, e.path)),
+            ("token+netns, no access log", url(&quiet_agent, e.path)),
+            ("reference", ref_url.clone()),
+        ];
+        for (_, target) in &targets {
+            wrk::warm_up(&load(target.clone(), e.form, false), scripts.path())?;
         }
-        let mut runs: [Vec<Figures>; 3] = Default::default();
+        let mut runs: [Vec<Figures>; 4] = Default::default();
         for round in 0..args.rounds {
             check_interrupted()?;
             eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
-            runs[0].push(wrk::run(
-                &load(url(&token_agent, e.path), e.form, false),
-                scripts.path(),
-            )?);
-            runs[2].push(wrk::run(
-                &load(ref_url.clone(), e.form, false),
-                scripts.path(),
-            )?);
-            runs[1].push(wrk::run(
-                &load(url(&netns_agent, e.path), e.form, false),
-                scripts.path(),
-            )?);
+            for (i, (_, target)) in targets.iter().enumerate() {
+                runs[i].push(wrk::run(
+                    &load(target.clone(), e.form, false),
+                    scripts.path(),
+                )?);
+            }
         }
-        let reference = medians(&runs[2]);
-        for (mode, r) in [("token", &runs[0]), ("token+netns", &runs[1])] {
+        let reference = medians(&runs[3]);
+        for (i, (mode, _)) in targets.iter().take(3).enumerate() {
             report.rows.push(Row::new(
                 format!("keep-alive {}", e.name),
                 mode,
                 *size,
-                r,
-                Some((&runs[2], reference)),
+                &runs[i],
+                Some((&runs[3], reference)),
             ));
         }
     }
@@ -306,6 +305,7 @@ fn run(args: &Args) -> Result<Report, String> {
         Some((&ref_runs, reference)),
     ));
     drop(token_agent);
+    drop(quiet_agent);
 
     // 4. Reaction time to address changes.
     check_interrupted()?;

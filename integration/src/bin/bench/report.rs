@@ -166,9 +166,15 @@ impl Report {
         }
         let pairs: Vec<(String, f64)> = self
             .rows
-            .chunks(2)
-            .filter(|c| c.len() == 2 && c[0].mode == "token" && c[1].mode == "token+netns")
-            .map(|c| (c[0].scenario.clone(), c[1].agent.rps / c[0].agent.rps))
+            .iter()
+            .filter(|r| r.mode == "token")
+            .filter_map(|t| {
+                let n = self
+                    .rows
+                    .iter()
+                    .find(|r| r.scenario == t.scenario && r.mode == "token+netns")?;
+                Some((t.scenario.clone(), n.agent.rps / t.agent.rps))
+            })
             .collect();
         if !pairs.is_empty() {
             out += "\n| scenario | token+netns / token |\n| --- | ---: |\n";
