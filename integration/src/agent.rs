@@ -216,8 +216,13 @@ impl Agent {
 
     /// SIGTERM, then wait; returns the exit status.
     pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM)
+    }
+
+    /// `signal`, then wait; returns the exit status.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
         let mut child = self.child.take().expect("agent not running");
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let _ = kill(Pid::from_raw(child.id() as i32), signal);
         child.wait().expect("wait agent")
     }
 

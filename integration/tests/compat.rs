@@ -610,9 +610,25 @@ fn keys_and_registrations_survive_a_restart() {
     .text();
     let before = agent.get(&format!("{b}/apps/web/annotations")).text();
 
-    let status = agent.stop();
-    assert_eq!(status.code(), Some(0), "SIGTERM is a clean exit");
+    // SIGINT is a clean exit too.
+    let status = agent.stop_with(nix::sys::signal::Signal::SIGINT);
+    assert_eq!(status.code(), Some(0), "SIGINT is a clean exit");
     assert!(!agent.socket.exists(), "own socket removed on clean exit");
+    // Registrations were durable: one private file per pod.
+    let runtime = agent.runtime_dir();
+    assert_eq!(
+        std::fs::metadata(&runtime).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    let record = runtime.join(format!("{u}.json"));
+    assert_eq!(
+        std::fs::metadata(&record).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        !std::fs::read_to_string(&record).unwrap().contains(&t),
+        "the token is stored only as a digest"
+    );
     agent.restart();
 
     let v = http::tcp(

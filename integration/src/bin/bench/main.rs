@@ -172,6 +172,7 @@ pub fn medians(runs: &[Figures]) -> Figures {
         rps: median(runs.iter().map(|f| f.rps).collect()),
         p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
         p99_ms: median(runs.iter().map(|f| f.p99_ms).collect()),
+        cpu_us: median(runs.iter().map(|f| f.cpu_us).collect()),
     }
 }
 
@@ -221,29 +222,38 @@ fn run(args: &Args) -> Result<Report, String> {
         .unwrap_or("")
         .to_owned();
     let host = IpAddr::V4(load_pod.host_v4());
+    // A load target: the server's pid (its CPU time is measured) and a URL.
     let url = |agent: &Agent, path: &str| {
-        format!("http://{host}:{}/{TOKEN}/acMetadata/v1/{path}", agent.port)
+        let pid = agent.pid().unwrap_or(0);
+        (
+            pid,
+            format!("http://{host}:{}/{TOKEN}/acMetadata/v1/{path}", agent.port),
+        )
     };
 
     // Reference servers answer bodies of the agent's sizes.
     let mut references = Vec::new();
     for e in &ENDPOINTS {
-        let size = body_size(&load_pod, &url(&netns_agent, e.path), e.form)?;
+        let size = body_size(&load_pod, &url(&netns_agent, e.path).1, e.form)?;
         references.push((Reference::start(size)?, size));
     }
 
-    let load = |url: String, form: Option<&'static str>, close: bool| Load {
+    let load = |(server, url): (u32, String), form: Option<&'static str>, close: bool| Load {
         pod: &load_pod,
         url,
         form,
         close,
         connections: if close { 4 } else { args.connections },
         duration: Duration::from_secs(args.seconds),
+        server,
     };
 
     // 1. Keep-alive, both identity modes.
     for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
-        let ref_url = format!("http://{host}:{}/", reference.port);
+        let ref_url = (
+            reference.child.id(),
+            format!("http://{host}:{}/", reference.port),
+        );
         // Agents and the reference alternate within each round.
         let targets = [
             ("token", url(&token_agent, e.path)),
@@ -279,7 +289,10 @@ fn run(args: &Args) -> Result<Report, String> {
 
     // 2. One request per connection: the identity check on every connection.
     let (reference, size) = &references[0];
-    let ref_url = format!("http://{host}:{}/", reference.port);
+    let ref_url = (
+        reference.child.id(),
+        format!("http://{host}:{}/", reference.port),
+    );
     let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
     for target in [url(&netns_agent, "pod/uuid"), ref_url.clone()] {
         wrk::warm_up(&load(target, None, true), scripts.path())?;

@@ -36,6 +36,11 @@ impl Row {
     fn ratio(&self) -> Option<f64> {
         self.reference.map(|r| self.agent.rps / r.rps)
     }
+
+    /// Reference CPU per request over the agent's: the efficiency ratio.
+    fn cpu_ratio(&self) -> Option<f64> {
+        self.reference.map(|r| r.cpu_us / self.agent.cpu_us)
+    }
 }
 
 pub struct Reaction {
@@ -125,7 +130,7 @@ fn versions(agent: &str) -> Value {
 }
 
 fn figures(f: &Figures) -> Value {
-    json!({"rps": f.rps, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms})
+    json!({"rps": f.rps, "p50_ms": f.p50_ms, "p99_ms": f.p99_ms, "cpu_us_per_request": f.cpu_us})
 }
 
 impl Report {
@@ -149,11 +154,11 @@ impl Report {
             self.version, versions(&self.version)["hyper"].as_str().unwrap_or(""), versions(&self.version)["tokio"].as_str().unwrap_or(""),
             self.connections, self.seconds, self.rounds
         );
-        out += "| scenario | identity | body B | req/s | p50 ms | p99 ms | reference req/s | ratio |\n";
-        out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |\n";
+        out += "| scenario | identity | body B | req/s | p50 ms | p99 ms | reference req/s | ratio | CPU µs/req | reference CPU µs/req | CPU ratio |\n";
+        out += "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n";
         for r in &self.rows {
             out += &format!(
-                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} |\n",
+                "| {} | {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {:.2} | {} | {} |\n",
                 r.scenario,
                 r.mode,
                 r.body_bytes,
@@ -162,6 +167,10 @@ impl Report {
                 r.agent.p99_ms,
                 r.reference.map_or("-".into(), |f| format!("{:.0}", f.rps)),
                 r.ratio().map_or("-".into(), |x| format!("{x:.2}")),
+                r.agent.cpu_us,
+                r.reference
+                    .map_or("-".into(), |f| format!("{:.2}", f.cpu_us)),
+                r.cpu_ratio().map_or("-".into(), |x| format!("{x:.2}")),
             );
         }
         let pairs: Vec<(String, f64)> = self
@@ -185,10 +194,11 @@ impl Report {
         if let Some(s) = &self.scale {
             out += &format!(
                 "\nScale: {} pods over {} namespaces (setup {:.1} s). Registration {:.0} pods/s (sequential, one connection each, fsync'd). \
-                 Peak RSS (VmHWM) {:.1} MiB. GET /pod/uuid keep-alive at 10 pods {:.0} req/s, at {} pods {:.0} req/s (ratio {:.3}). \
+                 Peak RSS (VmHWM) {:.1} MiB. GET /pod/uuid keep-alive at 10 pods {:.0} req/s ({:.2} CPU µs/req), at {} pods {:.0} req/s ({:.2} CPU µs/req): ratio {:.3} by req/s, {:.3} by CPU. \
                  Reload of {} registrations at start-up: {} ms.\n",
                 s.pods, s.namespaces, s.setup_secs, s.registration_per_sec, s.rss_hwm_kib as f64 / 1024.0,
-                s.at_10.rps, s.pods, s.at_n.rps, s.at_n.rps / s.at_10.rps, s.pods, s.reload_ms
+                s.at_10.rps, s.at_10.cpu_us, s.pods, s.at_n.rps, s.at_n.cpu_us, s.at_n.rps / s.at_10.rps,
+                s.at_10.cpu_us / s.at_n.cpu_us, s.pods, s.reload_ms
             );
         }
         if let Some(r) = &self.reaction {
@@ -210,6 +220,7 @@ impl Report {
                 "scenario": r.scenario, "identity": r.mode, "body_bytes": r.body_bytes,
                 "agent": figures(&r.agent), "reference": r.reference.as_ref().map(figures),
                 "ratio": r.ratio(),
+                "cpu_ratio": r.cpu_ratio(),
                 "agent_runs": r.agent_runs.iter().map(figures).collect::<Vec<_>>(),
                 "reference_runs": r.reference_runs.iter().map(figures).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),

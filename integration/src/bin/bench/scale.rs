@@ -34,6 +34,7 @@ fn throughput(
         close: false,
         connections: args.connections,
         duration: Duration::from_secs(args.seconds),
+        server: agent.pid().unwrap_or(0),
     };
     wrk::warm_up(&load, scripts)?;
     let mut runs = Vec::new();

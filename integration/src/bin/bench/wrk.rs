@@ -10,6 +10,9 @@ pub struct Figures {
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// CPU time (user + system) the server spent per request, in µs: less
+    /// sensitive than req/s to the load generator sharing the 2 cores.
+    pub cpu_us: f64,
 }
 
 pub struct Load<'a> {
@@ -21,6 +24,8 @@ pub struct Load<'a> {
     pub close: bool,
     pub connections: u32,
     pub duration: Duration,
+    /// The server process, whose CPU time is measured.
+    pub server: u32,
 }
 
 /// One second of the same load, discarded: connections, caches and the
@@ -56,7 +61,9 @@ pub fn run(load: &Load<'_>, scripts: &std::path::Path) -> Result<Figures, String
         cmd.arg("-s").arg(&script);
     }
     cmd.arg(&load.url);
+    let cpu_before = cpu_ticks(load.server)?;
     let out = cmd.output().map_err(|e| format!("cannot run wrk: {e}"))?;
+    let cpu = cpu_ticks(load.server)? - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         return Err(format!(
@@ -65,7 +72,44 @@ pub fn run(load: &Load<'_>, scripts: &std::path::Path) -> Result<Figures, String
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    parse(&text)
+    let mut figures = parse(&text)?;
+    let tick_us = 1e6 / clock_ticks_per_second();
+    figures.cpu_us = cpu as f64 * tick_us / requests(&text)? as f64;
+    Ok(figures)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("server {pid}: {e}"))?;
+    // utime and stime are the 14th and 15th fields of the line: the 12th
+    // and 13th after the parenthesized command name.
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or(format!("bad /proc/{pid}/stat"))
+    };
+    Ok(field(11)? + field(12)?)
+}
+
+fn clock_ticks_per_second() -> f64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100.0, |t| t as f64)
+}
+
+/// The `N requests in ...` count of a wrk report.
+fn requests(text: &str) -> Result<u64, String> {
+    text.lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n > 0)
+        .ok_or_else(|| format!("no request count in wrk's report:\n{text}"))
 }
 
 /// Parses wrk's `--latency` report; any non-2xx answer or socket error
@@ -110,6 +154,7 @@ mod tests {
         let r = "Running 3s test @ http://x\n  1 threads and 16 connections\n  Latency Distribution\n     50%  210.00us\n     75%  300.00us\n     90%    1.10ms\n     99%    2.50ms\n  100 requests in 3.00s, 1.00MB read\nRequests/sec:  41152.50\nTransfer/sec:      5.00MB\n";
         let f = parse(r).unwrap();
         assert_eq!((f.rps, f.p50_ms, f.p99_ms), (41152.5, 0.21, 2.5));
+        assert_eq!(requests(r), Ok(100));
         assert!(parse(&format!("{r}  Non-2xx or 3xx responses: 4\n")).is_err());
     }
 }
