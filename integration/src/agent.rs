@@ -15,8 +15,14 @@ use nix::{
 
 use crate::http::{self, Request, Response};
 
-/// The `rkt-mds` binary next to the running test or tool.
+/// The `rkt-mds` binary next to the running test or tool, checked once per
+/// process (a long benchmark is not upset by edits made while it runs).
 pub fn binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY.get_or_init(find_binary).clone()
+}
+
+fn find_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let mut dir = exe.parent().expect("exe dir").to_path_buf();
     if dir.ends_with("deps") {

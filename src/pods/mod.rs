@@ -1,10 +1,15 @@
 //! The pod service: the registration flow (validate, find the network
-//! namespace, watch it, store, persist) and the identity resolution of
-//! public requests. The HTTP layers only parse and render around it.
+//! namespace, watch it, store, persist); identity resolution of public
+//! requests (`resolve`); reload and garbage collection (`lifecycle`). The
+//! HTTP layers only parse and render around it.
+
+mod lifecycle;
+mod resolve;
+
+pub use resolve::Refused;
 
 use std::{
     collections::HashMap,
-    net::IpAddr,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
@@ -15,8 +20,8 @@ use netns::{NetnsRef, WatchSet};
 
 use crate::{
     appc::{is_ac_name, ImageManifest, PodManifest, PodUuid, SchemaError},
-    identity::{self, Binding, Claim, Mode, Refusal, Verdict},
-    persist::{PodStore, Record, StoredNetns},
+    identity::Mode,
+    persist::PodStore,
     registry::{Inserted, NetnsBinding, Pod, Registrant, Registry, RegistryError, TokenDigest},
     store::StoreError,
 };
@@ -62,13 +67,6 @@ impl RegisterError {
             _ => 400,
         }
     }
-}
-
-/// A refused public request: why, and which pod the token claimed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Refused {
-    pub reason: Refusal,
-    pub claimed: Option<PodUuid>,
 }
 
 /// The pod registration request, as parsed from the socket.
@@ -318,258 +316,6 @@ impl Pods {
             return None;
         }
         NetnsRef::open(path).ok()
-    }
-
-    /// Looks for the namespace of a `Pending` pod (rate-limited per pod);
-    /// when found, watches it and binds the pod to it.
-    pub async fn discover(&self, uuid: &PodUuid) {
-        {
-            let mut last = self.lock_discovery();
-            if last
-                .get(uuid)
-                .is_some_and(|t| t.elapsed() < DISCOVERY_INTERVAL)
-            {
-                return;
-            }
-            last.insert(*uuid, Instant::now());
-        }
-        let Some(ns) = self.rkt_netns(uuid) else {
-            return;
-        };
-        if let Err(e) = self.watches.acquire(&ns).await {
-            tracing::warn!(pod = %uuid, netns = %ns.path().display(), error = %e, "cannot watch the discovered network namespace");
-            return;
-        }
-        let mut bound = false;
-        let updated = self.registry.update(uuid, |p| {
-            if p.netns == NetnsBinding::Pending {
-                p.netns = NetnsBinding::Known(ns.clone());
-                bound = true;
-            }
-        });
-        if !bound {
-            self.watches.release(ns.id());
-            return;
-        }
-        if let Some(pod) = updated {
-            if let Err(e) = self.persist(&pod) {
-                tracing::warn!(pod = %uuid, error = %e, "cannot persist the discovered network namespace");
-            }
-            tracing::info!(pod = %uuid, netns = %ns.path().display(), "network namespace discovered from rkt's pod directory");
-        }
-    }
-
-    /// Binds every `Pending` pod whose namespace rkt has written since.
-    pub async fn discover_pending(&self) {
-        let pending: Vec<PodUuid> = self
-            .registry
-            .all()
-            .iter()
-            .filter(|p| p.netns == NetnsBinding::Pending)
-            .map(|p| p.uuid)
-            .collect();
-        for uuid in pending {
-            self.discover(&uuid).await;
-        }
-    }
-
-    /// Who is asking: the pod a public request acts as, or why it is
-    /// refused (with the pod the token claimed, for the log). A hit costs
-    /// two hash lookups and no syscall.
-    pub async fn resolve(&self, token: Option<&str>, peer: IpAddr) -> Result<Arc<Pod>, Refused> {
-        let mut pod = match token {
-            Some(t) => Some(self.registry.by_token(&TokenDigest::of(t)).ok_or(Refused {
-                reason: Refusal::UnknownToken,
-                claimed: None,
-            })?),
-            None => None,
-        };
-        if self.config.mode != Mode::Token {
-            if let Some(p) = pod.as_ref().filter(|p| p.netns == NetnsBinding::Pending) {
-                let uuid = p.uuid;
-                self.discover(&uuid).await;
-                pod = self.registry.get(&uuid);
-            }
-        }
-        let claimed = pod.as_ref().map(|p| p.uuid);
-        self.decide(pod, peer.to_canonical())
-            .await
-            .map_err(|reason| Refused { reason, claimed })
-    }
-
-    async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
-        // The common case first, without building the holder list: a
-        // token whose namespace holds the peer address.
-        if let Some(p) = &pod {
-            let verified = match p.netns_id() {
-                Some(id) => !peer.is_loopback() && self.watches.index().holds(&peer, id),
-                None => false,
-            };
-            if verified || self.config.mode == Mode::Token {
-                return Ok(p.clone());
-            }
-        }
-        let claim = match &pod {
-            None => Claim::NoToken,
-            Some(p) => Claim::Pod(
-                p.uuid,
-                match p.netns_id() {
-                    Some(id) => Binding::Netns(id),
-                    None => Binding::None,
-                },
-            ),
-        };
-        // Loopback never crosses a namespace boundary: a loopback peer is
-        // on the host, though every namespace has 127.0.0.1 of its own.
-        let holders_of = |peer: &IpAddr| {
-            if peer.is_loopback() {
-                Vec::new()
-            } else {
-                self.watches.index().holders(peer)
-            }
-        };
-        let holders = holders_of(&peer);
-        let pods_in = |id| self.registry.pods_in(id);
-        let mut verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
-        if verdict == Verdict::Refuse(Refusal::Ambiguous) {
-            // Two namespaces claim the address: one may have let go of it
-            // a moment ago (IP reuse). Catch up on both before refusing.
-            for id in &holders {
-                self.watches.refresh(*id).await;
-            }
-            let holders = holders_of(&peer);
-            verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
-        }
-        if let Verdict::RefreshThenRetry(id) = verdict {
-            if !self.watches.refresh(id).await {
-                verdict = Verdict::Refuse(if self.watches.status(id).is_some_and(|s| !s.live) {
-                    Refusal::NetnsGone
-                } else {
-                    Refusal::NotInNetns
-                });
-            } else {
-                let holders = holders_of(&peer);
-                verdict = identity::decide(self.config.mode, claim, &holders, pods_in, false);
-            }
-        }
-        match verdict {
-            Verdict::Accept(uuid) => match pod {
-                Some(p) if p.uuid == uuid => Ok(p),
-                _ => self.registry.get(&uuid).ok_or(Refusal::NoPodForAddress),
-            },
-            Verdict::Refuse(r) => Err(r),
-            Verdict::RefreshThenRetry(_) => Err(Refusal::NotInNetns),
-        }
-    }
-
-    /// Reloads persisted registrations. A registration whose namespace is
-    /// gone is dropped (and its file removed) with an `info` line.
-    pub async fn reload(&self) -> usize {
-        let Some(store) = &self.store else {
-            return 0;
-        };
-        let mut loaded = 0;
-        for record in store.load() {
-            let uuid = record.uuid;
-            match self.restore(record).await {
-                Ok(()) => loaded += 1,
-                Err(reason) => {
-                    tracing::info!(pod = %uuid, %reason, "dropping a stored registration");
-                    let _ = store.remove(&uuid);
-                }
-            }
-        }
-        loaded
-    }
-
-    async fn restore(&self, record: Record) -> Result<(), String> {
-        let token = TokenDigest(record.token_digest().ok_or("bad token digest")?);
-        let json = serde_json::from_str(&record.manifest).map_err(|e| e.to_string())?;
-        let (manifest, echo) = PodManifest::from_value(json).map_err(|e| e.to_string())?;
-        let binding = match &record.netns {
-            StoredNetns::Known { path, dev, ino } => {
-                let r = NetnsRef::open(path)
-                    .map_err(|_| format!("network namespace {} is gone", path.display()))?;
-                if (r.id().dev, r.id().ino) != (*dev, *ino) {
-                    return Err(format!(
-                        "{} now names another network namespace",
-                        path.display()
-                    ));
-                }
-                self.watches.acquire(&r).await.map_err(|e| e.to_string())?;
-                NetnsBinding::Known(r)
-            }
-            StoredNetns::HostNetwork => NetnsBinding::HostNetwork,
-            StoredNetns::Pending => NetnsBinding::Pending,
-        };
-        let mut pod = Pod::new(
-            record.uuid,
-            token,
-            manifest,
-            &echo,
-            binding,
-            record.registered_at,
-            record.registrant,
-        );
-        pod.rkt_pod = record.rkt_pod;
-        for (name, source) in record.apps {
-            let (image, echo) = serde_json::from_str(&source)
-                .map_err(|e| e.to_string())
-                .and_then(|j| ImageManifest::from_value(j).map_err(|e| e.to_string()))?;
-            let app = pod
-                .make_app(&name, &image, &echo)
-                .ok_or_else(|| format!("app {name} is not in the manifest"))?;
-            pod.apps.insert(name, app);
-        }
-        let id = pod.netns_id();
-        if let Err(e) = self.registry.insert(pod) {
-            if let Some(id) = id {
-                self.watches.release(id);
-            }
-            return Err(e.to_string());
-        }
-        Ok(())
-    }
-
-    /// Removes registrations that have looked dead for the grace period:
-    /// their namespace is gone, or rkt's pod directory left `pods/run/`
-    /// (rkt never did this: crashed `rkt run`s left registrations forever).
-    pub fn collect_garbage(&self) {
-        let now = Instant::now();
-        let mut expired = Vec::new();
-        {
-            let mut dead = self.dead_since.lock().unwrap_or_else(|p| p.into_inner());
-            let mut still_dead = HashMap::new();
-            for pod in self.registry.all() {
-                let Some(reason) = self.why_dead(&pod) else {
-                    continue;
-                };
-                let since = dead.get(&pod.uuid).copied().unwrap_or(now);
-                if now.duration_since(since) >= self.config.gc_grace {
-                    expired.push((pod.uuid, reason));
-                } else {
-                    still_dead.insert(pod.uuid, since);
-                }
-            }
-            *dead = still_dead;
-        }
-        for (uuid, reason) in expired {
-            if let Some(Err(e)) = self.remove(&uuid, reason) {
-                tracing::warn!(pod = %uuid, error = %e, "cannot collect a dead registration");
-            }
-        }
-    }
-
-    fn why_dead(&self, pod: &Pod) -> Option<&'static str> {
-        if let Some(id) = pod.netns_id() {
-            if self.watches.status(id).is_some_and(|s| !s.live) {
-                return Some("garbage-collected: its network namespace is gone");
-            }
-        }
-        if pod.rkt_pod && !self.rkt_pod_dir(&pod.uuid).is_dir() {
-            return Some("garbage-collected: its rkt pod directory left pods/run");
-        }
-        None
     }
 
     fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<PodUuid, Instant>> {
