@@ -202,10 +202,16 @@ impl Registry {
         self.read().by_netns.get(&id).cloned().unwrap_or_default()
     }
 
+    /// Every registration, sorted by UUID (for listings).
     pub fn all(&self) -> Vec<Arc<Pod>> {
-        let mut pods: Vec<_> = self.read().by_uuid.values().cloned().collect();
+        let mut pods = self.snapshot();
         pods.sort_by_key(|p| p.uuid);
         pods
+    }
+
+    /// Every registration, in no particular order (for background sweeps).
+    pub fn snapshot(&self) -> Vec<Arc<Pod>> {
+        self.read().by_uuid.values().cloned().collect()
     }
 
     pub fn len(&self) -> usize {

@@ -80,6 +80,8 @@ pub struct AgentOptions {
     pub socket: Option<PathBuf>,
     /// `RUST_LOG` for the agent.
     pub log_filter: String,
+    /// `--liveness-interval`: short in tests, so deletions show quickly.
+    pub liveness_interval: &'static str,
 }
 
 impl Default for AgentOptions {
@@ -90,6 +92,7 @@ impl Default for AgentOptions {
             launcher: Vec::new(),
             socket: None,
             log_filter: "info".into(),
+            liveness_interval: "100ms",
         }
     }
 }
@@ -167,7 +170,7 @@ impl Agent {
             "--identity".into(),
             self.options.identity.into(),
             "--liveness-interval".into(),
-            "100ms".into(),
+            self.options.liveness_interval.into(),
         ];
         // Lets the suite run unprivileged where it can (root always may).
         if !nix::unistd::geteuid().is_root() {

@@ -211,6 +211,14 @@ impl WatchSet {
         })
     }
 
+    /// Whether namespace `id` is watched and live (cheaper than
+    /// [`WatchSet::status`]: no address list is copied).
+    pub fn is_live(&self, id: NetnsId) -> bool {
+        self.lock()
+            .get(&id)
+            .is_some_and(|e| matches!(*e.phase.borrow(), Phase::Starting | Phase::Ready))
+    }
+
     /// Counters of netlink work so far.
     pub fn stats(&self) -> WatchStats {
         let c = &self.shared.counters;

@@ -90,7 +90,7 @@ impl Pods {
         {
             let mut dead = self.dead_since.lock().unwrap_or_else(|p| p.into_inner());
             let mut still_dead = HashMap::new();
-            for pod in self.registry.all() {
+            for pod in self.registry.snapshot() {
                 let Some(reason) = self.why_dead(&pod) else {
                     continue;
                 };
@@ -112,7 +112,7 @@ impl Pods {
 
     fn why_dead(&self, pod: &Pod) -> Option<&'static str> {
         if let Some(id) = pod.netns_id() {
-            if self.watches.status(id).is_some_and(|s| !s.live) {
+            if !self.watches.is_live(id) {
                 return Some("garbage-collected: its network namespace is gone");
             }
         }

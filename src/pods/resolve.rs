@@ -61,7 +61,7 @@ impl Pods {
     pub async fn discover_pending(&self) {
         let pending: Vec<PodUuid> = self
             .registry
-            .all()
+            .snapshot()
             .iter()
             .filter(|p| p.netns == NetnsBinding::Pending)
             .map(|p| p.uuid)

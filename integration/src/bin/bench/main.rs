@@ -49,6 +49,9 @@ pub struct Args {
     /// Skip the scale scenario (it creates hundreds of namespaces).
     #[arg(long)]
     pub skip_scale: bool,
+    /// Run the scale scenario alone.
+    #[arg(long, conflicts_with = "skip_scale")]
+    pub scale_only: bool,
     /// The agents' RUST_LOG. The default `info` includes the access log,
     /// one line per request, as in production.
     #[arg(long, default_value = "info")]
@@ -128,6 +131,8 @@ impl Drop for Reference {
 pub fn start_agent(mode: &'static str, log_filter: &str) -> Agent {
     let mut options = AgentOptions::identity(mode);
     options.log_filter = log_filter.to_owned();
+    // The production default, not the tests' quicker one.
+    options.liveness_interval = "500ms";
     Agent::start(options)
 }
 
@@ -231,99 +236,101 @@ fn run(args: &Args) -> Result<Report, String> {
         )
     };
 
-    // Reference servers answer bodies of the agent's sizes.
-    let mut references = Vec::new();
-    for e in &ENDPOINTS {
-        let size = body_size(&load_pod, &url(&netns_agent, e.path).1, e.form)?;
-        references.push((Reference::start(size)?, size));
-    }
+    if !args.scale_only {
+        // Reference servers answer bodies of the agent's sizes.
+        let mut references = Vec::new();
+        for e in &ENDPOINTS {
+            let size = body_size(&load_pod, &url(&netns_agent, e.path).1, e.form)?;
+            references.push((Reference::start(size)?, size));
+        }
 
-    let load = |(server, url): (u32, String), form: Option<&'static str>, close: bool| Load {
-        pod: &load_pod,
-        url,
-        form,
-        close,
-        connections: if close { 4 } else { args.connections },
-        duration: Duration::from_secs(args.seconds),
-        server,
-    };
+        let load = |(server, url): (u32, String), form: Option<&'static str>, close: bool| Load {
+            pod: &load_pod,
+            url,
+            form,
+            close,
+            connections: if close { 4 } else { args.connections },
+            duration: Duration::from_secs(args.seconds),
+            server,
+        };
 
-    // 1. Keep-alive, both identity modes.
-    for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
+        // 1. Keep-alive, both identity modes.
+        for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
+            let ref_url = (
+                reference.child.id(),
+                format!("http://{host}:{}/", reference.port),
+            );
+            // Agents and the reference alternate within each round.
+            let targets = [
+                ("token", url(&token_agent, e.path)),
+                ("token+netns", url(&netns_agent, e.path)),
+                ("token+netns, no access log", url(&quiet_agent, e.path)),
+                ("reference", ref_url.clone()),
+            ];
+            for (_, target) in &targets {
+                wrk::warm_up(&load(target.clone(), e.form, false), scripts.path())?;
+            }
+            let mut runs: [Vec<Figures>; 4] = Default::default();
+            for round in 0..args.rounds {
+                check_interrupted()?;
+                eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
+                for (i, (_, target)) in targets.iter().enumerate() {
+                    runs[i].push(wrk::run(
+                        &load(target.clone(), e.form, false),
+                        scripts.path(),
+                    )?);
+                }
+            }
+            let reference = medians(&runs[3]);
+            for (i, (mode, _)) in targets.iter().take(3).enumerate() {
+                report.rows.push(Row::new(
+                    format!("keep-alive {}", e.name),
+                    mode,
+                    *size,
+                    &runs[i],
+                    Some((&runs[3], reference)),
+                ));
+            }
+        }
+
+        // 2. One request per connection: the identity check on every connection.
+        let (reference, size) = &references[0];
         let ref_url = (
             reference.child.id(),
             format!("http://{host}:{}/", reference.port),
         );
-        // Agents and the reference alternate within each round.
-        let targets = [
-            ("token", url(&token_agent, e.path)),
-            ("token+netns", url(&netns_agent, e.path)),
-            ("token+netns, no access log", url(&quiet_agent, e.path)),
-            ("reference", ref_url.clone()),
-        ];
-        for (_, target) in &targets {
-            wrk::warm_up(&load(target.clone(), e.form, false), scripts.path())?;
+        let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
+        for target in [url(&netns_agent, "pod/uuid"), ref_url.clone()] {
+            wrk::warm_up(&load(target, None, true), scripts.path())?;
         }
-        let mut runs: [Vec<Figures>; 4] = Default::default();
         for round in 0..args.rounds {
             check_interrupted()?;
-            eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
-            for (i, (_, target)) in targets.iter().enumerate() {
-                runs[i].push(wrk::run(
-                    &load(target.clone(), e.form, false),
-                    scripts.path(),
-                )?);
-            }
+            eprintln!("bench: connection-per-request round {}", round + 1);
+            agent_runs.push(wrk::run(
+                &load(url(&netns_agent, "pod/uuid"), None, true),
+                scripts.path(),
+            )?);
+            ref_runs.push(wrk::run(
+                &load(ref_url.clone(), None, true),
+                scripts.path(),
+            )?);
         }
-        let reference = medians(&runs[3]);
-        for (i, (mode, _)) in targets.iter().take(3).enumerate() {
-            report.rows.push(Row::new(
-                format!("keep-alive {}", e.name),
-                mode,
-                *size,
-                &runs[i],
-                Some((&runs[3], reference)),
-            ));
-        }
-    }
+        let reference = medians(&ref_runs);
+        report.rows.push(Row::new(
+            "Connection: close GET /pod/uuid".into(),
+            "token+netns",
+            *size,
+            &agent_runs,
+            Some((&ref_runs, reference)),
+        ));
+        drop(token_agent);
+        drop(quiet_agent);
 
-    // 2. One request per connection: the identity check on every connection.
-    let (reference, size) = &references[0];
-    let ref_url = (
-        reference.child.id(),
-        format!("http://{host}:{}/", reference.port),
-    );
-    let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
-    for target in [url(&netns_agent, "pod/uuid"), ref_url.clone()] {
-        wrk::warm_up(&load(target, None, true), scripts.path())?;
-    }
-    for round in 0..args.rounds {
+        // 4. Reaction time to address changes.
         check_interrupted()?;
-        eprintln!("bench: connection-per-request round {}", round + 1);
-        agent_runs.push(wrk::run(
-            &load(url(&netns_agent, "pod/uuid"), None, true),
-            scripts.path(),
-        )?);
-        ref_runs.push(wrk::run(
-            &load(ref_url.clone(), None, true),
-            scripts.path(),
-        )?);
+        eprintln!("bench: address-change reaction, {} trials", args.trials);
+        report.reaction = Some(reaction::measure(&netns_agent, &load_pod, args.trials)?);
     }
-    let reference = medians(&ref_runs);
-    report.rows.push(Row::new(
-        "Connection: close GET /pod/uuid".into(),
-        "token+netns",
-        *size,
-        &agent_runs,
-        Some((&ref_runs, reference)),
-    ));
-    drop(token_agent);
-    drop(quiet_agent);
-
-    // 4. Reaction time to address changes.
-    check_interrupted()?;
-    eprintln!("bench: address-change reaction, {} trials", args.trials);
-    report.reaction = Some(reaction::measure(&netns_agent, &load_pod, args.trials)?);
 
     // 3. Scale.
     if !args.skip_scale {
