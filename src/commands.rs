@@ -340,26 +340,33 @@ fn metadata_path(token: &str, endpoint: &str) -> String {
     }
 }
 
+/// POSTs a form to this pod's metadata endpoint (from `AC_METADATA_URL`).
+/// Values are bytes: the signed content need not be text.
+async fn post_form(endpoint: &str, fields: &[(&str, &[u8])]) -> Result<Reply> {
+    let (addr, token) = metadata_url()?;
+    let body = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "{name}={}",
+                form_urlencoded::byte_serialize(value).collect::<String>()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("&");
+    Ok(client::request(
+        &Target::Tcp(addr),
+        Method::POST,
+        &metadata_path(&token, endpoint),
+        Some((Bytes::from(body), FORM)),
+    )
+    .await?)
+}
+
 pub async fn sign(args: SignArgs) -> Result<()> {
     let content = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let (addr, token) = metadata_url()?;
-    let body: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("content", &String::from_utf8_lossy(&content))
-        .finish();
-    if std::str::from_utf8(&content).is_err() {
-        bail!(
-            "{} is not UTF-8 text; sign its base64 instead",
-            args.file.display()
-        );
-    }
-    let reply = client::request(
-        &Target::Tcp(addr),
-        Method::POST,
-        &metadata_path(&token, "pod/hmac/sign"),
-        Some((Bytes::from(body), FORM)),
-    )
-    .await?;
+    let reply = post_form("pod/hmac/sign", &[("content", &content)]).await?;
     expect_ok(&reply, "signing")?;
     match args.output {
         Some(out) => std::fs::write(&out, &reply.body)
@@ -383,27 +390,18 @@ pub async fn verify(args: VerifyArgs) -> Result<i32> {
 async fn try_verify(args: &VerifyArgs) -> Result<bool> {
     let content = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
-    let content = String::from_utf8(content)
-        .with_context(|| format!("{} is not UTF-8 text", args.file.display()))?;
     let signature = match args.signature.strip_prefix('@') {
         Some(file) => {
             std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
         }
         None => args.signature.clone(),
     };
-    let (addr, token) = metadata_url()?;
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("content", &content)
-        .append_pair("uuid", &args.uuid)
-        .append_pair("signature", signature.trim())
-        .finish();
-    let reply = client::request(
-        &Target::Tcp(addr),
-        Method::POST,
-        &metadata_path(&token, "pod/hmac/verify"),
-        Some((Bytes::from(body), FORM)),
-    )
-    .await?;
+    let fields: [(&str, &[u8]); 3] = [
+        ("content", &content),
+        ("uuid", args.uuid.as_bytes()),
+        ("signature", signature.trim().as_bytes()),
+    ];
+    let reply = post_form("pod/hmac/verify", &fields).await?;
     match reply.status {
         200 => Ok(true),
         403 => Ok(false),

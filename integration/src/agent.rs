@@ -282,6 +282,23 @@ impl Agent {
         ))
     }
 
+    /// Registers a pod bound to `pod`'s namespace, asserting success.
+    pub fn register_in(&self, uuid: &str, token: &str, manifest: &[u8], pod: &crate::PodNet) {
+        let r = self.register(
+            uuid,
+            token,
+            manifest,
+            &format!("&netns={}", pod.netns_path()),
+        );
+        assert_eq!(
+            r.status,
+            200,
+            "registering {uuid} in {}: {}",
+            pod.name,
+            r.text()
+        );
+    }
+
     /// Registers a fixture pod and every app of it that has an image
     /// manifest, asserting each step succeeds.
     pub fn register_fixture(

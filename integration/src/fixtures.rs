@@ -26,13 +26,16 @@ pub const WEB: PodFixture = PodFixture {
     ],
 };
 
+/// A pod manifest with no annotations, one app with an image of none.
+pub const BARE: PodFixture = PodFixture {
+    manifest: "pods/bare-pod.json",
+    apps: &[("worker", "pods/worker-image.json")],
+};
+
 /// Every pod fixture with the apps that have an image manifest.
 pub const PODS: &[PodFixture] = &[
     WEB,
-    PodFixture {
-        manifest: "pods/bare-pod.json",
-        apps: &[("worker", "pods/worker-image.json")],
-    },
+    BARE,
     PodFixture {
         manifest: "appc-examples/pod_runtime.json",
         apps: &[("reduce-worker", "appc-examples/image.json")],

@@ -545,12 +545,7 @@ fn public_api_errors_and_hmac_forms() {
 fn metadata_flavor_can_be_required() {
     let agent = Agent::start(AgentOptions::identity("token").arg("--require-metadata-flavor"));
     let (u, t) = (uuid(1), token(1));
-    assert_eq!(
-        agent
-            .register(&u, &t, &fixtures::read("pods/bare-pod.json"), "")
-            .status,
-        200
-    );
+    agent.register_fixture(&u, &t, &fixtures::BARE, "");
     let path = format!("{}/pod/uuid", base(&t));
     assert_eq!(agent.get(&path).status, 403);
     let r = http::tcp(
@@ -715,12 +710,7 @@ fn idle_keep_alive_outlives_the_head_deadline_then_closes() {
             .arg("3s"),
     );
     let (u, t) = (uuid(1), token(1));
-    assert_eq!(
-        agent
-            .register(&u, &t, &fixtures::read("pods/bare-pod.json"), "")
-            .status,
-        200
-    );
+    agent.register_fixture(&u, &t, &fixtures::BARE, "");
     let s = std::net::TcpStream::connect(agent.loopback()).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     let mut conn = http::Conn::new(s);

@@ -298,13 +298,7 @@ fn namespace_bound_registrations_survive_a_restart() {
     let mut agent = Agent::start(AgentOptions::identity("token+netns"));
     let (a, b, mut gone) = (PodNet::new(), PodNet::new(), PodNet::new());
     for (n, p) in [(1, &a), (2, &b), (3, &gone)] {
-        let r = agent.register(
-            &uuid(n),
-            &token(n),
-            &fixtures::read(POD),
-            &format!("&netns={}", p.netns_path()),
-        );
-        assert_eq!(r.status, 200);
+        agent.register_in(&uuid(n), &token(n), &fixtures::read(POD), p);
     }
     assert_eq!(agent.stop().code(), Some(0));
     // While the agent is down, one pod's namespace goes away.
@@ -339,13 +333,7 @@ fn dead_pods_are_collected_after_the_grace_period() {
     );
     let (mut a, b) = (PodNet::new(), PodNet::new());
     for (n, p) in [(1, &a), (2, &b)] {
-        let r = agent.register(
-            &uuid(n),
-            &token(n),
-            &fixtures::read(POD),
-            &format!("&netns={}", p.netns_path()),
-        );
-        assert_eq!(r.status, 200);
+        agent.register_in(&uuid(n), &token(n), &fixtures::read(POD), p);
     }
     // An rkt pod whose directory leaves pods/run (rkt gc moved it).
     let dir = agent.rkt_dir().join("pods/run").join(uuid(3));

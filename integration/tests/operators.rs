@@ -40,16 +40,14 @@ fn stderr(o: &Output) -> String {
 }
 
 fn register_in(agent: &Agent, n: u32, pod: Option<&PodNet>) {
-    let q = pod
-        .map(|p| format!("&netns={}", p.netns_path()))
-        .unwrap_or_default();
-    let r = agent.register(
-        &uuid(n),
-        &token(n),
-        &fixtures::read("pods/bare-pod.json"),
-        &q,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    let manifest = fixtures::read("pods/bare-pod.json");
+    match pod {
+        Some(p) => agent.register_in(&uuid(n), &token(n), &manifest, p),
+        None => assert_eq!(
+            agent.register(&uuid(n), &token(n), &manifest, "").status,
+            200
+        ),
+    }
 }
 
 #[test]
@@ -274,6 +272,26 @@ fn register_sign_verify_unregister_with_the_cli() {
     std::fs::write(&msg, "transfer 4200\n").unwrap();
     assert_eq!(verify(&p2, &url2, &sig), Some(1), "invalid");
     assert_eq!(verify(&p2, &url2, "%%%"), Some(2), "an error");
+    // Content need not be text: every byte value signs and verifies.
+    std::fs::write(&msg, (0..=255u8).collect::<Vec<u8>>()).unwrap();
+    let out = in_pod(
+        &p1,
+        &url1,
+        &[
+            "sign",
+            "--file",
+            msg.to_str().unwrap(),
+            "--output",
+            sig_file.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let binary_sig = std::fs::read_to_string(&sig_file).unwrap();
+    assert_eq!(
+        verify(&p2, &url2, &binary_sig),
+        Some(0),
+        "binary content verifies"
+    );
     // Signing with another pod's URL from this pod is refused.
     let out = in_pod(
         &p2,

@@ -86,7 +86,12 @@ impl Pods {
             if let Some(p) = pod.as_ref().filter(|p| p.netns == NetnsBinding::Pending) {
                 let uuid = p.uuid;
                 self.discover(&uuid).await;
-                pod = self.registry.get(&uuid);
+                // Unregistered meanwhile: the token is unknown now (never
+                // fall back to resolving a token-bearing request by address).
+                pod = Some(self.registry.get(&uuid).ok_or(Refused {
+                    reason: Refusal::UnknownToken,
+                    claimed: None,
+                })?);
             }
         }
         let claimed = pod.as_ref().map(|p| p.uuid);
