@@ -232,19 +232,14 @@ fn register_sign_verify_unregister_with_the_cli() {
     let msg = dir.path().join("msg");
     std::fs::write(&msg, "transfer 42\n").unwrap();
     let sig_file = dir.path().join("sig");
-    let out = in_pod(
-        &p1,
-        &url1,
-        &[
-            "sign",
-            "--file",
-            msg.to_str().unwrap(),
-            "--output",
-            sig_file.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let sig = std::fs::read_to_string(&sig_file).unwrap();
+    // Pod 1 signs `msg` into `sig_file`.
+    let sign = || {
+        let (file, output) = (msg.to_str().unwrap(), sig_file.to_str().unwrap());
+        let out = in_pod(&p1, &url1, &["sign", "--file", file, "--output", output]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        std::fs::read_to_string(&sig_file).unwrap()
+    };
+    let sig = sign();
     assert_eq!(sig.len(), 88);
     let verify = |pod: &PodNet, url: &str, signature: &str| {
         in_pod(
@@ -274,19 +269,7 @@ fn register_sign_verify_unregister_with_the_cli() {
     assert_eq!(verify(&p2, &url2, "%%%"), Some(2), "an error");
     // Content need not be text: every byte value signs and verifies.
     std::fs::write(&msg, (0..=255u8).collect::<Vec<u8>>()).unwrap();
-    let out = in_pod(
-        &p1,
-        &url1,
-        &[
-            "sign",
-            "--file",
-            msg.to_str().unwrap(),
-            "--output",
-            sig_file.to_str().unwrap(),
-        ],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let binary_sig = std::fs::read_to_string(&sig_file).unwrap();
+    let binary_sig = sign();
     assert_eq!(
         verify(&p2, &url2, &binary_sig),
         Some(0),
