@@ -104,7 +104,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
                     Ok(b) => b,
                     Err(r) => return r.into(),
                 };
-                match state.pods.register_app(uuid, app, body) {
+                match state.pods.register_app(uuid, app, &body) {
                     Ok(()) => ok(PodUuid::parse(uuid).ok()),
                     Err(e) => status_text(e.status(), e.to_string()).into(),
                 }

@@ -129,11 +129,9 @@ impl Pods {
 
     /// `PUT /pods/{uuid}?token=...`
     pub async fn register_pod(&self, req: PodRequest<'_>) -> Result<Arc<Pod>, RegisterError> {
-        let uuid = PodUuid::parse(req.uuid).map_err(|e| RegisterError::BadUuid(e.to_string()))?;
+        let uuid = parse_uuid(req.uuid)?;
         let token = check_token(req.token, &uuid)?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&req.body).map_err(|e| RegisterError::Json(e.to_string()))?;
-        let (manifest, echo) = PodManifest::from_value(json)?;
+        let (manifest, echo) = PodManifest::from_value(parse_json(&req.body)?)?;
         if let Some(existing) = self.registry.get(&uuid) {
             if existing.token != token {
                 return Err(RegistryError::TokenMismatch(uuid).into());
@@ -188,15 +186,13 @@ impl Pods {
     }
 
     /// `PUT /pods/{uuid}/{app}`
-    pub fn register_app(&self, uuid: &str, app: &str, body: Bytes) -> Result<(), RegisterError> {
-        let uuid = PodUuid::parse(uuid).map_err(|e| RegisterError::BadUuid(e.to_string()))?;
+    pub fn register_app(&self, uuid: &str, app: &str, body: &[u8]) -> Result<(), RegisterError> {
+        let uuid = parse_uuid(uuid)?;
         if !is_ac_name(app) {
             return Err(RegisterError::BadAppName(app.to_owned()));
         }
         let pod = self.registry.get(&uuid).ok_or(RegisterError::PodNotFound)?;
-        let json: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| RegisterError::Json(e.to_string()))?;
-        let (image, echo) = ImageManifest::from_value(json)?;
+        let (image, echo) = ImageManifest::from_value(parse_json(body)?)?;
         let entry = pod
             .make_app(app, &image, &echo)
             .ok_or_else(|| RegisterError::AppNotInManifest(app.to_owned()))?;
@@ -224,7 +220,7 @@ impl Pods {
 
     /// `DELETE /pods/{uuid}`
     pub fn unregister(&self, uuid: &str) -> Result<(), RegisterError> {
-        let uuid = PodUuid::parse(uuid).map_err(|e| RegisterError::BadUuid(e.to_string()))?;
+        let uuid = parse_uuid(uuid)?;
         self.remove(&uuid, "unregistered")
             .ok_or(RegisterError::PodNotFound)?
     }
@@ -323,6 +319,14 @@ impl Pods {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
     }
+}
+
+fn parse_uuid(uuid: &str) -> Result<PodUuid, RegisterError> {
+    PodUuid::parse(uuid).map_err(|e| RegisterError::BadUuid(e.to_string()))
+}
+
+fn parse_json(body: &[u8]) -> Result<serde_json::Value, RegisterError> {
+    serde_json::from_slice(body).map_err(|e| RegisterError::Json(e.to_string()))
 }
 
 /// SPEC §4: 22 to 256 characters of `[A-Za-z0-9._~-]`, never the UUID.
