@@ -732,3 +732,52 @@ fn idle_keep_alive_outlives_the_head_deadline_then_closes() {
         .expect("closed by the agent");
     assert_eq!(n, 0);
 }
+
+#[test]
+fn connections_beyond_the_cap_get_503() {
+    let agent = Agent::start(
+        AgentOptions::identity("token")
+            .arg("--max-connections")
+            .arg("2"),
+    );
+    let (u, t) = (uuid(1), token(1));
+    agent.register_fixture(&u, &t, &fixtures::BARE, "");
+    let req = Request::get(&format!("{}/pod/uuid", base(&t)));
+    let open = || {
+        let s = std::net::TcpStream::connect(agent.loopback()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        http::Conn::new(s)
+    };
+    // Two connections held open (each proven served) fill the cap.
+    let (mut a, mut b) = (open(), open());
+    assert_eq!(a.send(&req).unwrap().status, 200);
+    assert_eq!(b.send(&req).unwrap().status, 200);
+    let r = open().send(&req).unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (503, "too many connections, later")
+    );
+    // Closing one frees a slot.
+    drop(a);
+    let served = integration::wait_for("a freed slot", Duration::from_secs(5), || {
+        open().send(&req).ok().filter(|r| r.status == 200)
+    });
+    assert_eq!(served.text(), u);
+}
+
+#[test]
+fn listen_address_binds_only_what_it_names() {
+    let agent = Agent::start(
+        AgentOptions::identity("token")
+            .arg("--listen-address")
+            .arg("127.0.0.1"),
+    );
+    let (u, t) = (uuid(1), token(1));
+    agent.register_fixture(&u, &t, &fixtures::BARE, "");
+    assert_eq!(agent.get(&format!("{}/pod/uuid", base(&t))).text(), u);
+    let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, agent.port));
+    assert!(
+        http::tcp(v6, &Request::get("/")).is_err(),
+        "[::1] is not listened on"
+    );
+}
