@@ -24,7 +24,7 @@ pub enum ListenError {
     Activation(String),
 }
 
-/// The listening sockets, still blocking-mode std types.
+/// The listening sockets: std types, already non-blocking, for tokio to adopt.
 pub struct Listeners {
     pub registration: std::os::unix::net::UnixListener,
     pub public: Vec<std::net::TcpListener>,
@@ -179,14 +179,16 @@ fn bind_tcp(port: u16, addresses: &[IpAddr]) -> Result<Vec<std::net::TcpListener
             true,
         ) {
             Ok(l) => Ok(vec![l]),
-            Err(e) if e.raw_os_error() == Some(libc_eafnosupport()) => Ok(vec![tcp_socket(
-                SocketAddr::from(([0, 0, 0, 0], port)),
-                false,
-            )
-            .map_err(|source| ListenError::Bind {
-                what: format!("0.0.0.0:{port}"),
-                source,
-            })?]),
+            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) => {
+                Ok(vec![tcp_socket(
+                    SocketAddr::from(([0, 0, 0, 0], port)),
+                    false,
+                )
+                .map_err(|source| ListenError::Bind {
+                    what: format!("0.0.0.0:{port}"),
+                    source,
+                })?])
+            }
             Err(source) => Err(ListenError::Bind {
                 what: format!("[::]:{port}"),
                 source,
@@ -203,10 +205,6 @@ fn bind_tcp(port: u16, addresses: &[IpAddr]) -> Result<Vec<std::net::TcpListener
             })
         })
         .collect()
-}
-
-fn libc_eafnosupport() -> i32 {
-    nix::errno::Errno::EAFNOSUPPORT as i32
 }
 
 fn tcp_socket(addr: SocketAddr, dual_stack: bool) -> io::Result<std::net::TcpListener> {
