@@ -10,6 +10,7 @@ pub mod deadline;
 pub mod identity;
 pub mod keys;
 pub mod listen;
+pub mod log_format;
 pub mod log_writer;
 pub mod metrics;
 pub mod persist;

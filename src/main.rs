@@ -51,8 +51,8 @@ fn init_logging(debug: bool) -> rkt_mds::log_writer::FlushGuard {
     let (writer, guard) = rkt_mds::log_writer::batch_writer(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .event_format(rkt_mds::log_format::LineFormat)
         .with_writer(writer)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     guard
 }
