@@ -274,11 +274,12 @@ fn run(args: &Args) -> Result<Report, String> {
             for round in 0..args.rounds {
                 check_interrupted()?;
                 eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
-                for (i, (_, target)) in targets.iter().enumerate() {
-                    runs[i].push(wrk::run(
-                        &load(target.clone(), e.form, false),
-                        scripts.path(),
-                    )?);
+                // Each round starts with another server: no one always
+                // runs first (or right after the same neighbour).
+                for k in 0..targets.len() {
+                    let i = (round + k) % targets.len();
+                    let target = targets[i].1.clone();
+                    runs[i].push(wrk::run(&load(target, e.form, false), scripts.path())?);
                 }
             }
             let reference = medians(&runs[3]);
