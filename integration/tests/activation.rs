@@ -21,7 +21,10 @@ fn have_tool() -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "{ACTIVATE} is missing (package systemd): CI must have it"
     );
-    eprintln!("SKIPPED (needs {ACTIVATE})");
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        format!("SKIPPED (needs {ACTIVATE})\n").as_bytes(),
+    );
     false
 }
 

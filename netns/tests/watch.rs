@@ -64,7 +64,11 @@ fn have_root() -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "CI=true but not root: namespace tests must run in CI"
     );
-    eprintln!("SKIPPED (needs root): netns watch tests");
+    // Straight to the stderr handle: libtest captures `eprintln!`.
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        b"SKIPPED (needs root): netns watch tests\n",
+    );
     false
 }
 
