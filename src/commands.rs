@@ -134,8 +134,9 @@ fn read_json_file(path: &Path) -> Result<Bytes> {
     Ok(Bytes::from(bytes))
 }
 
-fn enc(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+/// Percent-encodes a URL component or form value (any bytes).
+fn enc(s: impl AsRef<[u8]>) -> String {
+    form_urlencoded::byte_serialize(s.as_ref()).collect()
 }
 
 pub async fn register(args: RegisterArgs) -> Result<()> {
@@ -154,7 +155,7 @@ pub async fn register(args: RegisterArgs) -> Result<()> {
     };
     let mut path = format!("/pods/{}?token={}", enc(&args.uuid), enc(&token));
     if let Some(ns) = &args.netns {
-        path += &format!("&netns={}", enc(&ns.display().to_string()));
+        path += &format!("&netns={}", enc(ns.display().to_string()));
     }
     if let Some(pid) = args.pid {
         path += &format!("&pid={pid}");
@@ -346,12 +347,7 @@ async fn post_form(endpoint: &str, fields: &[(&str, &[u8])]) -> Result<Reply> {
     let (addr, token) = metadata_url()?;
     let body = fields
         .iter()
-        .map(|(name, value)| {
-            format!(
-                "{name}={}",
-                form_urlencoded::byte_serialize(value).collect::<String>()
-            )
-        })
+        .map(|(name, value)| format!("{name}={}", enc(value)))
         .collect::<Vec<_>>()
         .join("&");
     Ok(client::request(
