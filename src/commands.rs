@@ -29,7 +29,11 @@ const FORM: &str = "application/x-www-form-urlencoded";
 pub async fn serve(args: ServeArgs) -> Result<()> {
     let keys = Keyring::load_or_create(&args.state_dir, args.key_retention)
         .with_context(|| format!("cannot load the HMAC keys in {}", args.state_dir.display()))?;
-    let store = PodStore::open(&args.runtime_dir).with_context(|| {
+    // Namespace instances are told apart by their cookies, which are
+    // unique only within one boot.
+    netns::NetnsCookie::current().context("cannot identify network namespaces")?;
+    let boot_id = netns::boot_id().context("cannot read the boot id")?;
+    let store = PodStore::open(&args.runtime_dir, boot_id).with_context(|| {
         format!(
             "cannot use the runtime directory {}",
             args.runtime_dir.display()
@@ -58,7 +62,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         },
         watches,
         Some(store),
-    );
+    )
+    .await
+    .context("cannot watch the agent's own network namespace")?;
     let started = std::time::Instant::now();
     let reloaded = pods.reload().await;
     tracing::info!(

@@ -179,16 +179,14 @@ fn bind_tcp(port: u16, addresses: &[IpAddr]) -> Result<Vec<std::net::TcpListener
             true,
         ) {
             Ok(l) => Ok(vec![l]),
-            Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EAFNOSUPPORT as i32) => {
-                Ok(vec![tcp_socket(
-                    SocketAddr::from(([0, 0, 0, 0], port)),
-                    false,
-                )
-                .map_err(|source| ListenError::Bind {
-                    what: format!("0.0.0.0:{port}"),
-                    source,
-                })?])
-            }
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => Ok(vec![tcp_socket(
+                SocketAddr::from(([0, 0, 0, 0], port)),
+                false,
+            )
+            .map_err(|source| ListenError::Bind {
+                what: format!("0.0.0.0:{port}"),
+                source,
+            })?]),
             Err(source) => Err(ListenError::Bind {
                 what: format!("[::]:{port}"),
                 source,

@@ -36,15 +36,30 @@ pub struct Record {
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
 pub enum StoredNetns {
-    Known { path: PathBuf, dev: u64, ino: u64 },
+    /// The namespace instance the pod is bound to: its cookie is the
+    /// identity, valid only within the boot it was read in. Records of
+    /// version 1 have neither and cannot be trusted after a restart.
+    Known {
+        path: PathBuf,
+        dev: u64,
+        ino: u64,
+        #[serde(default)]
+        cookie: Option<u64>,
+        #[serde(default)]
+        boot_id: Option<String>,
+    },
     HostNetwork,
     Pending,
 }
 
+/// The record format written now.
+pub const VERSION: u32 = 2;
+
 impl Record {
-    pub fn of(pod: &Pod) -> Self {
+    /// The record of `pod`; `boot_id` is this boot's (see [`netns::boot_id`]).
+    pub fn of(pod: &Pod, boot_id: &str) -> Self {
         Self {
-            version: 1,
+            version: VERSION,
             uuid: pod.uuid,
             token_sha256: pod.token.0.iter().map(|b| format!("{b:02x}")).collect(),
             manifest: String::from_utf8_lossy(&pod.manifest_body).into_owned(),
@@ -59,11 +74,16 @@ impl Record {
                 })
                 .collect(),
             netns: match &pod.netns {
-                NetnsBinding::Known(r) => StoredNetns::Known {
-                    path: r.path().to_path_buf(),
-                    dev: r.id().dev,
-                    ino: r.id().ino,
-                },
+                NetnsBinding::Known(lease) => {
+                    let i = lease.instance();
+                    StoredNetns::Known {
+                        path: i.path().to_path_buf(),
+                        dev: i.dev(),
+                        ino: i.ino(),
+                        cookie: Some(i.cookie().0),
+                        boot_id: Some(boot_id.to_owned()),
+                    }
+                }
                 NetnsBinding::HostNetwork => StoredNetns::HostNetwork,
                 NetnsBinding::Pending => StoredNetns::Pending,
             },
@@ -89,14 +109,22 @@ impl Record {
 #[derive(Clone, Debug)]
 pub struct PodStore {
     dir: PathBuf,
+    boot_id: String,
 }
 
 impl PodStore {
-    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+    /// `boot_id` is written into every record that names a namespace.
+    pub fn open(dir: &Path, boot_id: String) -> Result<Self, StoreError> {
         store::ensure_private_dir(dir)?;
         Ok(Self {
             dir: dir.to_path_buf(),
+            boot_id,
         })
+    }
+
+    /// The boot id records are written with.
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
     }
 
     fn path(&self, uuid: &PodUuid) -> PathBuf {
@@ -104,7 +132,7 @@ impl PodStore {
     }
 
     pub fn save(&self, pod: &Pod) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(&Record::of(pod)).unwrap_or_default();
+        let bytes = serde_json::to_vec(&Record::of(pod, &self.boot_id)).unwrap_or_default();
         store::write_atomic(&self.path(&pod.uuid), &bytes)
     }
 

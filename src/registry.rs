@@ -4,11 +4,12 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, RwLock},
+    sync::Arc,
 };
 
 use bytes::Bytes;
-use netns::{NetnsId, NetnsRef};
+use netns::{Lease, NetnsCookie};
+use parking_lot::RwLock;
 use serde::{Deserialize, Serialize};
 
 use crate::appc::{self, ImageManifest, PodManifest, PodUuid};
@@ -34,10 +35,12 @@ impl TokenDigest {
 }
 
 /// Where a pod's network namespace stands.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum NetnsBinding {
-    /// Known and watched.
-    Known(NetnsRef),
+    /// Bound to one namespace instance, for good: the lease says whether
+    /// it is still live. Dropping the last registration that holds it lets
+    /// the namespace go.
+    Known(Arc<Lease>),
     /// The pod shares the host's network: identified by token only.
     HostNetwork,
     /// Not known yet: rkt writes `<dir>/pods/run/<uuid>/netns` after it
@@ -145,11 +148,21 @@ impl Pod {
         })
     }
 
-    pub fn netns_id(&self) -> Option<NetnsId> {
+    /// The namespace instance this pod is bound to, if any.
+    pub fn netns_cookie(&self) -> Option<NetnsCookie> {
+        self.lease().map(|l| l.cookie())
+    }
+
+    pub fn lease(&self) -> Option<&Lease> {
         match &self.netns {
-            NetnsBinding::Known(r) => Some(r.id()),
+            NetnsBinding::Known(l) => Some(l),
             _ => None,
         }
+    }
+
+    /// Bound to a namespace instance that is no longer live.
+    pub fn netns_gone(&self) -> bool {
+        self.lease().is_some_and(|l| !l.is_live())
     }
 }
 
@@ -168,7 +181,7 @@ pub enum RegistryError {
 struct Inner {
     by_uuid: HashMap<PodUuid, Arc<Pod>>,
     by_token: HashMap<TokenDigest, PodUuid>,
-    by_netns: HashMap<NetnsId, Vec<PodUuid>>,
+    by_netns: HashMap<NetnsCookie, Vec<PodUuid>>,
 }
 
 /// All registrations. Reads share a lock held for a hash lookup.
@@ -197,9 +210,13 @@ impl Registry {
         self.read().by_uuid.get(uuid).cloned()
     }
 
-    /// UUIDs of the pods bound to namespace `id`.
-    pub fn pods_in(&self, id: NetnsId) -> Vec<PodUuid> {
-        self.read().by_netns.get(&id).cloned().unwrap_or_default()
+    /// UUIDs of the pods bound to namespace instance `cookie`.
+    pub fn pods_in(&self, cookie: NetnsCookie) -> Vec<PodUuid> {
+        self.read()
+            .by_netns
+            .get(&cookie)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Every registration, sorted by UUID (for listings).
@@ -236,13 +253,15 @@ impl Registry {
             if prev.token != pod.token {
                 return Err(RegistryError::TokenMismatch(pod.uuid));
             }
-            if prev.netns_id().is_some()
-                && pod.netns_id().is_some()
-                && prev.netns_id() != pod.netns_id()
+            // A binding is for good: a pod never moves to another
+            // instance, even when its own has died.
+            if prev.netns_cookie().is_some()
+                && pod.netns_cookie().is_some()
+                && prev.netns_cookie() != pod.netns_cookie()
             {
                 return Err(RegistryError::NetnsMismatch(pod.uuid));
             }
-            if pod.netns == NetnsBinding::Pending {
+            if matches!(pod.netns, NetnsBinding::Pending) {
                 pod.netns = prev.netns.clone();
             }
             for (name, app) in &prev.apps {
@@ -275,6 +294,19 @@ impl Registry {
         Some(pod)
     }
 
+    /// Puts back a registration exactly as it was (undoing a change that
+    /// could not be made durable).
+    pub fn restore(&self, pod: Arc<Pod>) {
+        let mut inner = self.write();
+        if let Some(current) = inner.by_uuid.remove(&pod.uuid) {
+            inner.by_token.remove(&current.token);
+            unlink_netns(&mut inner, &current);
+        }
+        inner.by_token.insert(pod.token, pod.uuid);
+        link_netns(&mut inner, &pod);
+        inner.by_uuid.insert(pod.uuid, pod);
+    }
+
     pub fn remove(&self, uuid: &PodUuid) -> Option<Arc<Pod>> {
         let mut inner = self.write();
         let pod = inner.by_uuid.remove(uuid)?;
@@ -283,18 +315,18 @@ impl Registry {
         Some(pod)
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
-        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Inner> {
+        self.inner.read()
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
-        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Inner> {
+        self.inner.write()
     }
 }
 
 fn link_netns(inner: &mut Inner, pod: &Pod) {
-    if let Some(id) = pod.netns_id() {
-        let pods = inner.by_netns.entry(id).or_default();
+    if let Some(cookie) = pod.netns_cookie() {
+        let pods = inner.by_netns.entry(cookie).or_default();
         if !pods.contains(&pod.uuid) {
             pods.push(pod.uuid);
         }
@@ -302,11 +334,11 @@ fn link_netns(inner: &mut Inner, pod: &Pod) {
 }
 
 fn unlink_netns(inner: &mut Inner, pod: &Pod) {
-    if let Some(id) = pod.netns_id() {
-        if let Some(pods) = inner.by_netns.get_mut(&id) {
+    if let Some(cookie) = pod.netns_cookie() {
+        if let Some(pods) = inner.by_netns.get_mut(&cookie) {
             pods.retain(|u| *u != pod.uuid);
             if pods.is_empty() {
-                inner.by_netns.remove(&id);
+                inner.by_netns.remove(&cookie);
             }
         }
     }

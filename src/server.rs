@@ -307,6 +307,6 @@ async fn maintain(state: Arc<AppState>, every: Duration) {
     loop {
         tick.tick().await;
         state.pods.discover_pending().await;
-        state.pods.collect_garbage();
+        state.pods.collect_garbage().await;
     }
 }

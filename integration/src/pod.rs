@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use netns::NetnsRef;
+use netns::NetnsFile;
 use socket2::{Domain, Protocol, Socket, Type};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -152,8 +152,8 @@ impl PodNet {
         format!("/var/run/netns/{}", self.name)
     }
 
-    pub fn netns(&self) -> NetnsRef {
-        NetnsRef::open(self.netns_path()).expect("open pod netns")
+    pub fn netns(&self) -> NetnsFile {
+        NetnsFile::open(self.netns_path()).expect("open pod netns")
     }
 
     pub fn v4(&self) -> Ipv4Addr {

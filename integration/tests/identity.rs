@@ -9,7 +9,7 @@ use std::{
 
 use integration::{
     fixtures,
-    http::{Conn, Request, Response},
+    http::{self, Conn, Request, Response},
     pod::Addressing,
     privilege::require_root,
     wait_for, Agent, AgentOptions, PodNet,
@@ -329,24 +329,40 @@ fn t6_an_address_in_two_namespaces_is_a_conflict() {
 }
 
 #[test]
-fn t7_a_host_network_pod_is_identified_by_token_alone() {
+fn t7_a_host_network_pod_is_served_on_the_host_only() {
     if !require_root("t7_a_host_network_pod") {
         return;
     }
-    let agent = Agent::start(AgentOptions::identity("token+netns"));
-    let a = PodNet::new();
-    register(&agent, &a, U_A, T_A);
-    let r = agent.register(U_B, T_B, &fixtures::read("pods/bare-pod.json"), "");
-    assert_eq!(r.status, 200);
-    assert_eq!(pod_state(&agent, U_B)["state"], "host-network");
-    let r = agent.get(&format!("/{T_B}/acMetadata/v1/pod/uuid"));
-    assert_eq!((r.status, r.text()), (200, U_B.to_owned()));
-    // Its token used from inside a registered pod is still refused.
-    let r = from_pod(&agent, &a, false, &get(T_B, "pod/uuid"));
-    assert_eq!(
-        (r.status, r.text().as_str()),
-        (403, "source address belongs to another pod")
-    );
+    for mode in ["token+netns", "netns", "token"] {
+        let agent = Agent::start(AgentOptions::identity(mode));
+        let a = PodNet::new();
+        let stranger = PodNet::new(); // an unregistered namespace
+        register(&agent, &a, U_A, T_A);
+        let r = agent.register(U_B, T_B, &fixtures::read("pods/bare-pod.json"), "");
+        assert_eq!(r.status, 200);
+        assert_eq!(pod_state(&agent, U_B)["state"], "host-network");
+        // From the host: loopback, and the host's own address on a veth.
+        let r = agent.get(&format!("/{T_B}/acMetadata/v1/pod/uuid"));
+        assert_eq!((r.status, r.text()), (200, U_B.to_owned()), "{mode}");
+        let host = http::tcp(agent.public(IpAddr::V4(a.host_v4())), &get(T_B, "pod/uuid")).unwrap();
+        assert_eq!((host.status, host.text()), (200, U_B.to_owned()), "{mode}");
+        // Its token used from inside a registered pod, or from a namespace
+        // nobody registered, is refused (rkt's token mode excepted).
+        for (who, pod) in [("registered pod", &a), ("stranger", &stranger)] {
+            for v6 in [false, true] {
+                let r = from_pod(&agent, pod, v6, &get(T_B, "pod/uuid"));
+                if mode == "token" {
+                    assert_eq!(r.status, 200, "{mode} {who}");
+                } else {
+                    assert_eq!(
+                        (r.status, r.text().as_str()),
+                        (403, "source address is not on this host"),
+                        "{mode} {who} v6={v6}"
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[test]

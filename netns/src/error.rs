@@ -4,7 +4,8 @@ use std::{io, path::PathBuf};
 /// network namespace.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The namespace file could not be read (missing, permission, ...).
+    /// The namespace file could not be opened or inspected (missing,
+    /// permission, ...).
     #[error("cannot open network namespace {path}: {source}")]
     Open {
         /// The path that was opened.
@@ -12,8 +13,16 @@ pub enum Error {
         /// The underlying error.
         source: io::Error,
     },
-    /// The path exists but `setns` refused it: it is not a network
-    /// namespace, or we lack `CAP_SYS_ADMIN`.
+    /// The path names something that is not a network namespace: a
+    /// regular file, a FIFO, a device, or a namespace of another type.
+    #[error("{path} is not a network namespace file: {what}")]
+    NotANetns {
+        /// The path that was opened.
+        path: PathBuf,
+        /// What it is instead.
+        what: String,
+    },
+    /// `setns` refused the namespace (we lack `CAP_SYS_ADMIN`).
     #[error("cannot enter network namespace {path}: {source}")]
     Enter {
         /// The path whose namespace could not be entered.
@@ -21,13 +30,13 @@ pub enum Error {
         /// The errno returned by `setns(2)`.
         source: nix::Error,
     },
-    /// Between naming the namespace and entering it, the path started to
-    /// point at another namespace.
-    #[error("network namespace {path} changed while it was being opened")]
-    Replaced {
-        /// The path that now names another namespace.
-        path: PathBuf,
-    },
+    /// The kernel does not report netns cookies (`SO_NETNS_COOKIE` needs
+    /// Linux 5.14 or later). Namespace identity cannot be established
+    /// without them: inode numbers are recycled.
+    #[error(
+        "this kernel does not report network namespace cookies (SO_NETNS_COOKIE, Linux >= 5.14): {0}"
+    )]
+    NoCookies(io::Error),
     /// The namespace disappeared while it was being watched.
     #[error("network namespace {path} is gone")]
     Gone {

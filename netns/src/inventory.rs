@@ -1,20 +1,25 @@
 //! One namespace's address inventory: a task that owns the namespace's
 //! netlink socket, dumps once, follows events, re-dumps on demand or after
-//! an overrun, and lets go of the namespace when it is released or gone.
+//! an overrun, and lets go of the namespace when it is told to stop.
 
 use std::{
     collections::{BTreeSet, HashSet},
     net::IpAddr,
-    sync::{atomic::Ordering, Arc, RwLock},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
+use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     route_socket::{Received, RouteSocket},
-    watch_set::Counters,
-    AddressIndex, NetnsRef,
+    stats::Counters,
+    AddressIndex, NetnsCookie,
 };
 
 /// Where a watcher is in its life.
@@ -24,9 +29,9 @@ pub(crate) enum Phase {
     Starting,
     /// The inventory is complete and followed by events.
     Ready,
-    /// The namespace's file disappeared or names another namespace; the
+    /// Told to stop (released, or its path no longer names it); the
     /// socket is closed and the addresses withdrawn.
-    Gone,
+    Stopped,
     /// The socket failed; the addresses are withdrawn.
     Failed(String),
 }
@@ -37,20 +42,33 @@ pub(crate) enum Command {
     Refresh(oneshot::Sender<()>),
 }
 
-/// What the task shares with readers of its status.
-#[derive(Debug, Default)]
+/// What the task shares with its watch set and the leases on it.
+#[derive(Debug)]
 pub(crate) struct Published {
+    /// False once the watcher stopped or failed, or its path no longer
+    /// names the instance: a binding to it is over for good.
+    pub(crate) live: AtomicBool,
     pub(crate) addresses: RwLock<BTreeSet<IpAddr>>,
 }
 
+impl Default for Published {
+    fn default() -> Self {
+        Self {
+            live: AtomicBool::new(true),
+            addresses: RwLock::default(),
+        }
+    }
+}
+
 pub(crate) struct Inventory {
-    pub(crate) ns: NetnsRef,
+    pub(crate) cookie: NetnsCookie,
+    /// For log lines only.
+    pub(crate) path: PathBuf,
     pub(crate) socket: RouteSocket,
     pub(crate) index: AddressIndex,
     pub(crate) published: Arc<Published>,
     pub(crate) phase: watch::Sender<Phase>,
     pub(crate) counters: Arc<Counters>,
-    pub(crate) liveness_interval: Duration,
     pub(crate) min_refresh: Duration,
 }
 
@@ -73,14 +91,11 @@ struct State {
 }
 
 impl Inventory {
-    /// Runs until the namespace is released (every command sender dropped),
-    /// disappears, or the socket fails. Dropping `self.socket` on return is
-    /// what lets the kernel free the namespace.
+    /// Runs until it is told to stop (every command sender dropped) or the
+    /// socket fails. Dropping `self.socket` on return is what lets the
+    /// kernel free the namespace.
     pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut state = State::default();
-        let mut liveness = tokio::time::interval(self.liveness_interval);
-        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
         let end = match self.start_dump(&mut state, Vec::new()).await {
             Err(end) => end,
             Ok(()) => loop {
@@ -90,7 +105,6 @@ impl Inventory {
                     biased;
                     received = self.socket.receive() => self.on_receive(&mut state, received).await,
                     command = commands.recv() => self.on_command(&mut state, command).await,
-                    _ = liveness.tick() => self.check_liveness(),
                 };
                 if let Err(end) = step {
                     break end;
@@ -109,9 +123,9 @@ impl Inventory {
             Ok(messages) => messages,
             Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
                 // Events were dropped: only a fresh dump tells the truth.
-                self.counters.overruns.fetch_add(1, Ordering::Relaxed);
-                self.counters.redumps.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(netns = %self.ns.path().display(), "netlink overrun, re-dumping addresses");
+                Counters::add(&self.counters.overruns);
+                Counters::add(&self.counters.redumps);
+                tracing::warn!(netns = %self.path.display(), "netlink overrun, re-dumping addresses");
                 let waiters = state.dump.take().map(|d| d.waiters).unwrap_or_default();
                 return self.start_dump(state, waiters).await;
             }
@@ -137,7 +151,7 @@ impl Inventory {
                     };
                     if interrupted {
                         // The kernel says the dump may be inconsistent.
-                        self.counters.redumps.fetch_add(1, Ordering::Relaxed);
+                        Counters::add(&self.counters.redumps);
                         self.start_dump(state, d.waiters).await?;
                         continue;
                     }
@@ -176,8 +190,9 @@ impl Inventory {
         command: Option<Command>,
     ) -> Result<(), Phase> {
         match command {
-            // Released: nobody needs this namespace any more.
-            None => Err(Phase::Gone),
+            // Stopped: nobody needs this namespace any more, or its path
+            // no longer names it.
+            None => Err(Phase::Stopped),
             Some(Command::Refresh(reply)) => {
                 if let Some(d) = state.dump.as_mut() {
                     d.waiters.push(reply);
@@ -187,20 +202,12 @@ impl Inventory {
                 {
                     let _ = reply.send(());
                 } else {
-                    self.counters.redumps.fetch_add(1, Ordering::Relaxed);
+                    Counters::add(&self.counters.redumps);
                     self.start_dump(state, vec![reply]).await?;
                 }
                 Ok(())
             }
         }
-    }
-
-    fn check_liveness(&self) -> Result<(), Phase> {
-        if self.ns.is_current() {
-            return Ok(());
-        }
-        tracing::info!(netns = %self.ns.path().display(), id = %self.ns.id(), "network namespace is gone; releasing it");
-        Err(Phase::Gone)
     }
 
     async fn start_dump(
@@ -209,7 +216,7 @@ impl Inventory {
         waiters: Vec<oneshot::Sender<()>>,
     ) -> Result<(), Phase> {
         state.seq = state.seq.wrapping_add(1);
-        self.counters.dumps.fetch_add(1, Ordering::Relaxed);
+        Counters::add(&self.counters.dumps);
         state.dump = Some(Dump {
             seq: state.seq,
             entries: HashSet::new(),
@@ -224,13 +231,9 @@ impl Inventory {
     /// Makes the index and the published set match `entries`.
     fn publish(&self, entries: &HashSet<(IpAddr, u32)>) {
         let new: BTreeSet<IpAddr> = entries.iter().map(|(a, _)| *a).collect();
-        let mut current = self
-            .published
-            .addresses
-            .write()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut current = self.published.addresses.write();
         if *current != new {
-            self.index.update(self.ns.id(), &current, &new);
+            self.index.update(self.cookie, &current, &new);
             *current = new;
         }
     }
@@ -239,8 +242,9 @@ impl Inventory {
     /// socket is dropped with `self` right after.
     fn finish(self, end: Phase) {
         if let Phase::Failed(reason) = &end {
-            tracing::warn!(netns = %self.ns.path().display(), reason = %reason, "namespace watcher failed");
+            tracing::warn!(netns = %self.path.display(), reason = %reason, "namespace watcher failed");
         }
+        self.published.live.store(false, Ordering::Release);
         self.publish(&HashSet::new());
         self.phase.send_replace(end);
     }

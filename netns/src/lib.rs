@@ -1,28 +1,41 @@
 //! Network namespaces as seen from a host agent.
 //!
 //! This crate answers two questions about Linux network namespaces, and
-//! nothing else: *which addresses does namespace N hold now*, and *tell me
-//! when that changes*. It knows nothing of pods, tokens or HTTP.
+//! nothing else: *which addresses does namespace instance N hold now*, and
+//! *tell me when that changes*. It knows nothing of pods, tokens or HTTP.
 //!
-//! - [`NetnsRef`] names a namespace by the device and inode of its nsfs file.
+//! - [`NetnsFile`] opens a namespace file named by untrusted input without
+//!   blocking and checks that it is a network namespace.
+//! - [`NetnsCookie`] is a namespace instance's identity: the kernel never
+//!   gives it to another namespace until reboot. Device and inode numbers
+//!   are *not* an identity: a freed namespace's inode goes to the next new
+//!   one at once, often at the same path. They are sound only while the
+//!   namespace is pinned (by an open [`NetnsFile`] or a live watcher).
 //! - [`run_in`] / [`run_in_async`] run a closure on a dedicated, short-lived
 //!   thread that has entered a namespace; nothing else in the process moves.
-//! - [`WatchSet`] keeps one netlink socket per watched namespace, dumps its
-//!   addresses once, follows `RTM_NEWADDR`/`RTM_DELADDR` events, and keeps an
-//!   [`AddressIndex`] (address → namespaces) that readers query without any
-//!   syscall. It lets go of a namespace as soon as nobody needs it or its
-//!   file disappears, so the kernel can free it.
+//! - [`WatchSet`] keeps one netlink socket per watched namespace instance,
+//!   dumps its addresses once, follows `RTM_NEWADDR`/`RTM_DELADDR` events,
+//!   and keeps an [`AddressIndex`] (address → cookies) that readers query
+//!   without any syscall. A [`Lease`] holds a watched instance; the watcher
+//!   stops for good when its path no longer names the instance or the last
+//!   lease is dropped, so the kernel can free the namespace.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod enter;
 mod error;
-mod handle;
+mod file;
 mod index;
+mod instance;
 mod inventory;
 mod route_socket;
+mod stats;
 mod watch_set;
 
+pub use enter::{run_in, run_in_async};
 pub use error::Error;
-pub use handle::{run_in, run_in_async, NetnsId, NetnsRef};
+pub use file::NetnsFile;
 pub use index::AddressIndex;
-pub use watch_set::{WatchConfig, WatchSet, WatchStats, WatchStatus};
+pub use instance::{boot_id, NetnsCookie, NetnsInstance};
+pub use stats::WatchStats;
+pub use watch_set::{Lease, WatchConfig, WatchSet, WatchStatus};

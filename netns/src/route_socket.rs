@@ -13,7 +13,7 @@ use netlink_packet_route::{
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 use tokio::io::unix::AsyncFd;
 
-use crate::{run_in_async, Error, NetnsRef};
+use crate::{run_in_async, Error, NetnsCookie, NetnsFile};
 
 /// Kernel receive buffer for one watcher: room for bursts of address
 /// events (a pod coming up adds a handful); overruns are handled anyway.
@@ -42,27 +42,35 @@ pub(crate) struct RouteSocket {
 impl RouteSocket {
     /// Creates the socket inside `ns` on a helper thread, subscribed to
     /// IPv4 and IPv6 address events before any dump is asked for, so no
-    /// change between the dump and the subscription can be missed.
-    pub(crate) async fn open_in(ns: &NetnsRef) -> Result<Self, Error> {
-        let socket = run_in_async(ns, || -> io::Result<Socket> {
-            let mut socket = Socket::new(NETLINK_ROUTE)?;
+    /// change between the dump and the subscription can be missed. Returns
+    /// it with the cookie of the namespace it lives in, read from the
+    /// socket itself: the cookie names the very instance the socket
+    /// watches, whatever happens to `ns`'s path meanwhile.
+    pub(crate) async fn open_in(ns: &NetnsFile) -> Result<(Self, NetnsCookie), Error> {
+        let (socket, cookie) = run_in_async(ns, || -> Result<(Socket, NetnsCookie), Error> {
+            let mut socket = Socket::new(NETLINK_ROUTE).map_err(Error::Netlink)?;
             let groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
-            socket.bind(&SocketAddr::new(0, groups))?;
-            socket.set_rx_buf_sz(RCVBUF)?;
-            socket.set_non_blocking(true)?;
-            Ok(socket)
+            socket
+                .bind(&SocketAddr::new(0, groups))
+                .map_err(Error::Netlink)?;
+            socket.set_rx_buf_sz(RCVBUF).map_err(Error::Netlink)?;
+            socket.set_non_blocking(true).map_err(Error::Netlink)?;
+            let cookie = NetnsCookie::of_socket(std::os::fd::AsFd::as_fd(&socket))?;
+            Ok((socket, cookie))
         })
-        .await?
-        .map_err(Error::Netlink)?;
+        .await??;
         // SAFETY: `Socket` owns its descriptor, never changes it and closes
         // it only on drop, so the fd stays valid and the same for as long as
         // the `AsyncFd` that owns the `Socket` lives.
         #[allow(unsafe_code)]
         let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| Error::Netlink(e.into()))?;
-        Ok(Self {
-            fd,
-            interrupted: false,
-        })
+        Ok((
+            Self {
+                fd,
+                interrupted: false,
+            },
+            cookie,
+        ))
     }
 
     /// Asks the kernel for every address of the namespace.

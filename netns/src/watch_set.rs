@@ -1,36 +1,39 @@
-//! The set of watched namespaces: starts one inventory per namespace,
-//! shares it between users, and stops it when the last user lets go.
+//! The set of watched namespaces: starts one inventory per namespace
+//! instance and path, shares it between the leases on it, stops it when the
+//! last lease is dropped or its path stops naming the instance.
 
 use std::{
     collections::HashMap,
     net::IpAddr,
     path::PathBuf,
     sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        Arc, Weak,
     },
     time::Duration,
 };
 
+use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
     inventory::{Command, Inventory, Phase, Published},
     route_socket::RouteSocket,
-    AddressIndex, Error, NetnsId, NetnsRef,
+    stats::Counters,
+    AddressIndex, Error, NetnsCookie, NetnsFile, NetnsInstance, WatchStats,
 };
 
 /// Tuning of a [`WatchSet`].
 #[derive(Clone, Debug)]
 pub struct WatchConfig {
-    /// How often each watcher checks that its namespace file still names
-    /// the namespace (a `stat`); bounds how long a deleted namespace is
-    /// kept alive by our socket.
+    /// How often the set checks, in one sweep over every watcher, that each
+    /// watcher's path still names its namespace (one `stat` each); bounds
+    /// how long a deleted namespace is kept alive by our socket.
     pub liveness_interval: Duration,
     /// A refresh asked for within this long after a dump completed is
     /// answered from that dump: bounds re-dumps per namespace.
     pub min_refresh_interval: Duration,
-    /// How long [`WatchSet::refresh`] waits for a re-dump.
+    /// How long [`Lease::refresh`] waits for a re-dump.
     pub refresh_timeout: Duration,
 }
 
@@ -44,27 +47,12 @@ impl Default for WatchConfig {
     }
 }
 
-/// Counters of netlink work, for metrics and for proving that the request
-/// path does none.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct WatchStats {
-    /// Namespaces currently watched (live or gone but still referenced).
-    pub watched: usize,
-    /// Address dumps requested, initial ones included.
-    pub dumps: u64,
-    /// Dumps beyond the initial one of each watcher (refreshes, overruns,
-    /// interrupted dumps).
-    pub redumps: u64,
-    /// Kernel receive-buffer overruns (`ENOBUFS`).
-    pub overruns: u64,
-}
-
 /// What is known of one watched namespace now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WatchStatus {
-    /// The path it was opened by.
-    pub path: PathBuf,
-    /// False once the namespace is gone or its watcher failed.
+    /// The instance watched.
+    pub instance: NetnsInstance,
+    /// False once the watcher stopped for good.
     pub live: bool,
     /// Why it is not live, if it is not.
     pub reason: Option<String>,
@@ -72,26 +60,52 @@ pub struct WatchStatus {
     pub addresses: Vec<IpAddr>,
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) dumps: AtomicU64,
-    pub(crate) redumps: AtomicU64,
-    pub(crate) overruns: AtomicU64,
+type WatchId = u64;
+
+/// What names a live watcher: the path it was opened by and the device and
+/// inode seen through it. While the watcher's socket pins its namespace,
+/// no other namespace can have that inode, so an open file with the same
+/// key is the same instance.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LiveKey {
+    dev: u64,
+    ino: u64,
+    path: PathBuf,
+}
+
+impl LiveKey {
+    fn of(file: &NetnsFile) -> Self {
+        Self {
+            dev: file.dev(),
+            ino: file.ino(),
+            path: file.path().to_path_buf(),
+        }
+    }
 }
 
 struct Entry {
-    ns: NetnsRef,
+    instance: NetnsInstance,
     users: usize,
-    commands: mpsc::Sender<Command>,
+    /// Dropping it stops the inventory task; `None` once stopped.
+    commands: Option<mpsc::Sender<Command>>,
     phase: watch::Receiver<Phase>,
     published: Arc<Published>,
+    reason: Option<String>,
+}
+
+#[derive(Default)]
+struct Watches {
+    entries: HashMap<WatchId, Entry>,
+    live: HashMap<LiveKey, WatchId>,
+    next: WatchId,
 }
 
 struct Shared {
     config: WatchConfig,
     index: AddressIndex,
     counters: Arc<Counters>,
-    entries: Mutex<HashMap<NetnsId, Entry>>,
+    watches: Mutex<Watches>,
+    sweeping: AtomicBool,
 }
 
 /// The watched namespaces and their shared [`AddressIndex`].
@@ -102,6 +116,29 @@ pub struct WatchSet {
     shared: Arc<Shared>,
 }
 
+/// One user's hold on a watched namespace instance. The watcher runs while
+/// any lease on it exists and its path still names the instance; dropping
+/// the last lease stops it, so the kernel can free the namespace.
+///
+/// A lease never moves to another instance: once [`Lease::is_live`] is
+/// false it stays false, whatever appears at the path later.
+pub struct Lease {
+    shared: Arc<Shared>,
+    id: WatchId,
+    instance: NetnsInstance,
+    published: Arc<Published>,
+    phase: watch::Receiver<Phase>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("instance", &self.instance)
+            .field("live", &self.is_live())
+            .finish()
+    }
+}
+
 impl WatchSet {
     /// An empty set.
     pub fn new(config: WatchConfig) -> Self {
@@ -110,7 +147,8 @@ impl WatchSet {
                 config,
                 index: AddressIndex::default(),
                 counters: Arc::default(),
-                entries: Mutex::new(HashMap::new()),
+                watches: Mutex::default(),
+                sweeping: AtomicBool::new(false),
             }),
         }
     }
@@ -120,60 +158,239 @@ impl WatchSet {
         &self.shared.index
     }
 
-    /// Starts watching `ns` (or joins the watcher already there) and waits
-    /// until its first address dump is in the index. Each successful call
-    /// must be paired with one [`WatchSet::release`].
-    pub async fn acquire(&self, ns: &NetnsRef) -> Result<(), Error> {
-        let mut phase = match self.join_existing(ns) {
-            Some(phase) => phase,
+    /// Starts watching the namespace `file` names (or joins the live
+    /// watcher of the same instance and path) and waits until its first
+    /// address dump is in the index. The instance's cookie is read from a
+    /// socket created through `file`'s descriptor, so it is the instance
+    /// `file` was opened on, whatever has happened to its path since.
+    pub async fn acquire(&self, file: &NetnsFile) -> Result<Lease, Error> {
+        self.start_sweeper();
+        let key = LiveKey::of(file);
+        let lease = match self.join(&key) {
+            Some(lease) => lease,
             None => {
                 // Opened outside the lock: it takes a thread and a setns.
-                let socket = RouteSocket::open_in(ns).await?;
-                self.insert_or_join(ns, socket)
+                let (socket, cookie) = RouteSocket::open_in(file).await?;
+                self.insert_or_join(key, cookie, socket)
             }
         };
+        let mut phase = lease.phase.clone();
         let outcome = phase
             .wait_for(|p| *p != Phase::Starting)
             .await
             .map(|p| p.clone());
         match outcome {
-            Ok(Phase::Ready) => Ok(()),
-            Ok(Phase::Failed(reason)) => {
-                self.release(ns.id());
-                Err(Error::Netlink(std::io::Error::other(reason)))
-            }
-            _ => {
-                self.release(ns.id());
-                Err(Error::Gone {
-                    path: ns.path().to_path_buf(),
-                })
-            }
+            Ok(Phase::Ready) => Ok(lease),
+            Ok(Phase::Failed(reason)) => Err(Error::Netlink(std::io::Error::other(reason))),
+            _ => Err(Error::Gone {
+                path: file.path().to_path_buf(),
+            }),
         }
     }
 
-    /// Drops one user of namespace `id`; the last one closes its socket.
-    pub fn release(&self, id: NetnsId) {
-        let mut entries = self.lock();
-        if let Some(entry) = entries.get_mut(&id) {
-            entry.users = entry.users.saturating_sub(1);
-            if entry.users == 0 {
-                // Dropping the command sender ends the inventory task, which
-                // drops the socket and withdraws the addresses.
-                entries.remove(&id);
+    /// Counters of netlink work so far.
+    pub fn stats(&self) -> WatchStats {
+        let watched = self.shared.watches.lock().entries.len();
+        self.shared.counters.snapshot(watched)
+    }
+
+    /// Joins a live watcher of the instance `key` names, if any.
+    fn join(&self, key: &LiveKey) -> Option<Lease> {
+        let mut watches = self.shared.watches.lock();
+        let id = *watches.live.get(key)?;
+        let entry = watches.entries.get_mut(&id)?;
+        if !entry.published.live.load(Ordering::Acquire) {
+            return None;
+        }
+        entry.users += 1;
+        Some(self.lease(id, entry))
+    }
+
+    /// Starts a watcher on `socket`, unless a live one of the same instance
+    /// and path appeared meanwhile (then `socket` is dropped and that one is
+    /// joined).
+    fn insert_or_join(&self, key: LiveKey, cookie: NetnsCookie, socket: RouteSocket) -> Lease {
+        let mut watches = self.shared.watches.lock();
+        if let Some(id) = watches.live.get(&key).copied() {
+            if let Some(entry) = watches.entries.get_mut(&id) {
+                if entry.instance.cookie() == cookie && entry.published.live.load(Ordering::Acquire)
+                {
+                    entry.users += 1;
+                    return self.lease(id, entry);
+                }
             }
+        }
+        let instance = NetnsInstance::new(key.path.clone(), key.dev, key.ino, cookie);
+        let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        let published = Arc::new(Published::default());
+        let inventory = Inventory {
+            cookie,
+            path: key.path.clone(),
+            socket,
+            index: self.shared.index.clone(),
+            published: published.clone(),
+            phase: phase_tx,
+            counters: self.shared.counters.clone(),
+            min_refresh: self.shared.config.min_refresh_interval,
+        };
+        tokio::spawn(inventory.run(cmd_rx));
+        let id = watches.next;
+        watches.next += 1;
+        watches.live.insert(key, id);
+        let entry = watches.entries.entry(id).or_insert(Entry {
+            instance,
+            users: 1,
+            commands: Some(cmd_tx),
+            phase: phase_rx,
+            published,
+            reason: None,
+        });
+        self.lease(id, entry)
+    }
+
+    fn lease(&self, id: WatchId, entry: &Entry) -> Lease {
+        Lease {
+            shared: self.shared.clone(),
+            id,
+            instance: entry.instance.clone(),
+            published: entry.published.clone(),
+            phase: entry.phase.clone(),
         }
     }
 
-    /// Asks for a fresh dump of `id` (rate-limited by
+    /// One task per set checks every watcher's path: far fewer wake-ups
+    /// than a timer per namespace, and the `stat`s run off the runtime's
+    /// workers.
+    fn start_sweeper(&self) {
+        if self.shared.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let weak = Arc::downgrade(&self.shared);
+        let every = self.shared.config.liveness_interval;
+        tokio::spawn(sweep_liveness(weak, every));
+    }
+}
+
+async fn sweep_liveness(shared: Weak<Shared>, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(set) = shared.upgrade() else {
+            return;
+        };
+        let watched: Vec<(WatchId, LiveKey)> = {
+            let watches = set.watches.lock();
+            watches
+                .live
+                .iter()
+                .map(|(k, id)| (*id, k.clone()))
+                .collect()
+        };
+        drop(set);
+        if watched.is_empty() {
+            continue;
+        }
+        let Ok(dead) = tokio::task::spawn_blocking(move || {
+            watched
+                .into_iter()
+                .filter(|(_, key)| !still_names(key))
+                .collect::<Vec<_>>()
+        })
+        .await
+        else {
+            continue;
+        };
+        let Some(set) = shared.upgrade() else {
+            return;
+        };
+        let mut watches = set.watches.lock();
+        for (id, key) in dead {
+            stop(&mut watches, id, &key, "its path no longer names it");
+        }
+    }
+}
+
+/// Whether `key.path` still names the watched namespace. Sound while the
+/// watcher's socket pins the namespace: its inode cannot be reused.
+fn still_names(key: &LiveKey) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(&key.path).is_ok_and(|m| (m.dev(), m.ino()) == (key.dev, key.ino))
+}
+
+/// Stops watcher `id` for good: its leases see it dead at once, and its
+/// task drops the socket.
+fn stop(watches: &mut Watches, id: WatchId, key: &LiveKey, reason: &str) {
+    if watches.live.get(key) == Some(&id) {
+        watches.live.remove(key);
+    }
+    let Some(entry) = watches.entries.get_mut(&id) else {
+        return;
+    };
+    if entry.commands.take().is_some() {
+        entry.published.live.store(false, Ordering::Release);
+        entry.reason = Some(reason.to_owned());
+        tracing::info!(netns = %key.path.display(), cookie = %entry.instance.cookie(), reason, "letting go of a network namespace");
+    }
+}
+
+impl Lease {
+    /// The instance this lease holds.
+    pub fn instance(&self) -> &NetnsInstance {
+        &self.instance
+    }
+
+    /// The instance's identity.
+    pub fn cookie(&self) -> NetnsCookie {
+        self.instance.cookie()
+    }
+
+    /// Whether the watcher still runs: the instance is watched and its
+    /// path still names it. One atomic load.
+    pub fn is_live(&self) -> bool {
+        self.published.live.load(Ordering::Acquire)
+    }
+
+    /// The instance's addresses now (empty once not live).
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.published.addresses.read().iter().copied().collect()
+    }
+
+    /// What is known of the instance now.
+    pub fn status(&self) -> WatchStatus {
+        let live = self.is_live();
+        let reason = if live {
+            None
+        } else {
+            let watches = self.shared.watches.lock();
+            let stored = watches.entries.get(&self.id).and_then(|e| e.reason.clone());
+            Some(stored.unwrap_or_else(|| match &*self.phase.borrow() {
+                Phase::Failed(r) => r.clone(),
+                _ => "the namespace watcher stopped".into(),
+            }))
+        };
+        WatchStatus {
+            instance: self.instance.clone(),
+            live,
+            reason,
+            addresses: self.addresses(),
+        }
+    }
+
+    /// Asks for a fresh dump (rate-limited by
     /// [`WatchConfig::min_refresh_interval`]) and waits for it. Returns
-    /// false when `id` is not watched, is gone, or the dump timed out.
-    pub async fn refresh(&self, id: NetnsId) -> bool {
+    /// false when the watcher is not live or the dump timed out.
+    pub async fn refresh(&self) -> bool {
         let commands = {
-            let entries = self.lock();
-            match entries.get(&id) {
+            let watches = self.shared.watches.lock();
+            match watches.entries.get(&self.id) {
                 Some(e) if *e.phase.borrow() == Phase::Ready => e.commands.clone(),
-                _ => return false,
+                _ => None,
             }
+        };
+        let Some(commands) = commands else {
+            return false;
         };
         let (tx, rx) = oneshot::channel();
         if commands.send(Command::Refresh(tx)).await.is_err() {
@@ -184,107 +401,30 @@ impl WatchSet {
             Ok(Ok(()))
         )
     }
+}
 
-    /// The state of namespace `id`, if watched.
-    pub fn status(&self, id: NetnsId) -> Option<WatchStatus> {
-        let entries = self.lock();
-        let entry = entries.get(&id)?;
-        let phase = entry.phase.borrow().clone();
-        let addresses = entry
-            .published
-            .addresses
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .copied()
-            .collect();
-        let (live, reason) = match phase {
-            Phase::Starting | Phase::Ready => (true, None),
-            Phase::Gone => (false, Some("namespace is gone".to_string())),
-            Phase::Failed(r) => (false, Some(r)),
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let mut watches = self.shared.watches.lock();
+        let Some(entry) = watches.entries.get_mut(&self.id) else {
+            return;
         };
-        Some(WatchStatus {
-            path: entry.ns.path().to_path_buf(),
-            live,
-            reason,
-            addresses,
-        })
-    }
-
-    /// Whether namespace `id` is watched and live (cheaper than
-    /// [`WatchSet::status`]: no address list is copied).
-    pub fn is_live(&self, id: NetnsId) -> bool {
-        self.lock()
-            .get(&id)
-            .is_some_and(|e| matches!(*e.phase.borrow(), Phase::Starting | Phase::Ready))
-    }
-
-    /// Counters of netlink work so far.
-    pub fn stats(&self) -> WatchStats {
-        let c = &self.shared.counters;
-        WatchStats {
-            watched: self.lock().len(),
-            dumps: c.dumps.load(Ordering::Relaxed),
-            redumps: c.redumps.load(Ordering::Relaxed),
-            overruns: c.overruns.load(Ordering::Relaxed),
+        entry.users = entry.users.saturating_sub(1);
+        if entry.users > 0 {
+            return;
         }
-    }
-
-    /// Joins a live watcher of `ns`, if any.
-    fn join_existing(&self, ns: &NetnsRef) -> Option<watch::Receiver<Phase>> {
-        let mut entries = self.lock();
-        let entry = entries.get_mut(&ns.id())?;
-        if matches!(*entry.phase.borrow(), Phase::Gone | Phase::Failed(_)) {
-            return None;
-        }
-        entry.users += 1;
-        Some(entry.phase.clone())
-    }
-
-    /// Starts a watcher on `socket`, unless a live one appeared meanwhile
-    /// (then `socket` is dropped and that one is joined). A dead watcher of
-    /// the same id is replaced; its users carry over.
-    fn insert_or_join(&self, ns: &NetnsRef, socket: RouteSocket) -> watch::Receiver<Phase> {
-        let mut entries = self.lock();
-        let mut users = 1;
-        if let Some(entry) = entries.get_mut(&ns.id()) {
-            if !matches!(*entry.phase.borrow(), Phase::Gone | Phase::Failed(_)) {
-                entry.users += 1;
-                return entry.phase.clone();
+        // The last user: dropping the entry (and its command sender) ends
+        // the inventory task, which drops the socket and withdraws the
+        // addresses.
+        if let Some(entry) = watches.entries.remove(&self.id) {
+            let key = LiveKey {
+                dev: entry.instance.dev(),
+                ino: entry.instance.ino(),
+                path: entry.instance.path().to_path_buf(),
+            };
+            if watches.live.get(&key) == Some(&self.id) {
+                watches.live.remove(&key);
             }
-            users += entry.users;
         }
-        let (phase_tx, phase_rx) = watch::channel(Phase::Starting);
-        let (cmd_tx, cmd_rx) = mpsc::channel(64);
-        let published = Arc::new(Published::default());
-        let inventory = Inventory {
-            ns: ns.clone(),
-            socket,
-            index: self.shared.index.clone(),
-            published: published.clone(),
-            phase: phase_tx,
-            counters: self.shared.counters.clone(),
-            liveness_interval: self.shared.config.liveness_interval,
-            min_refresh: self.shared.config.min_refresh_interval,
-        };
-        tokio::spawn(inventory.run(cmd_rx));
-        entries.insert(
-            ns.id(),
-            Entry {
-                ns: ns.clone(),
-                users,
-                commands: cmd_tx,
-                phase: phase_rx.clone(),
-                published,
-            },
-        );
-        phase_rx
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<NetnsId, Entry>> {
-        self.shared
-            .entries
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
     }
 }

@@ -7,28 +7,57 @@ use std::{
     time::{Duration, Instant},
 };
 
-use netns::{NetnsRef, WatchConfig, WatchSet};
+use netns::{NetnsFile, WatchConfig, WatchSet};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A bare namespace with a veth pair inside it, removed on drop.
+/// A namespace with a veth pair whose other end is on the host (its
+/// disappearance tells that the kernel is freeing the namespace), removed
+/// on drop.
 struct TestNs {
     name: String,
+    host_if: String,
 }
 
 impl TestNs {
     fn new() -> Self {
-        let name = format!(
-            "nstest-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Self { name };
-        ns.exec(&["link", "add", "d0", "type", "veth", "peer", "name", "d1"]);
-        ns.exec(&["link", "set", "d1", "up"]);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self::named(&format!("nstest-{}-{n}", std::process::id()))
+    }
+
+    /// A namespace with this exact name (and the usual veth pair).
+    fn named(name: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        ip(&["netns", "add", name]);
+        let ns = Self {
+            name: name.to_owned(),
+            host_if: format!("nt{}x{n}", std::process::id() % 1_000_000),
+        };
+        ip(&[
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "d0",
+            "netns",
+            &ns.name,
+        ]);
         ns.exec(&["link", "set", "d0", "up"]);
         ns
+    }
+
+    fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.path()).unwrap().ino()
+    }
+
+    fn host_link_exists(&self) -> bool {
+        std::path::Path::new("/sys/class/net")
+            .join(&self.host_if)
+            .exists()
     }
 
     fn path(&self) -> String {
@@ -44,10 +73,15 @@ impl TestNs {
 
 impl Drop for TestNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(std::process::Stdio::null())
-            .status();
+        for args in [
+            vec!["link", "del", &self.host_if],
+            vec!["netns", "del", &self.name],
+        ] {
+            let _ = Command::new("ip")
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -103,14 +137,16 @@ async fn inventory_follows_events_and_lets_go_of_deleted_namespaces() {
         min_refresh_interval: Duration::ZERO,
         ..WatchConfig::default()
     });
-    let r = NetnsRef::open(ns.path()).unwrap();
-    set.acquire(&r).await.unwrap();
+    let file = NetnsFile::open(ns.path()).unwrap();
+    let lease = set.acquire(&file).await.unwrap();
+    drop(file);
+    let c = lease.cookie();
 
     let a: IpAddr = "198.18.200.1".parse().unwrap();
     let b: IpAddr = "198.18.201.2".parse().unwrap();
     let v6: IpAddr = "fd42:1:2:3::9".parse().unwrap();
     // The first dump is complete when acquire returns.
-    assert!(set.index().holds(&a, r.id()));
+    assert!(set.index().holds(&a, c));
     let dumps = set.stats().dumps;
 
     // Another subnet: deleting a primary address also deletes its
@@ -118,50 +154,126 @@ async fn inventory_follows_events_and_lets_go_of_deleted_namespaces() {
     ns.exec(&["addr", "add", "198.18.201.2/24", "dev", "d0"]);
     ns.exec(&["addr", "add", "fd42:1:2:3::9/64", "dev", "d0", "nodad"]);
     poll_until("added addresses", || {
-        set.index().holds(&b, r.id()) && set.index().holds(&v6, r.id())
+        set.index().holds(&b, c) && set.index().holds(&v6, c)
     })
     .await;
     ns.exec(&["addr", "del", "198.18.200.1/24", "dev", "d0"]);
-    poll_until("removed address", || !set.index().holds(&a, r.id())).await;
+    poll_until("removed address", || !set.index().holds(&a, c)).await;
     assert_eq!(set.stats().dumps, dumps, "events alone, no re-dump");
 
     // Without a rate limit every refresh re-dumps...
-    assert!(set.refresh(r.id()).await);
-    assert!(set.refresh(r.id()).await);
+    assert!(lease.refresh().await);
+    assert!(lease.refresh().await);
     assert_eq!(set.stats().redumps, 2);
     // ...with one, a refresh right after a dump is answered from it.
     let limited = WatchSet::new(WatchConfig {
         min_refresh_interval: Duration::from_secs(3600),
         ..WatchConfig::default()
     });
-    limited.acquire(&r).await.unwrap();
-    assert!(limited.refresh(r.id()).await);
+    let other = limited
+        .acquire(&NetnsFile::open(ns.path()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(other.cookie(), c, "one instance, one cookie");
+    assert!(other.refresh().await);
     assert_eq!(limited.stats().redumps, 0);
-    limited.release(r.id());
+    drop(other);
+    assert_eq!(limited.stats().watched, 0);
 
-    let status = set.status(r.id()).unwrap();
+    // A second lease by the same path shares the watcher.
+    let second = set
+        .acquire(&NetnsFile::open(ns.path()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(set.stats().watched, 1);
+    let status = second.status();
     assert!(status.live);
     assert!(status.addresses.contains(&b));
 
-    // Delete the namespace without telling the set: it notices and lets go.
+    // Delete the namespace without telling the set: it notices, lets go,
+    // and both leases are over.
     ip(&["netns", "del", &ns.name]);
-    poll_until("namespace gone", || {
-        set.status(r.id()).is_some_and(|s| !s.live)
+    poll_until("namespace gone", || !lease.is_live()).await;
+    assert!(!second.is_live());
+    assert!(second.status().reason.unwrap().contains("no longer names"));
+    assert!(set.index().holders(&b).is_empty());
+    poll_until("the kernel to free the namespace", || {
+        !ns.host_link_exists()
     })
     .await;
-    assert!(set.index().holders(&b).is_empty());
-    set.release(r.id());
+    drop((lease, second));
     assert_eq!(set.stats().watched, 0);
 }
 
 #[tokio::test]
-async fn a_path_that_is_not_a_namespace_is_refused() {
+async fn a_recycled_inode_is_another_instance_and_a_dead_lease_stays_dead() {
     if !have_root() {
         return;
     }
-    let set = WatchSet::new(WatchConfig::default());
-    let r = NetnsRef::open("/etc/hostname").unwrap();
-    let err = set.acquire(&r).await.unwrap_err();
-    assert!(err.to_string().contains("cannot enter"), "{err}");
-    assert_eq!(set.stats().watched, 0);
+    let set = WatchSet::new(WatchConfig {
+        liveness_interval: Duration::from_millis(50),
+        ..WatchConfig::default()
+    });
+    let old = TestNs::new();
+    old.exec(&["addr", "add", "198.18.202.1/24", "dev", "d0"]);
+    let (name, inode) = (old.name.clone(), old.inode());
+    let lease = set
+        .acquire(&NetnsFile::open(old.path()).unwrap())
+        .await
+        .unwrap();
+    ip(&["netns", "del", &name]);
+    poll_until("the watcher to let go", || !lease.is_live()).await;
+    poll_until("the kernel to free the namespace", || {
+        !old.host_link_exists()
+    })
+    .await;
+
+    // Until the kernel has released the old inode number, a new namespace
+    // gets another: retry (bounded) until the number is recycled.
+    let reused = recycle_inode(&name, inode).await;
+    let new = set
+        .acquire(&NetnsFile::open(reused.path()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(reused.inode(), inode, "the kernel recycled the inode");
+    assert_ne!(new.cookie(), lease.cookie(), "but not the cookie");
+    assert!(!lease.is_live(), "a dead lease never comes back");
+    reused.exec(&["addr", "add", "198.18.202.1/24", "dev", "d0"]);
+    let a: IpAddr = "198.18.202.1".parse().unwrap();
+    poll_until("the new instance's address", || {
+        set.index().holds(&a, new.cookie())
+    })
+    .await;
+    assert!(!set.index().holds(&a, lease.cookie()));
+    assert_eq!(
+        set.stats().watched,
+        2,
+        "the dead watcher is kept for its lease"
+    );
+    drop(lease);
+    assert_eq!(set.stats().watched, 1);
+}
+
+/// A new namespace named `name` whose nsfs inode is `inode` (the kernel
+/// hands a freed number to the next namespace once its release completes).
+async fn recycle_inode(name: &str, inode: u64) -> TestNs {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ns = TestNs::named(name);
+        if ns.inode() == inode {
+            return ns;
+        }
+        drop(ns);
+        assert!(
+            Instant::now() < deadline,
+            "inode {inode} was never recycled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[test]
+fn a_path_that_is_not_a_namespace_is_refused() {
+    let err = NetnsFile::open("/etc/hostname").unwrap_err();
+    assert!(err.to_string().contains("not a network namespace"), "{err}");
 }

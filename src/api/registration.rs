@@ -92,7 +92,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
         },
         ["pods", uuid] => match method {
             Method::PUT => register_pod(&state, req, uuid, peer).await,
-            Method::DELETE => match state.pods.unregister(uuid) {
+            Method::DELETE => match state.pods.unregister(uuid).await {
                 Ok(()) => ok(PodUuid::parse(uuid).ok()),
                 Err(e) => status_text(e.status(), e.to_string()).into(),
             },
@@ -104,7 +104,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
                     Ok(b) => b,
                     Err(r) => return r.into(),
                 };
-                match state.pods.register_app(uuid, app, &body) {
+                match state.pods.register_app(uuid, app, &body).await {
                     Ok(()) => ok(PodUuid::parse(uuid).ok()),
                     Err(e) => status_text(e.status(), e.to_string()).into(),
                 }
@@ -189,7 +189,13 @@ pub struct PodView {
 #[derive(Serialize)]
 pub struct NetnsView {
     pub path: String,
+    /// The nsfs inode seen when the pod was bound (display only).
     pub inode: u64,
+    /// The namespace instance's identity.
+    pub cookie: u64,
+    /// Why the binding is over, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gone: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -226,38 +232,40 @@ fn listing(state: &AppState) -> Vec<u8> {
 pub fn view(state: &AppState, pod: &Pod) -> PodView {
     let watches = state.pods.watches();
     let (netns, addresses, mut st) = match &pod.netns {
-        NetnsBinding::Known(r) => {
-            let status = watches.status(r.id());
-            let live = status.as_ref().is_some_and(|s| s.live);
+        NetnsBinding::Known(lease) => {
+            let status = lease.status();
+            let instance = lease.instance();
             (
                 Some(NetnsView {
-                    path: r.path().display().to_string(),
-                    inode: r.id().ino,
+                    path: instance.path().display().to_string(),
+                    inode: instance.ino(),
+                    cookie: instance.cookie().0,
+                    gone: status.reason,
                 }),
                 status
-                    .map(|s| {
-                        s.addresses
-                            .into_iter()
-                            .filter(|a| !a.is_loopback())
-                            .collect()
-                    })
-                    .unwrap_or_default(),
-                if live { "verified" } else { "netns-gone" },
+                    .addresses
+                    .into_iter()
+                    .filter(|a| !a.is_loopback())
+                    .collect(),
+                if status.live {
+                    "verified"
+                } else {
+                    "netns-gone"
+                },
             )
         }
         NetnsBinding::HostNetwork => (None, Vec::new(), "host-network"),
         NetnsBinding::Pending => (None, Vec::new(), "netns-unknown"),
     };
-    let own = pod.netns_id();
+    let own = pod.netns_cookie();
+    let host = state.pods.host().cookie();
     let conflicts: Vec<IpAddr> = addresses
         .iter()
         .filter(|a| !is_link_local(a))
         .filter(|a| {
-            watches
-                .index()
-                .holders(a)
-                .iter()
-                .any(|h| Some(*h) != own && !state.pods.registry().pods_in(*h).is_empty())
+            watches.index().holders(a).iter().any(|h| {
+                Some(*h) != own && (*h == host || !state.pods.registry().pods_in(*h).is_empty())
+            })
         })
         .copied()
         .collect();

@@ -3,20 +3,24 @@
 //! requests (`resolve`); reload and garbage collection (`lifecycle`). The
 //! HTTP layers only parse and render around it.
 
+mod find;
 mod lifecycle;
+mod locks;
 mod resolve;
+mod rkt_dir;
 
 pub use resolve::Refused;
 
 use std::{
     collections::HashMap,
-    path::{Path, PathBuf},
-    sync::{Arc, Mutex},
+    path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
-use netns::{NetnsRef, WatchSet};
+use netns::{Lease, NetnsFile, WatchSet};
+use parking_lot::Mutex;
 
 use crate::{
     appc::{is_ac_name, ImageManifest, PodManifest, PodUuid, SchemaError},
@@ -25,9 +29,15 @@ use crate::{
     registry::{Inserted, NetnsBinding, Pod, Registrant, Registry, RegistryError, TokenDigest},
     store::StoreError,
 };
+use find::Found;
+use locks::PodLocks;
+use rkt_dir::RktDir;
 
 /// How often a pod whose namespace is not known yet is looked up again.
 const DISCOVERY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a registration waits for a namespace's first address dump.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a registration request failed; the text is safe to send back.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +66,8 @@ pub enum RegisterError {
     AppNotInManifest(String),
     #[error("could not store the registration: {0}")]
     Store(#[from] StoreError),
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 impl RegisterError {
@@ -63,7 +75,7 @@ impl RegisterError {
         match self {
             RegisterError::NetnsConflict(_) | RegisterError::Conflict(_) => 409,
             RegisterError::PodNotFound | RegisterError::AppNotInManifest(_) => 404,
-            RegisterError::Store(_) => 500,
+            RegisterError::Store(_) | RegisterError::Internal(_) => 500,
             _ => 400,
         }
     }
@@ -90,25 +102,43 @@ pub struct Config {
 
 /// Registrations, their namespaces and the identity policy.
 pub struct Pods {
-    config: Config,
+    mode: Mode,
+    gc_grace: Duration,
+    rkt: RktDir,
     registry: Registry,
     watches: WatchSet,
+    /// The agent's own namespace, watched like a pod's: its addresses are
+    /// the host's.
+    host: Lease,
     store: Option<PodStore>,
+    locks: PodLocks,
     last_discovery: Mutex<HashMap<PodUuid, Instant>>,
     /// Since when each pod has looked dead, for the GC grace period.
     dead_since: Mutex<HashMap<PodUuid, Instant>>,
 }
 
 impl Pods {
-    pub fn new(config: Config, watches: WatchSet, store: Option<PodStore>) -> Self {
-        Self {
-            config,
+    /// Starts watching the agent's own namespace. Fails where namespace
+    /// instances cannot be told apart (no netns cookies: Linux < 5.14).
+    pub async fn new(
+        config: Config,
+        watches: WatchSet,
+        store: Option<PodStore>,
+    ) -> Result<Self, netns::Error> {
+        let own = NetnsFile::current()?;
+        let host = watches.acquire(&own).await?;
+        Ok(Self {
+            mode: config.mode,
+            gc_grace: config.gc_grace,
+            rkt: RktDir::new(config.rkt_dir),
             registry: Registry::default(),
             watches,
+            host,
             store,
+            locks: PodLocks::default(),
             last_discovery: Mutex::default(),
             dead_since: Mutex::default(),
-        }
+        })
     }
 
     pub fn registry(&self) -> &Registry {
@@ -119,12 +149,17 @@ impl Pods {
         &self.watches
     }
 
+    /// The agent's own namespace.
+    pub fn host(&self) -> &Lease {
+        &self.host
+    }
+
     pub fn mode(&self) -> Mode {
-        self.config.mode
+        self.mode
     }
 
     pub fn gc_grace(&self) -> Duration {
-        self.config.gc_grace
+        self.gc_grace
     }
 
     /// `PUT /pods/{uuid}?token=...`
@@ -132,20 +167,24 @@ impl Pods {
         let uuid = parse_uuid(req.uuid)?;
         let token = check_token(req.token, &uuid)?;
         let (manifest, echo) = PodManifest::from_value(parse_json(&req.body)?)?;
+        let _guard = self.locks.lock(&uuid).await;
         if let Some(existing) = self.registry.get(&uuid) {
             if existing.token != token {
                 return Err(RegistryError::TokenMismatch(uuid).into());
             }
         }
-        let binding = self.find_netns(&uuid, req.netns, req.pid)?;
-        let acquired = match &binding {
-            NetnsBinding::Known(ns) => {
-                self.watches.acquire(ns).await.map_err(|e| {
-                    RegisterError::BadNetns(format!("cannot watch network namespace: {e}"))
-                })?;
-                Some(ns.id())
-            }
-            _ => None,
+        let (rkt, netns, pid) = (
+            self.rkt.clone(),
+            req.netns.map(str::to_owned),
+            req.pid.map(str::to_owned),
+        );
+        let found =
+            blocking(move || find::find_netns(&rkt, &uuid, netns.as_deref(), pid.as_deref()))
+                .await??;
+        let binding = match found {
+            Found::Netns(file) => NetnsBinding::Known(Arc::new(self.acquire(&file).await?)),
+            Found::Pending => NetnsBinding::Pending,
+            Found::HostNetwork => NetnsBinding::HostNetwork,
         };
         let mut pod = Pod::new(
             uuid,
@@ -156,169 +195,122 @@ impl Pods {
             unix_now(),
             req.registrant,
         );
-        pod.rkt_pod = self.rkt_pod_dir(&uuid).is_dir();
-        let inserted = match self.registry.insert(pod) {
-            Ok(i) => i,
-            Err(e) => {
-                if let Some(id) = acquired {
-                    self.watches.release(id);
-                }
-                return Err(e.into());
-            }
-        };
+        let rkt = self.rkt.clone();
+        pod.rkt_pod = blocking(move || rkt.has_pod(&uuid)).await?;
+        let inserted = self.registry.insert(pod)?;
         let stored = self.registry.get(&uuid).ok_or(RegisterError::PodNotFound)?;
-        if let Inserted::Replaced(prev) = &inserted {
-            if let Some(prev_id) = prev.netns_id() {
-                if acquired.is_some() || stored.netns_id() != Some(prev_id) {
-                    self.watches.release(prev_id);
+        if let Err(e) = self.persist(&stored).await {
+            // Not durable, so not acknowledged: undo.
+            match inserted {
+                Inserted::Replaced(prev) => self.registry.restore(prev),
+                Inserted::New => {
+                    self.registry.remove(&uuid);
                 }
             }
-        }
-        if let Err(e) = self.persist(&stored) {
-            // Not durable, so not acknowledged: undo.
-            if let Some(p) = self.registry.remove(&uuid) {
-                self.release(&p);
-            }
-            return Err(e.into());
+            return Err(e);
         }
         tracing::info!(pod = %uuid, netns = %describe(&stored.netns), uid = ?stored.registrant.uid, "pod registered");
         Ok(stored)
     }
 
+    /// Watches the namespace `file` names, bounded in time.
+    async fn acquire(&self, file: &NetnsFile) -> Result<Lease, RegisterError> {
+        match tokio::time::timeout(ACQUIRE_TIMEOUT, self.watches.acquire(file)).await {
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(e)) => Err(RegisterError::BadNetns(format!(
+                "cannot watch network namespace: {e}"
+            ))),
+            Err(_) => Err(RegisterError::BadNetns(format!(
+                "cannot watch network namespace {}: no address dump within {ACQUIRE_TIMEOUT:?}",
+                file.path().display()
+            ))),
+        }
+    }
+
     /// `PUT /pods/{uuid}/{app}`
-    pub fn register_app(&self, uuid: &str, app: &str, body: &[u8]) -> Result<(), RegisterError> {
+    pub async fn register_app(
+        &self,
+        uuid: &str,
+        app: &str,
+        body: &[u8],
+    ) -> Result<(), RegisterError> {
         let uuid = parse_uuid(uuid)?;
         if !is_ac_name(app) {
             return Err(RegisterError::BadAppName(app.to_owned()));
         }
-        let pod = self.registry.get(&uuid).ok_or(RegisterError::PodNotFound)?;
         let (image, echo) = ImageManifest::from_value(parse_json(body)?)?;
+        let _guard = self.locks.lock(&uuid).await;
+        let pod = self.registry.get(&uuid).ok_or(RegisterError::PodNotFound)?;
         let entry = pod
             .make_app(app, &image, &echo)
             .ok_or_else(|| RegisterError::AppNotInManifest(app.to_owned()))?;
-        let previous = pod.apps.get(app).cloned();
         let updated = self
             .registry
             .update(&uuid, |p| {
                 p.apps.insert(app.to_owned(), entry);
             })
             .ok_or(RegisterError::PodNotFound)?;
-        if let Err(e) = self.persist(&updated) {
-            self.registry.update(&uuid, |p| match previous {
-                Some(prev) => {
-                    p.apps.insert(app.to_owned(), prev);
-                }
-                None => {
-                    p.apps.remove(app);
-                }
-            });
-            return Err(e.into());
+        if let Err(e) = self.persist(&updated).await {
+            self.registry.restore(pod);
+            return Err(e);
         }
         tracing::info!(pod = %uuid, app, "app registered");
         Ok(())
     }
 
     /// `DELETE /pods/{uuid}`
-    pub fn unregister(&self, uuid: &str) -> Result<(), RegisterError> {
+    pub async fn unregister(&self, uuid: &str) -> Result<(), RegisterError> {
         let uuid = parse_uuid(uuid)?;
-        self.remove(&uuid, "unregistered")
-            .ok_or(RegisterError::PodNotFound)?
+        self.remove(&uuid, "unregistered").await
     }
 
-    /// Removes a registration durably and lets go of its namespace.
-    pub fn remove(&self, uuid: &PodUuid, reason: &str) -> Option<Result<(), RegisterError>> {
-        // Durable first: a crash after this must not resurrect the pod.
-        if let Some(store) = &self.store {
-            if self.registry.get(uuid).is_some() {
-                if let Err(e) = store.remove(uuid) {
-                    return Some(Err(e.into()));
-                }
-            }
-        }
-        let pod = self.registry.remove(uuid)?;
-        self.release(&pod);
-        self.lock_discovery().remove(uuid);
-        tracing::info!(pod = %uuid, reason, "pod removed");
-        Some(Ok(()))
+    /// Removes a registration durably; dropping it lets go of its
+    /// namespace once no request holds it any more.
+    pub async fn remove(&self, uuid: &PodUuid, reason: &str) -> Result<(), RegisterError> {
+        self.remove_if(uuid, reason, None).await
     }
 
-    fn release(&self, pod: &Pod) {
-        if let Some(id) = pod.netns_id() {
-            self.watches.release(id);
-        }
-    }
-
-    fn persist(&self, pod: &Pod) -> Result<(), StoreError> {
-        match &self.store {
-            Some(store) => store.save(pod),
-            None => Ok(()),
-        }
-    }
-
-    /// The namespace a registration names, from every source it has:
-    /// `netns=`, `pid=`, rkt's pod directory. Sources must agree.
-    fn find_netns(
+    /// Like [`Pods::remove`], but only while the registration is still
+    /// `expected` (when given).
+    async fn remove_if(
         &self,
         uuid: &PodUuid,
-        netns: Option<&str>,
-        pid: Option<&str>,
-    ) -> Result<NetnsBinding, RegisterError> {
-        let mut found: Vec<(&str, NetnsRef)> = Vec::new();
-        if let Some(path) = netns.filter(|p| !p.is_empty()) {
-            if !path.starts_with('/') {
-                return Err(RegisterError::BadNetns(format!(
-                    "netns must be an absolute path, got {path:?}"
-                )));
-            }
-            let r = NetnsRef::open(path).map_err(|e| RegisterError::BadNetns(e.to_string()))?;
-            found.push(("netns", r));
+        reason: &str,
+        expected: Option<&Arc<Pod>>,
+    ) -> Result<(), RegisterError> {
+        let _guard = self.locks.lock(uuid).await;
+        match (self.registry.get(uuid), expected) {
+            (None, _) => return Err(RegisterError::PodNotFound),
+            (Some(current), Some(expected)) if !Arc::ptr_eq(&current, expected) => return Ok(()),
+            _ => {}
         }
-        if let Some(pid) = pid.filter(|p| !p.is_empty()) {
-            let pid: u32 = pid.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                RegisterError::BadNetns(format!("pid {pid:?} is not a process id"))
-            })?;
-            let r = NetnsRef::of_pid(pid).map_err(|e| RegisterError::BadNetns(e.to_string()))?;
-            found.push(("pid", r));
+        // Durable first: a crash after this must not resurrect the pod.
+        if let Some(store) = self.store.clone() {
+            let uuid = *uuid;
+            blocking(move || store.remove(&uuid)).await??;
         }
-        if let Some(r) = self.rkt_netns(uuid) {
-            found.push(("rkt pod directory", r));
-        }
-        if let Some(((first_src, first), rest)) = found.split_first() {
-            if let Some((src, other)) = rest.iter().find(|(_, r)| r.id() != first.id()) {
-                return Err(RegisterError::NetnsConflict(format!(
-                    "{first_src} names network namespace {} but {src} names {}",
-                    first.id(),
-                    other.id()
-                )));
-            }
-            return Ok(NetnsBinding::Known(first.clone()));
-        }
-        Ok(if self.rkt_pod_dir(uuid).is_dir() {
-            NetnsBinding::Pending
-        } else {
-            NetnsBinding::HostNetwork
-        })
+        self.registry.remove(uuid);
+        self.last_discovery.lock().remove(uuid);
+        tracing::info!(pod = %uuid, reason, "pod removed");
+        Ok(())
     }
 
-    fn rkt_pod_dir(&self, uuid: &PodUuid) -> PathBuf {
-        self.config.rkt_dir.join("pods/run").join(uuid.to_string())
+    async fn persist(&self, pod: &Arc<Pod>) -> Result<(), RegisterError> {
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
+        let pod = pod.clone();
+        Ok(blocking(move || store.save(&pod)).await??)
     }
+}
 
-    /// The namespace rkt recorded for the pod, if it has yet.
-    fn rkt_netns(&self, uuid: &PodUuid) -> Option<NetnsRef> {
-        let text = std::fs::read_to_string(self.rkt_pod_dir(uuid).join("netns")).ok()?;
-        let path = text.trim();
-        if !Path::new(path).is_absolute() {
-            return None;
-        }
-        NetnsRef::open(path).ok()
-    }
-
-    fn lock_discovery(&self) -> std::sync::MutexGuard<'_, HashMap<PodUuid, Instant>> {
-        self.last_discovery
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-    }
+/// Runs blocking file I/O off the runtime's workers.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, RegisterError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| RegisterError::Internal(e.to_string()))
 }
 
 fn parse_uuid(uuid: &str) -> Result<PodUuid, RegisterError> {
@@ -355,7 +347,11 @@ fn check_token(token: Option<&str>, uuid: &PodUuid) -> Result<TokenDigest, Regis
 
 fn describe(b: &NetnsBinding) -> String {
     match b {
-        NetnsBinding::Known(r) => r.path().display().to_string(),
+        NetnsBinding::Known(l) => format!(
+            "{} ({})",
+            l.instance().path().display(),
+            l.instance().cookie()
+        ),
         NetnsBinding::HostNetwork => "host-network".into(),
         NetnsBinding::Pending => "pending".into(),
     }

@@ -3,10 +3,12 @@
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use super::{Pods, DISCOVERY_INTERVAL};
+use netns::NetnsCookie;
+
+use super::{blocking, find, Pods, DISCOVERY_INTERVAL};
 use crate::{
     appc::PodUuid,
-    identity::{self, Binding, Claim, Mode, Refusal, Verdict},
+    identity::{self, Binding, Claim, Mode, Refusal, Source, Verdict},
     registry::{NetnsBinding, Pod, TokenDigest},
 };
 
@@ -19,10 +21,10 @@ pub struct Refused {
 
 impl Pods {
     /// Looks for the namespace of a `Pending` pod (rate-limited per pod);
-    /// when found, watches it and binds the pod to it.
+    /// when found, watches it and binds the pod to it, for good.
     pub async fn discover(&self, uuid: &PodUuid) {
         {
-            let mut last = self.lock_discovery();
+            let mut last = self.last_discovery.lock();
             if last
                 .get(uuid)
                 .is_some_and(|t| t.elapsed() < DISCOVERY_INTERVAL)
@@ -31,30 +33,43 @@ impl Pods {
             }
             last.insert(*uuid, Instant::now());
         }
-        let Some(ns) = self.rkt_netns(uuid) else {
+        let _guard = self.locks.lock(uuid).await;
+        if !self
+            .registry
+            .get(uuid)
+            .is_some_and(|p| matches!(p.netns, NetnsBinding::Pending))
+        {
+            return;
+        }
+        let (rkt, id) = (self.rkt.clone(), *uuid);
+        let file = match blocking(move || find::discover_netns(&rkt, &id)).await {
+            Ok(Ok(Some(file))) => file,
+            Ok(Ok(None)) => return,
+            Ok(Err(reason)) => {
+                tracing::warn!(pod = %uuid, %reason, "cannot use the network namespace rkt recorded");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(pod = %uuid, error = %e, "namespace discovery failed");
+                return;
+            }
+        };
+        let lease = match self.acquire(&file).await {
+            Ok(lease) => Arc::new(lease),
+            Err(e) => {
+                tracing::warn!(pod = %uuid, netns = %file.path().display(), error = %e, "cannot watch the discovered network namespace");
+                return;
+            }
+        };
+        let Some(pod) = self.registry.update(uuid, |p| {
+            p.netns = NetnsBinding::Known(lease.clone());
+        }) else {
             return;
         };
-        if let Err(e) = self.watches.acquire(&ns).await {
-            tracing::warn!(pod = %uuid, netns = %ns.path().display(), error = %e, "cannot watch the discovered network namespace");
-            return;
+        if let Err(e) = self.persist(&pod).await {
+            tracing::warn!(pod = %uuid, error = %e, "cannot persist the discovered network namespace");
         }
-        let mut bound = false;
-        let updated = self.registry.update(uuid, |p| {
-            if p.netns == NetnsBinding::Pending {
-                p.netns = NetnsBinding::Known(ns.clone());
-                bound = true;
-            }
-        });
-        if !bound {
-            self.watches.release(ns.id());
-            return;
-        }
-        if let Some(pod) = updated {
-            if let Err(e) = self.persist(&pod) {
-                tracing::warn!(pod = %uuid, error = %e, "cannot persist the discovered network namespace");
-            }
-            tracing::info!(pod = %uuid, netns = %ns.path().display(), "network namespace discovered from rkt's pod directory");
-        }
+        tracing::info!(pod = %uuid, netns = %file.path().display(), cookie = %lease.cookie(), "network namespace discovered from rkt's pod directory");
     }
 
     /// Binds every `Pending` pod whose namespace rkt has written since.
@@ -63,7 +78,7 @@ impl Pods {
             .registry
             .snapshot()
             .iter()
-            .filter(|p| p.netns == NetnsBinding::Pending)
+            .filter(|p| matches!(p.netns, NetnsBinding::Pending))
             .map(|p| p.uuid)
             .collect();
         for uuid in pending {
@@ -82,8 +97,11 @@ impl Pods {
             })?),
             None => None,
         };
-        if self.config.mode != Mode::Token {
-            if let Some(p) = pod.as_ref().filter(|p| p.netns == NetnsBinding::Pending) {
+        if self.mode != Mode::Token {
+            if let Some(p) = pod
+                .as_ref()
+                .filter(|p| matches!(p.netns, NetnsBinding::Pending))
+            {
                 let uuid = p.uuid;
                 self.discover(&uuid).await;
                 // Unregistered meanwhile: the token is unknown now (never
@@ -100,15 +118,59 @@ impl Pods {
             .map_err(|reason| Refused { reason, claimed })
     }
 
-    async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
-        // The common case first, without building the holder list: a
-        // token whose namespace holds the peer address.
-        if let Some(p) = &pod {
-            let verified = match p.netns_id() {
-                Some(id) => !peer.is_loopback() && self.watches.index().holds(&peer, id),
-                None => false,
+    /// Whether `peer` is one of the host's own addresses.
+    fn on_host(&self, peer: &IpAddr) -> bool {
+        // Loopback never crosses a namespace boundary: a loopback peer is
+        // the agent's own namespace, though every namespace has its own.
+        peer.is_loopback() || self.watches.index().holds(peer, self.host.cookie())
+    }
+
+    /// The pods' namespaces that hold `peer` (never the host's).
+    fn holders(&self, peer: &IpAddr) -> Vec<NetnsCookie> {
+        if peer.is_loopback() {
+            return Vec::new();
+        }
+        let host = self.host.cookie();
+        let mut holders = self.watches.index().holders(peer);
+        holders.retain(|c| *c != host);
+        holders
+    }
+
+    /// The live pods bound to instance `cookie`.
+    fn live_pods_in(&self, cookie: NetnsCookie) -> Vec<PodUuid> {
+        let mut pods = self.registry.pods_in(cookie);
+        pods.retain(|u| self.registry.get(u).is_some_and(|p| !p.netns_gone()));
+        pods
+    }
+
+    /// Re-dumps instance `cookie` through any live lease on it.
+    async fn refresh(&self, cookie: NetnsCookie) -> bool {
+        let lease = self.registry.pods_in(cookie).iter().find_map(|u| {
+            let pod = self.registry.get(u)?;
+            let NetnsBinding::Known(lease) = &pod.netns else {
+                return None;
             };
-            if verified || self.config.mode == Mode::Token {
+            lease.is_live().then(|| lease.clone())
+        });
+        match lease {
+            Some(lease) => lease.refresh().await,
+            None => false,
+        }
+    }
+
+    async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
+        // The common cases first, without building the holder list.
+        if let Some(p) = &pod {
+            let accepted = self.mode == Mode::Token
+                || match p.lease() {
+                    Some(lease) => {
+                        lease.is_live()
+                            && !peer.is_loopback()
+                            && self.watches.index().holds(&peer, lease.cookie())
+                    }
+                    None => self.on_host(&peer),
+                };
+            if accepted {
                 return Ok(p.clone());
             }
         }
@@ -116,44 +178,49 @@ impl Pods {
             None => Claim::NoToken,
             Some(p) => Claim::Pod(
                 p.uuid,
-                match p.netns_id() {
-                    Some(id) => Binding::Netns(id),
+                match p.lease() {
+                    Some(lease) if lease.is_live() => Binding::Netns(lease.cookie()),
+                    Some(_) => Binding::Gone,
                     None => Binding::None,
                 },
             ),
         };
-        // Loopback never crosses a namespace boundary: a loopback peer is
-        // on the host, though every namespace has 127.0.0.1 of its own.
-        let holders_of = |peer: &IpAddr| {
-            if peer.is_loopback() {
-                Vec::new()
-            } else {
-                self.watches.index().holders(peer)
-            }
+        let on_host = self.on_host(&peer);
+        let decide_now = |holders: &[NetnsCookie], may_refresh| {
+            let source = Source { on_host, holders };
+            identity::decide(
+                self.mode,
+                claim,
+                source,
+                |c| self.live_pods_in(c),
+                may_refresh,
+            )
         };
-        let holders = holders_of(&peer);
-        let pods_in = |id| self.registry.pods_in(id);
-        let mut verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
+        let holders = self.holders(&peer);
+        let mut verdict = decide_now(&holders, true);
         if verdict == Verdict::Refuse(Refusal::Ambiguous) {
             // Two namespaces claim the address: one may have let go of it
             // a moment ago (IP reuse). Catch up on both before refusing.
-            for id in &holders {
-                self.watches.refresh(*id).await;
+            for c in &holders {
+                self.refresh(*c).await;
             }
-            let holders = holders_of(&peer);
-            verdict = identity::decide(self.config.mode, claim, &holders, pods_in, true);
+            verdict = decide_now(&self.holders(&peer), true);
         }
-        if let Verdict::RefreshThenRetry(id) = verdict {
-            if !self.watches.refresh(id).await {
-                verdict = Verdict::Refuse(if self.watches.status(id).is_some_and(|s| !s.live) {
+        if let Verdict::RefreshThenRetry(cookie) = verdict {
+            let lease = pod.as_ref().and_then(|p| p.lease());
+            let refreshed = match lease {
+                Some(l) => l.refresh().await,
+                None => self.refresh(cookie).await,
+            };
+            verdict = if !refreshed {
+                Verdict::Refuse(if lease.is_some_and(|l| !l.is_live()) {
                     Refusal::NetnsGone
                 } else {
                     Refusal::NotInNetns
-                });
+                })
             } else {
-                let holders = holders_of(&peer);
-                verdict = identity::decide(self.config.mode, claim, &holders, pods_in, false);
-            }
+                decide_now(&self.holders(&peer), false)
+            };
         }
         match verdict {
             Verdict::Accept(uuid) => match pod {
