@@ -17,6 +17,19 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
+/// Namespace creation in this process takes this shared; a test that makes
+/// the kernel recycle an inode number takes it exclusively, from before the
+/// old namespace dies until the new one has the number, so that no other
+/// test's namespace takes the number first.
+static CREATION: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Holds off every other namespace creation of this process (see
+/// [`PodNet::recycling`]). Create no namespace on this thread meanwhile
+/// except through `recycling`.
+pub fn exclusive_namespace_creation() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CREATION.write().unwrap_or_else(|p| p.into_inner())
+}
+
 /// Which /30 and /64 a pod uses; two pods with the same `Addressing`
 /// hold the same addresses (IP reuse, conflicts).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,16 +106,31 @@ impl PodNet {
 
     pub fn with_addressing(addressing: Addressing) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
+        Self::named(&format!("mds-{}-{n}", std::process::id()), addressing)
+    }
+
+    /// A pod whose namespace is called `name` (a name a dead pod used, for
+    /// instance).
+    pub fn named(name: &str, addressing: Addressing) -> Self {
+        {
+            let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
+            ip(&["netns", "add", name]);
+        }
+        Self::plumb(name, addressing)
+    }
+
+    /// Joins the existing namespace `name` to the host: veth pair,
+    /// addresses, links up.
+    fn plumb(name: &str, addressing: Addressing) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // The guard exists before the first step: Drop removes whatever
+        // exists, however far set-up got.
         let pod = Self {
-            name: format!("mds-{pid}-{n}"),
-            host_if: format!("vm{}x{n}", pid % 1_000_000),
+            name: name.to_owned(),
+            host_if: format!("vm{}x{n}", std::process::id() % 1_000_000),
             addressing,
             alive: true,
         };
-        // Created before the guard can be dropped half-way: Drop removes
-        // whatever exists.
-        ip(&["netns", "add", &pod.name]);
         ip(&[
             "link",
             "add",
@@ -203,6 +231,109 @@ impl PodNet {
         ip(&["netns", "del", &self.name]);
     }
 
+    /// The nsfs inode of the namespace now.
+    pub fn inode(&self) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(self.netns_path())
+            .expect("stat pod netns")
+            .ino()
+    }
+
+    /// Waits until the kernel has freed the namespace (its veth is gone),
+    /// after [`PodNet::delete_netns_only`] and after the agent let go.
+    pub fn wait_freed(&self) {
+        crate::wait_for(
+            &format!("the kernel to free {} (its veth vanishes)", self.name),
+            Duration::from_secs(10),
+            || (!self.host_link_exists()).then_some(()),
+        );
+    }
+
+    /// Deletes the namespace's name (as a runtime does, without telling the
+    /// agent) and waits until the kernel has freed it, which needs the
+    /// agent to have let go too. Returns what a successor needs to reuse
+    /// the name, the inode number and the addresses.
+    pub fn delete_and_wait_freed(mut self) -> (String, u64, Addressing) {
+        let inode = self.inode();
+        self.delete_netns_only();
+        self.wait_freed();
+        self.alive = false;
+        (self.name.clone(), inode, self.addressing)
+    }
+
+    /// A new pod under `name` whose namespace has the nsfs inode `inode`:
+    /// the number a dead namespace had.
+    ///
+    /// Every kind of namespace, and every `/proc/net` entry of a network
+    /// namespace, draws its inode from one allocator that hands out the
+    /// lowest free number, once a release has completed (asynchronously,
+    /// after the veth is gone). Lower numbers freed meanwhile (a process's
+    /// mount namespace, another test's pod) would go first: UTS
+    /// namespaces, which take exactly one number each, hold them until the
+    /// target is the lowest free number; then the new network namespace
+    /// gets it. Call this under [`exclusive_namespace_creation`], taken
+    /// before the old namespace died.
+    pub fn recycling(name: &str, inode: u64, addressing: Addressing) -> Self {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let mut holders = Vec::new();
+        loop {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the kernel never recycled inode {inode} for {name}"
+            );
+            let probe = InodeHolder::new();
+            if probe.inode < inode {
+                holders.push(probe);
+                continue;
+            }
+            let lowest_free = probe.inode == inode;
+            // Released at once: a UTS namespace is freed synchronously.
+            drop(probe);
+            if !lowest_free {
+                // The number is not free yet.
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            ip(&["netns", "add", name]);
+            if netns_inode(name) == inode {
+                break;
+            }
+            quiet(&["netns", "del", name]);
+        }
+        drop(holders);
+        Self::plumb(name, addressing)
+    }
+
+    /// A process inside the pod's namespace (for `pid=` registrations);
+    /// killed on drop.
+    pub fn spawn_process(&self) -> PodProcess {
+        // `ip netns exec` makes a mount namespace: an inode number too.
+        let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn a process in the pod");
+        let process = PodProcess { child };
+        // `ip netns exec` enters the namespace and then execs sleep: wait
+        // until the pid is in it.
+        let want = self.inode();
+        crate::wait_for(
+            "the process to enter the pod",
+            Duration::from_secs(5),
+            || {
+                use std::os::unix::fs::MetadataExt;
+                std::fs::metadata(format!("/proc/{}/ns/net", process.pid()))
+                    .ok()
+                    .filter(|m| m.ino() == want)
+                    .map(|_| ())
+            },
+        );
+        process
+    }
+
     /// Whether the host end of the veth still exists.
     pub fn host_link_exists(&self) -> bool {
         Command::new("ip")
@@ -232,6 +363,49 @@ impl Default for PodNet {
 impl Drop for PodNet {
     fn drop(&mut self) {
         self.remove();
+    }
+}
+
+/// The nsfs inode of `ip netns` namespace `name`.
+fn netns_inode(name: &str) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/var/run/netns/{name}"))
+        .expect("stat netns")
+        .ino()
+}
+
+/// A UTS namespace kept alive by a bind mount: it holds exactly one
+/// namespace inode number until dropped.
+struct InodeHolder {
+    file: std::path::PathBuf,
+    inode: u64,
+}
+
+impl InodeHolder {
+    fn new() -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let file = std::env::temp_dir().join(format!("mds-inode-{}-{n}", std::process::id()));
+        std::fs::File::create(&file).expect("create holder file");
+        let out = Command::new("unshare")
+            .arg(format!("--uts={}", file.display()))
+            .arg("true")
+            .output()
+            .expect("run unshare");
+        assert!(
+            out.status.success(),
+            "unshare --uts: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let inode = std::fs::metadata(&file).expect("stat holder").ino();
+        Self { file, inode }
+    }
+}
+
+impl Drop for InodeHolder {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.file).status();
+        let _ = std::fs::remove_file(&self.file);
     }
 }
 
@@ -279,5 +453,32 @@ impl HostRoute {
 impl Drop for HostRoute {
     fn drop(&mut self) {
         quiet(&["route", "del", &self.dst, "dev", &self.dev]);
+    }
+}
+
+/// A process running inside a pod's namespace, killed on drop.
+pub struct PodProcess {
+    child: std::process::Child,
+}
+
+impl PodProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the process now and reaps it.
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for PodProcess {
+    fn drop(&mut self) {
+        self.stop();
     }
 }

@@ -22,15 +22,10 @@ struct TestNs {
 impl TestNs {
     fn new() -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        Self::named(&format!("nstest-{}-{n}", std::process::id()))
-    }
-
-    /// A namespace with this exact name (and the usual veth pair).
-    fn named(name: &str) -> Self {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        ip(&["netns", "add", name]);
+        let name = format!("nstest-{}-{n}", std::process::id());
+        ip(&["netns", "add", &name]);
         let ns = Self {
-            name: name.to_owned(),
+            name,
             host_if: format!("nt{}x{n}", std::process::id() % 1_000_000),
         };
         ip(&[
@@ -47,11 +42,6 @@ impl TestNs {
         ]);
         ns.exec(&["link", "set", "d0", "up"]);
         ns
-    }
-
-    fn inode(&self) -> u64 {
-        use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(self.path()).unwrap().ino()
     }
 
     fn host_link_exists(&self) -> bool {
@@ -203,73 +193,6 @@ async fn inventory_follows_events_and_lets_go_of_deleted_namespaces() {
     .await;
     drop((lease, second));
     assert_eq!(set.stats().watched, 0);
-}
-
-#[tokio::test]
-async fn a_recycled_inode_is_another_instance_and_a_dead_lease_stays_dead() {
-    if !have_root() {
-        return;
-    }
-    let set = WatchSet::new(WatchConfig {
-        liveness_interval: Duration::from_millis(50),
-        ..WatchConfig::default()
-    });
-    let old = TestNs::new();
-    old.exec(&["addr", "add", "198.18.202.1/24", "dev", "d0"]);
-    let (name, inode) = (old.name.clone(), old.inode());
-    let lease = set
-        .acquire(&NetnsFile::open(old.path()).unwrap())
-        .await
-        .unwrap();
-    ip(&["netns", "del", &name]);
-    poll_until("the watcher to let go", || !lease.is_live()).await;
-    poll_until("the kernel to free the namespace", || {
-        !old.host_link_exists()
-    })
-    .await;
-
-    // Until the kernel has released the old inode number, a new namespace
-    // gets another: retry (bounded) until the number is recycled.
-    let reused = recycle_inode(&name, inode).await;
-    let new = set
-        .acquire(&NetnsFile::open(reused.path()).unwrap())
-        .await
-        .unwrap();
-    assert_eq!(reused.inode(), inode, "the kernel recycled the inode");
-    assert_ne!(new.cookie(), lease.cookie(), "but not the cookie");
-    assert!(!lease.is_live(), "a dead lease never comes back");
-    reused.exec(&["addr", "add", "198.18.202.1/24", "dev", "d0"]);
-    let a: IpAddr = "198.18.202.1".parse().unwrap();
-    poll_until("the new instance's address", || {
-        set.index().holds(&a, new.cookie())
-    })
-    .await;
-    assert!(!set.index().holds(&a, lease.cookie()));
-    assert_eq!(
-        set.stats().watched,
-        2,
-        "the dead watcher is kept for its lease"
-    );
-    drop(lease);
-    assert_eq!(set.stats().watched, 1);
-}
-
-/// A new namespace named `name` whose nsfs inode is `inode` (the kernel
-/// hands a freed number to the next namespace once its release completes).
-async fn recycle_inode(name: &str, inode: u64) -> TestNs {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let ns = TestNs::named(name);
-        if ns.inode() == inode {
-            return ns;
-        }
-        drop(ns);
-        assert!(
-            Instant::now() < deadline,
-            "inode {inode} was never recycled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[test]
