@@ -187,14 +187,13 @@ impl Agent {
             .append(true)
             .open(self.log_path())
             .expect("log file");
-        let mut cmd = match self.options.launcher.split_first() {
-            Some((first, rest)) => {
-                let mut c = Command::new(first);
-                c.args(rest).arg(binary());
-                c
-            }
-            None => Command::new(binary()),
-        };
+        // setpriv execs the rest in the same process, which the kernel
+        // kills if this test process dies without running destructors
+        // (SIGKILL, SIGPIPE): no orphan agent outlives its test.
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--pdeathsig", "KILL", "--"])
+            .args(&self.options.launcher)
+            .arg(binary());
         let child = cmd
             .args(self.args())
             .env("RUST_LOG", &self.options.log_filter)
