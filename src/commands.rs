@@ -57,6 +57,9 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let pods = Pods::new(
         pods::Config {
             mode: args.identity,
+            options: rkt_mds::identity::Options {
+                allow_unenforced_bridge: args.allow_unenforced_bridge,
+            },
             rkt_dir: args.dir.clone(),
             gc_grace: args.gc_grace,
         },

@@ -1,10 +1,11 @@
 //! The identity policy (SPEC §5): from a claimed registration (by token)
-//! and what is known of the peer's address, decide which pod is asking, or
-//! why it is refused. Pure: no I/O, no locks.
+//! and what is known of the peer's address (the host's attribution and the
+//! pods' own views), decide which pod is asking, or why it is refused.
+//! Pure: no I/O, no locks.
 
 use std::fmt;
 
-use netns::NetnsCookie;
+use netns::{Attribution, NetnsCookie};
 
 use crate::appc::PodUuid;
 
@@ -55,6 +56,8 @@ pub enum Refusal {
     NotOnHost,
     NoPodForAddress,
     Ambiguous,
+    ViewsDisagree,
+    BridgeNotEnforced,
 }
 
 impl Refusal {
@@ -76,6 +79,8 @@ impl Refusal {
             Refusal::NotOnHost => "not-on-host",
             Refusal::NoPodForAddress => "no-pod-for-address",
             Refusal::Ambiguous => "ambiguous-address",
+            Refusal::ViewsDisagree => "views-disagree",
+            Refusal::BridgeNotEnforced => "bridge-not-enforced",
         }
     }
 }
@@ -91,6 +96,12 @@ impl fmt::Display for Refusal {
             Refusal::NotOnHost => "source address is not on this host",
             Refusal::NoPodForAddress => "source address belongs to no registered pod",
             Refusal::Ambiguous => "source address belongs to more than one pod",
+            Refusal::ViewsDisagree => {
+                "the host and the pod's namespace disagree about the source address"
+            }
+            Refusal::BridgeNotEnforced => {
+                "the pod's bridge does not enforce source addresses: tokenless identity is off (--allow-unenforced-bridge)"
+            }
         })
     }
 }
@@ -100,9 +111,10 @@ impl fmt::Display for Refusal {
 pub enum Verdict {
     Accept(PodUuid),
     Refuse(Refusal),
-    /// The address was not (yet) seen in this namespace: re-dump it once
-    /// and decide again with `may_refresh = false`.
-    RefreshThenRetry(NetnsCookie),
+    /// The views may lag (an address or route just added): bring the host
+    /// view up to date and re-dump this namespace (if any), then decide
+    /// again with `may_refresh = false`.
+    RefreshThenRetry(Option<NetnsCookie>),
 }
 
 /// The claim a request makes.
@@ -120,16 +132,45 @@ pub enum Claim {
 #[derive(Clone, Copy, Debug)]
 pub struct Source<'a> {
     /// The address is the host's own: loopback, or held by the agent's own
-    /// network namespace (as the host sees it, whatever pods claim).
+    /// network namespace (whatever pods claim).
     pub on_host: bool,
-    /// The pods' namespace instances that hold the address.
+    /// The host's attribution: route → veth → peer namespace (or, on a
+    /// bridge, neighbour → FDB port → veth → namespace). The authority.
+    pub attributed: Attribution,
+    /// The pods' namespace instances that hold the address themselves.
+    /// A pod controls this view of its own namespace: it must agree with
+    /// the host's, it never overrides it.
     pub holders: &'a [NetnsCookie],
+}
+
+impl Source<'_> {
+    /// The instance the host attributes the address to, if any (never one
+    /// of the host's own addresses).
+    fn instance(&self) -> Option<(NetnsCookie, bool)> {
+        if self.on_host {
+            return None;
+        }
+        match self.attributed {
+            Attribution::Routed(c) => Some((c, true)),
+            Attribution::Bridged { cookie, enforced } => Some((cookie, enforced)),
+            Attribution::Unwatched | Attribution::Elsewhere(_) => None,
+        }
+    }
+}
+
+/// Operator choices that relax the policy.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Options {
+    /// Tokenless identity for bridged pods whose bridge does not enforce
+    /// source addresses (`--allow-unenforced-bridge`).
+    pub allow_unenforced_bridge: bool,
 }
 
 /// Decides who is asking. `pods_in` lists the live pods bound to a
 /// namespace instance.
 pub fn decide(
     mode: Mode,
+    options: Options,
     claim: Claim,
     source: Source<'_>,
     pods_in: impl Fn(NetnsCookie) -> Vec<PodUuid>,
@@ -140,27 +181,50 @@ pub fn decide(
         (Mode::Token | Mode::TokenNetns, Claim::NoToken) => Verdict::Refuse(Refusal::TokenRequired),
         (Mode::Token, Claim::Pod(uuid, _)) => Verdict::Accept(uuid),
         (Mode::TokenNetns | Mode::Netns, Claim::Pod(uuid, binding)) => match binding {
-            Binding::Netns(c) if source.holders.contains(&c) => Verdict::Accept(uuid),
-            Binding::Netns(c) if may_refresh => Verdict::RefreshThenRetry(c),
-            Binding::Netns(_) => Verdict::Refuse(Refusal::NotInNetns),
+            Binding::Netns(c) => match source.instance() {
+                Some((host, _)) if host == c => agree(uuid, c, source.holders, may_refresh),
+                _ if source.on_host => Verdict::Refuse(Refusal::NotInNetns),
+                _ if may_refresh => Verdict::RefreshThenRetry(Some(c)),
+                // The pod claims an address the host routes elsewhere.
+                _ if source.holders.contains(&c) => Verdict::Refuse(Refusal::ViewsDisagree),
+                _ => Verdict::Refuse(Refusal::NotInNetns),
+            },
             Binding::Gone => Verdict::Refuse(Refusal::NetnsGone),
             // No namespace to check against: the host's own addresses only,
             // so a leaked token is useless in a pod or on another machine.
             Binding::None if source.on_host => Verdict::Accept(uuid),
             Binding::None => Verdict::Refuse(Refusal::NotOnHost),
         },
-        (Mode::Netns, Claim::NoToken) => {
-            let mut found: Option<PodUuid> = None;
-            for h in source.holders {
-                for p in pods_in(*h) {
-                    match found {
-                        Some(f) if f != p => return Verdict::Refuse(Refusal::Ambiguous),
-                        _ => found = Some(p),
+        (Mode::Netns, Claim::NoToken) => match source.instance() {
+            Some((c, enforced)) => {
+                let pods = pods_in(c);
+                match pods.as_slice() {
+                    [] => Verdict::Refuse(Refusal::NoPodForAddress),
+                    [_, _, ..] => Verdict::Refuse(Refusal::Ambiguous),
+                    [_] if !enforced && !options.allow_unenforced_bridge => {
+                        Verdict::Refuse(Refusal::BridgeNotEnforced)
                     }
+                    [uuid] => agree(*uuid, c, source.holders, may_refresh),
                 }
             }
-            found.map_or(Verdict::Refuse(Refusal::NoPodForAddress), Verdict::Accept)
-        }
+            // A pod may hold it while the host has not seen its route yet.
+            None if may_refresh && !source.on_host && !source.holders.is_empty() => {
+                Verdict::RefreshThenRetry(None)
+            }
+            None => Verdict::Refuse(Refusal::NoPodForAddress),
+        },
+    }
+}
+
+/// The host attributes the address to instance `c`: the pod's own view
+/// must hold it too.
+fn agree(uuid: PodUuid, c: NetnsCookie, holders: &[NetnsCookie], may_refresh: bool) -> Verdict {
+    if holders.contains(&c) {
+        Verdict::Accept(uuid)
+    } else if may_refresh {
+        Verdict::RefreshThenRetry(Some(c))
+    } else {
+        Verdict::Refuse(Refusal::ViewsDisagree)
     }
 }
 
@@ -182,75 +246,116 @@ mod tests {
             i => vec![uuid(i as u8)],
         }
     }
-    fn pods(h: &[NetnsCookie]) -> Source<'_> {
+    /// An address the host routes to `routed`, held by `holders`.
+    fn routed(routed: u64, holders: &[NetnsCookie]) -> Source<'_> {
         Source {
             on_host: false,
-            holders: h,
+            attributed: Attribution::Routed(ns(routed)),
+            holders,
+        }
+    }
+    fn bridged(cookie: u64, enforced: bool, holders: &[NetnsCookie]) -> Source<'_> {
+        Source {
+            on_host: false,
+            attributed: Attribution::Bridged {
+                cookie: ns(cookie),
+                enforced,
+            },
+            holders,
+        }
+    }
+    fn elsewhere(holders: &[NetnsCookie]) -> Source<'_> {
+        Source {
+            on_host: false,
+            attributed: Attribution::Elsewhere("test"),
+            holders,
         }
     }
     const HOST: Source<'static> = Source {
         on_host: true,
+        // The host's own address on a pod's veth is in the pod's subnet.
+        attributed: Attribution::Routed(NetnsCookie(1)),
         holders: &[],
     };
     fn a(m: Mode, c: Claim, s: Source<'_>, r: bool) -> Verdict {
-        decide(m, c, s, pods_in, r)
+        decide(m, Options::default(), c, s, pods_in, r)
+    }
+    fn refuse(r: Refusal) -> Verdict {
+        Verdict::Refuse(r)
     }
 
     #[test]
     fn token_mode_is_rkt() {
         let c = Claim::Pod(uuid(1), Binding::Netns(ns(1)));
         assert_eq!(
-            a(Mode::Token, c, pods(&[ns(2)]), true),
+            a(Mode::Token, c, routed(2, &[ns(2)]), true),
             Verdict::Accept(uuid(1))
         );
         let host = Claim::Pod(uuid(3), Binding::None);
         assert_eq!(
-            a(Mode::Token, host, pods(&[ns(2)]), true),
+            a(Mode::Token, host, elsewhere(&[]), true),
             Verdict::Accept(uuid(3))
         );
         assert_eq!(
-            a(Mode::Token, Claim::NoToken, pods(&[ns(1)]), true),
-            Verdict::Refuse(Refusal::TokenRequired)
+            a(Mode::Token, Claim::NoToken, routed(1, &[ns(1)]), true),
+            refuse(Refusal::TokenRequired)
         );
         assert_eq!(
-            a(Mode::Token, Claim::UnknownToken, pods(&[]), true),
-            Verdict::Refuse(Refusal::UnknownToken)
+            a(Mode::Token, Claim::UnknownToken, elsewhere(&[]), true),
+            refuse(Refusal::UnknownToken)
         );
     }
 
     #[test]
-    fn token_netns_checks_the_source() {
+    fn a_token_needs_the_host_and_the_pod_to_agree() {
         let c = Claim::Pod(uuid(1), Binding::Netns(ns(1)));
         for m in [Mode::TokenNetns, Mode::Netns] {
-            assert_eq!(a(m, c, pods(&[ns(1)]), true), Verdict::Accept(uuid(1)));
-            // A conflict: the own namespace holds it too.
+            assert_eq!(a(m, c, routed(1, &[ns(1)]), true), Verdict::Accept(uuid(1)));
             assert_eq!(
-                a(m, c, pods(&[ns(2), ns(1)]), false),
+                a(m, c, bridged(1, false, &[ns(1)]), true),
                 Verdict::Accept(uuid(1))
             );
+            // Another pod also claims it: the host's view decides.
             assert_eq!(
-                a(m, c, pods(&[ns(2)]), true),
-                Verdict::RefreshThenRetry(ns(1))
+                a(m, c, routed(1, &[ns(2), ns(1)]), false),
+                Verdict::Accept(uuid(1))
+            );
+            // The host routes it to the pod, the pod does not hold it (yet).
+            assert_eq!(
+                a(m, c, routed(1, &[]), true),
+                Verdict::RefreshThenRetry(Some(ns(1)))
             );
             assert_eq!(
-                a(m, c, pods(&[ns(2)]), false),
-                Verdict::Refuse(Refusal::NotInNetns)
+                a(m, c, routed(1, &[]), false),
+                refuse(Refusal::ViewsDisagree)
+            );
+            // The pod holds it, the host routes it elsewhere.
+            assert_eq!(
+                a(m, c, routed(2, &[ns(1), ns(2)]), true),
+                Verdict::RefreshThenRetry(Some(ns(1)))
             );
             assert_eq!(
-                a(m, c, pods(&[]), false),
-                Verdict::Refuse(Refusal::NotInNetns)
+                a(m, c, routed(2, &[ns(1), ns(2)]), false),
+                refuse(Refusal::ViewsDisagree)
             );
-            // From the host, a namespaced pod's token is not its own.
-            assert_eq!(a(m, c, HOST, false), Verdict::Refuse(Refusal::NotInNetns));
+            assert_eq!(
+                a(m, c, elsewhere(&[ns(1)]), false),
+                refuse(Refusal::ViewsDisagree)
+            );
+            // A stolen token from another pod's address.
+            assert_eq!(
+                a(m, c, routed(2, &[ns(2)]), false),
+                refuse(Refusal::NotInNetns)
+            );
+            assert_eq!(a(m, c, elsewhere(&[]), false), refuse(Refusal::NotInNetns));
+            // From the host, a namespaced pod's token is not its own, even
+            // from the host's address in the pod's subnet.
+            assert_eq!(a(m, c, HOST, true), refuse(Refusal::NotInNetns));
             let gone = Claim::Pod(uuid(1), Binding::Gone);
-            for s in [pods(&[ns(1)]), HOST] {
-                assert_eq!(a(m, gone, s, true), Verdict::Refuse(Refusal::NetnsGone));
+            for s in [routed(1, &[ns(1)]), HOST] {
+                assert_eq!(a(m, gone, s, true), refuse(Refusal::NetnsGone));
             }
         }
-        assert_eq!(
-            a(Mode::TokenNetns, Claim::NoToken, pods(&[ns(1)]), true),
-            Verdict::Refuse(Refusal::TokenRequired)
-        );
     }
 
     #[test]
@@ -259,26 +364,49 @@ mod tests {
         for m in [Mode::TokenNetns, Mode::Netns] {
             assert_eq!(a(m, host, HOST, true), Verdict::Accept(uuid(3)));
             // From inside a pod, an unregistered namespace or another
-            // machine (nobody on this host holds the address).
-            for s in [pods(&[ns(2)]), pods(&[ns(0)]), pods(&[])] {
-                assert_eq!(a(m, host, s, true), Verdict::Refuse(Refusal::NotOnHost));
+            // machine.
+            for s in [routed(2, &[ns(2)]), routed(0, &[ns(0)]), elsewhere(&[])] {
+                assert_eq!(a(m, host, s, true), refuse(Refusal::NotOnHost));
             }
         }
     }
 
     #[test]
-    fn tokenless_resolution() {
+    fn tokenless_resolution_follows_the_host() {
         fn n(s: Source<'_>) -> Verdict {
-            a(Mode::Netns, Claim::NoToken, s, true)
+            a(Mode::Netns, Claim::NoToken, s, false)
         }
-        assert_eq!(n(pods(&[ns(1)])), Verdict::Accept(uuid(1)));
-        assert_eq!(n(pods(&[])), Verdict::Refuse(Refusal::NoPodForAddress));
-        assert_eq!(n(HOST), Verdict::Refuse(Refusal::NoPodForAddress));
-        assert_eq!(n(pods(&[ns(0)])), Verdict::Refuse(Refusal::NoPodForAddress));
+        assert_eq!(n(routed(1, &[ns(1)])), Verdict::Accept(uuid(1)));
+        // A pod claiming another's address denies it nothing.
+        assert_eq!(n(routed(1, &[ns(1), ns(2)])), Verdict::Accept(uuid(1)));
+        assert_eq!(n(routed(1, &[ns(2)])), refuse(Refusal::ViewsDisagree));
+        assert_eq!(n(routed(0, &[ns(0)])), refuse(Refusal::NoPodForAddress));
+        assert_eq!(n(routed(9, &[ns(9)])), refuse(Refusal::Ambiguous));
+        assert_eq!(n(elsewhere(&[ns(1)])), refuse(Refusal::NoPodForAddress));
+        assert_eq!(n(HOST), refuse(Refusal::NoPodForAddress));
         assert_eq!(
-            n(pods(&[ns(1), ns(2)])),
-            Verdict::Refuse(Refusal::Ambiguous)
+            a(Mode::Netns, Claim::NoToken, elsewhere(&[ns(1)]), true),
+            Verdict::RefreshThenRetry(None)
         );
-        assert_eq!(n(pods(&[ns(9)])), Verdict::Refuse(Refusal::Ambiguous));
+        // Bridged: only with enforcement, or when the operator opts in.
+        assert_eq!(n(bridged(1, true, &[ns(1)])), Verdict::Accept(uuid(1)));
+        assert_eq!(
+            n(bridged(1, false, &[ns(1)])),
+            refuse(Refusal::BridgeNotEnforced)
+        );
+        let opted_in = Options {
+            allow_unenforced_bridge: true,
+        };
+        assert_eq!(
+            decide(
+                Mode::Netns,
+                opted_in,
+                Claim::NoToken,
+                bridged(1, false, &[ns(1)]),
+                pods_in,
+                false
+            ),
+            Verdict::Accept(uuid(1))
+        );
     }
 }

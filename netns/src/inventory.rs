@@ -13,6 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressMessage},
+    RouteNetlinkMessage,
+};
 use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -133,18 +137,23 @@ impl Inventory {
         };
         for m in messages {
             match m {
-                Received::Added { addr, ifindex } => {
-                    state.entries.insert((addr, ifindex));
-                    if let Some(d) = state.dump.as_mut() {
-                        d.entries.insert((addr, ifindex));
+                Received::Message(RouteNetlinkMessage::NewAddress(m)) => {
+                    if let Some(entry) = entry_of(&m) {
+                        state.entries.insert(entry);
+                        if let Some(d) = state.dump.as_mut() {
+                            d.entries.insert(entry);
+                        }
                     }
                 }
-                Received::Removed { addr, ifindex } => {
-                    state.entries.remove(&(addr, ifindex));
-                    if let Some(d) = state.dump.as_mut() {
-                        d.entries.remove(&(addr, ifindex));
+                Received::Message(RouteNetlinkMessage::DelAddress(m)) => {
+                    if let Some(entry) = entry_of(&m) {
+                        state.entries.remove(&entry);
+                        if let Some(d) = state.dump.as_mut() {
+                            d.entries.remove(&entry);
+                        }
                     }
                 }
+                Received::Message(_) => {}
                 Received::DumpDone { seq, interrupted } => {
                     let Some(d) = state.dump.take_if(|d| d.seq == seq) else {
                         continue;
@@ -223,7 +232,10 @@ impl Inventory {
             waiters,
         });
         self.socket
-            .request_dump(state.seq)
+            .request_dump(
+                state.seq,
+                RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            )
             .await
             .map_err(|e| Phase::Failed(format!("address dump: {e}")))
     }
@@ -247,5 +259,42 @@ impl Inventory {
         self.published.live.store(false, Ordering::Release);
         self.publish(&HashSet::new());
         self.phase.send_replace(end);
+    }
+}
+
+/// The (address, interface) pair of an address message. The address is
+/// `IFA_LOCAL` when present (it differs from `IFA_ADDRESS` on
+/// point-to-point links), else `IFA_ADDRESS`.
+fn entry_of(m: &AddressMessage) -> Option<(IpAddr, u32)> {
+    let mut address = None;
+    for attr in &m.attributes {
+        match attr {
+            AddressAttribute::Local(a) => return Some((*a, m.header.index)),
+            AddressAttribute::Address(a) => address = Some(*a),
+            _ => {}
+        }
+    }
+    address.map(|a| (a, m.header.index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_local_address_wins_on_point_to_point_links() {
+        let mut m = AddressMessage::default();
+        m.header.index = 3;
+        let (peer, local): (IpAddr, IpAddr) =
+            ("198.18.0.9".parse().unwrap(), "198.18.0.2".parse().unwrap());
+        m.attributes = vec![
+            AddressAttribute::Address(peer),
+            AddressAttribute::Local(local),
+        ];
+        assert_eq!(entry_of(&m), Some((local, 3)));
+        m.attributes = vec![AddressAttribute::Address(peer)];
+        assert_eq!(entry_of(&m), Some((peer, 3)));
+        m.attributes = vec![];
+        assert_eq!(entry_of(&m), None);
     }
 }

@@ -19,15 +19,24 @@
 //!   without any syscall. A [`Lease`] holds a watched instance; the watcher
 //!   stops for good when its path no longer names the instance or the last
 //!   lease is dropped, so the kernel can free the namespace.
+//! - [`WatchSet::attribute`] answers from the host's side where an address
+//!   lives: the agent's namespace's route to it, the veth it leaves by
+//!   (or, on a bridge, the neighbour entry and the FDB port) and that
+//!   veth's peer namespace (`IFLA_LINK_NETNSID`, matched to watched
+//!   instances by nsid). Facts a pod cannot change from inside; kept
+//!   current by events, answered from memory.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod enter;
 mod error;
 mod file;
+mod host_tables;
+mod host_view;
 mod index;
 mod instance;
 mod inventory;
+mod nsid;
 mod route_socket;
 mod stats;
 mod watch_set;
@@ -35,6 +44,7 @@ mod watch_set;
 pub use enter::{run_in, run_in_async};
 pub use error::Error;
 pub use file::NetnsFile;
+pub use host_tables::{is_link_local, Attribution};
 pub use index::AddressIndex;
 pub use instance::{boot_id, NetnsCookie, NetnsInstance};
 pub use stats::WatchStats;

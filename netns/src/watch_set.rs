@@ -17,10 +17,12 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
+    host_view::HostView,
     inventory::{Command, Inventory, Phase, Published},
-    route_socket::RouteSocket,
+    nsid::nsid_of,
+    route_socket::{RouteSocket, ADDRESS_GROUPS},
     stats::Counters,
-    AddressIndex, Error, NetnsCookie, NetnsFile, NetnsInstance, WatchStats,
+    AddressIndex, Attribution, Error, NetnsCookie, NetnsFile, NetnsInstance, WatchStats,
 };
 
 /// Tuning of a [`WatchSet`].
@@ -91,6 +93,9 @@ struct Entry {
     phase: watch::Receiver<Phase>,
     published: Arc<Published>,
     reason: Option<String>,
+    /// The agent's namespace's id for this one (what host-side veths name
+    /// it by), when known.
+    nsid: Option<i32>,
 }
 
 #[derive(Default)]
@@ -106,6 +111,7 @@ struct Shared {
     counters: Arc<Counters>,
     watches: Mutex<Watches>,
     sweeping: AtomicBool,
+    host: tokio::sync::OnceCell<HostView>,
 }
 
 /// The watched namespaces and their shared [`AddressIndex`].
@@ -149,6 +155,7 @@ impl WatchSet {
                 counters: Arc::default(),
                 watches: Mutex::default(),
                 sweeping: AtomicBool::new(false),
+                host: tokio::sync::OnceCell::new(),
             }),
         }
     }
@@ -165,13 +172,19 @@ impl WatchSet {
     /// `file` was opened on, whatever has happened to its path since.
     pub async fn acquire(&self, file: &NetnsFile) -> Result<Lease, Error> {
         self.start_sweeper();
+        let host = self.host().await?.clone();
         let key = LiveKey::of(file);
         let lease = match self.join(&key) {
             Some(lease) => lease,
             None => {
                 // Opened outside the lock: it takes a thread and a setns.
-                let (socket, cookie) = RouteSocket::open_in(file).await?;
-                self.insert_or_join(key, cookie, socket)
+                let (socket, cookie) = RouteSocket::open_in(file, ADDRESS_GROUPS).await?;
+                let nsid = self.nsid(file).await;
+                let lease = self.insert_or_join(key, cookie, socket, nsid);
+                if let Some(nsid) = nsid {
+                    host.register_nsid(nsid, cookie, lease.published.clone());
+                }
+                lease
             }
         };
         let mut phase = lease.phase.clone();
@@ -185,6 +198,58 @@ impl WatchSet {
             _ => Err(Error::Gone {
                 path: file.path().to_path_buf(),
             }),
+        }
+    }
+
+    /// Where the host says `addr` lives: the route, veth (or bridge
+    /// neighbour and FDB entry) and peer namespace, facts a pod cannot
+    /// change from inside. Memory only, no syscall. `Elsewhere` until the
+    /// first namespace is acquired.
+    pub fn attribute(&self, addr: IpAddr) -> Attribution {
+        match self.shared.host.get() {
+            Some(host) => host.attribute(addr),
+            None => Attribution::Elsewhere("the host view has not started"),
+        }
+    }
+
+    /// A number that changes whenever [`WatchSet::attribute`] may answer
+    /// differently than before.
+    pub fn host_generation(&self) -> u64 {
+        self.shared.host.get().map_or(0, HostView::generation)
+    }
+
+    /// Waits until the host view has applied every event queued before the
+    /// call (for a lookup that missed: the route may have just been
+    /// added). False when the host view is not running.
+    pub async fn sync_host(&self) -> bool {
+        match self.shared.host.get() {
+            Some(host) => host.sync().await,
+            None => false,
+        }
+    }
+
+    /// The host view, started on first use in the calling task's (the
+    /// agent's) namespace.
+    async fn host(&self) -> Result<&HostView, Error> {
+        let counters = self.shared.counters.clone();
+        self.shared
+            .host
+            .get_or_try_init(|| HostView::start(counters))
+            .await
+    }
+
+    /// The agent's namespace's id for the namespace `file` names (a
+    /// blocking netlink round trip, off the runtime's workers).
+    async fn nsid(&self, file: &NetnsFile) -> Option<i32> {
+        let file = file.try_clone().ok()?;
+        let path = file.path().display().to_string();
+        match tokio::task::spawn_blocking(move || nsid_of(&file)).await {
+            Ok(Ok(id)) => Some(id),
+            Ok(Err(e)) => {
+                tracing::warn!(netns = %path, error = %e, "no nsid for the namespace: the host cannot attribute its addresses");
+                None
+            }
+            Err(_) => None,
         }
     }
 
@@ -209,7 +274,13 @@ impl WatchSet {
     /// Starts a watcher on `socket`, unless a live one of the same instance
     /// and path appeared meanwhile (then `socket` is dropped and that one is
     /// joined).
-    fn insert_or_join(&self, key: LiveKey, cookie: NetnsCookie, socket: RouteSocket) -> Lease {
+    fn insert_or_join(
+        &self,
+        key: LiveKey,
+        cookie: NetnsCookie,
+        socket: RouteSocket,
+        nsid: Option<i32>,
+    ) -> Lease {
         let mut watches = self.shared.watches.lock();
         if let Some(id) = watches.live.get(&key).copied() {
             if let Some(entry) = watches.entries.get_mut(&id) {
@@ -245,6 +316,7 @@ impl WatchSet {
             phase: phase_rx,
             published,
             reason: None,
+            nsid,
         });
         self.lease(id, entry)
     }
@@ -417,6 +489,9 @@ impl Drop for Lease {
         // the inventory task, which drops the socket and withdraws the
         // addresses.
         if let Some(entry) = watches.entries.remove(&self.id) {
+            if let (Some(nsid), Some(host)) = (entry.nsid, self.shared.host.get()) {
+                host.forget_nsid(nsid, entry.instance.cookie());
+            }
             let key = LiveKey {
                 dev: entry.instance.dev(),
                 ino: entry.instance.ino(),

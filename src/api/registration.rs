@@ -1,19 +1,14 @@
 //! The registration API over the Unix socket (SPEC §2) and its operator
 //! extensions (`GET /pods`, `/health`, `/metrics`, key rotation).
 
-use std::{net::IpAddr, sync::Arc};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use hyper::{body::Incoming, Method, Request, StatusCode};
 use serde::Serialize;
 
 use super::{json, method_not_allowed, not_found, read_body, respond, status_text, text, Handled};
-use crate::{
-    appc::PodUuid,
-    pods::PodRequest,
-    registry::{NetnsBinding, Pod, Registrant},
-    server::AppState,
-};
+use crate::{appc::PodUuid, pods::PodRequest, registry::Registrant, server::AppState};
 
 /// Registration bodies are manifests.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -171,37 +166,10 @@ async fn register_pod(state: &AppState, req: Request<Incoming>, uuid: &str, peer
     }
 }
 
-/// One pod in `GET /pods`. Never the token.
-#[derive(Serialize)]
-pub struct PodView {
-    pub uuid: PodUuid,
-    pub apps: Vec<String>,
-    pub registered_apps: Vec<String>,
-    pub netns: Option<NetnsView>,
-    pub addresses: Vec<IpAddr>,
-    pub state: &'static str,
-    /// Addresses of this pod that other registered namespaces hold too.
-    pub conflicts: Vec<IpAddr>,
-    pub registered_at: u64,
-    pub registrant: Registrant,
-}
-
-#[derive(Serialize)]
-pub struct NetnsView {
-    pub path: String,
-    /// The nsfs inode seen when the pod was bound (display only).
-    pub inode: u64,
-    /// The namespace instance's identity.
-    pub cookie: u64,
-    /// Why the binding is over, when it is.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub gone: Option<String>,
-}
-
 #[derive(Serialize)]
 struct Listing {
     identity_mode: String,
-    pods: Vec<PodView>,
+    pods: Vec<crate::pods::PodView>,
     watch: WatchView,
 }
 
@@ -218,7 +186,7 @@ fn listing(state: &AppState) -> Vec<u8> {
     let stats = state.pods.watches().stats();
     let listing = Listing {
         identity_mode: state.pods.mode().to_string(),
-        pods: pods.iter().map(|p| view(state, p)).collect(),
+        pods: pods.iter().map(|p| state.pods.view(p)).collect(),
         watch: WatchView {
             watched: stats.watched,
             dumps: stats.dumps,
@@ -227,69 +195,4 @@ fn listing(state: &AppState) -> Vec<u8> {
         },
     };
     serde_json::to_vec_pretty(&listing).unwrap_or_default()
-}
-
-pub fn view(state: &AppState, pod: &Pod) -> PodView {
-    let watches = state.pods.watches();
-    let (netns, addresses, mut st) = match &pod.netns {
-        NetnsBinding::Known(lease) => {
-            let status = lease.status();
-            let instance = lease.instance();
-            (
-                Some(NetnsView {
-                    path: instance.path().display().to_string(),
-                    inode: instance.ino(),
-                    cookie: instance.cookie().0,
-                    gone: status.reason,
-                }),
-                status
-                    .addresses
-                    .into_iter()
-                    .filter(|a| !a.is_loopback())
-                    .collect(),
-                if status.live {
-                    "verified"
-                } else {
-                    "netns-gone"
-                },
-            )
-        }
-        NetnsBinding::HostNetwork => (None, Vec::new(), "host-network"),
-        NetnsBinding::Pending => (None, Vec::new(), "netns-unknown"),
-    };
-    let own = pod.netns_cookie();
-    let host = state.pods.host().cookie();
-    let conflicts: Vec<IpAddr> = addresses
-        .iter()
-        .filter(|a| !is_link_local(a))
-        .filter(|a| {
-            watches.index().holders(a).iter().any(|h| {
-                Some(*h) != own && (*h == host || !state.pods.registry().pods_in(*h).is_empty())
-            })
-        })
-        .copied()
-        .collect();
-    if !conflicts.is_empty() && st == "verified" {
-        st = "conflict";
-    }
-    PodView {
-        uuid: pod.uuid,
-        apps: pod.manifest.apps.iter().map(|a| a.name.clone()).collect(),
-        registered_apps: pod.apps.keys().cloned().collect(),
-        netns,
-        addresses,
-        state: st,
-        conflicts,
-        registered_at: pod.registered_at,
-        registrant: pod.registrant,
-    }
-}
-
-/// Link-local addresses are per link: the same one in two namespaces is
-/// not an identity conflict.
-fn is_link_local(a: &IpAddr) -> bool {
-    match a {
-        IpAddr::V4(v4) => v4.is_link_local(),
-        IpAddr::V6(v6) => (v6.segments()[0] & 0xffc0) == 0xfe80,
-    }
 }

@@ -8,8 +8,10 @@ mod lifecycle;
 mod locks;
 mod resolve;
 mod rkt_dir;
+mod view;
 
 pub use resolve::Refused;
+pub use view::{AttributionView, NetnsView, PodView};
 
 use std::{
     collections::HashMap,
@@ -24,7 +26,7 @@ use parking_lot::Mutex;
 
 use crate::{
     appc::{is_ac_name, ImageManifest, PodManifest, PodUuid, SchemaError},
-    identity::Mode,
+    identity::{self, Mode},
     persist::PodStore,
     registry::{Inserted, NetnsBinding, Pod, Registrant, Registry, RegistryError, TokenDigest},
     store::StoreError,
@@ -93,6 +95,7 @@ pub struct PodRequest<'a> {
 
 pub struct Config {
     pub mode: Mode,
+    pub options: identity::Options,
     /// rkt's data directory (`--dir`).
     pub rkt_dir: PathBuf,
     /// How long a pod may look dead (namespace gone, rkt pod directory
@@ -103,6 +106,7 @@ pub struct Config {
 /// Registrations, their namespaces and the identity policy.
 pub struct Pods {
     mode: Mode,
+    options: identity::Options,
     gc_grace: Duration,
     rkt: RktDir,
     registry: Registry,
@@ -129,6 +133,7 @@ impl Pods {
         let host = watches.acquire(&own).await?;
         Ok(Self {
             mode: config.mode,
+            options: config.options,
             gc_grace: config.gc_grace,
             rkt: RktDir::new(config.rkt_dir),
             registry: Registry::default(),

@@ -3,7 +3,7 @@
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
-use netns::NetnsCookie;
+use netns::{Attribution, NetnsCookie};
 
 use super::{blocking, find, Pods, DISCOVERY_INTERVAL};
 use crate::{
@@ -159,14 +159,18 @@ impl Pods {
     }
 
     async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
-        // The common cases first, without building the holder list.
+        // The common cases first, without building the holder list: the
+        // host attributes the address to the token's namespace, which
+        // holds it; or a pod without a namespace asks from the host.
         if let Some(p) = &pod {
             let accepted = self.mode == Mode::Token
                 || match p.lease() {
                     Some(lease) => {
+                        let c = lease.cookie();
                         lease.is_live()
-                            && !peer.is_loopback()
-                            && self.watches.index().holds(&peer, lease.cookie())
+                            && !self.on_host(&peer)
+                            && attributed_to(self.watches.attribute(peer), c)
+                            && self.watches.index().holds(&peer, c)
                     }
                     None => self.on_host(&peer),
                 };
@@ -185,41 +189,41 @@ impl Pods {
                 },
             ),
         };
-        let on_host = self.on_host(&peer);
-        let decide_now = |holders: &[NetnsCookie], may_refresh| {
-            let source = Source { on_host, holders };
+        let decide_now = |may_refresh| {
+            let holders = self.holders(&peer);
+            let source = Source {
+                on_host: self.on_host(&peer),
+                attributed: self.watches.attribute(peer),
+                holders: &holders,
+            };
             identity::decide(
                 self.mode,
+                self.options,
                 claim,
                 source,
                 |c| self.live_pods_in(c),
                 may_refresh,
             )
         };
-        let holders = self.holders(&peer);
-        let mut verdict = decide_now(&holders, true);
-        if verdict == Verdict::Refuse(Refusal::Ambiguous) {
-            // Two namespaces claim the address: one may have let go of it
-            // a moment ago (IP reuse). Catch up on both before refusing.
-            for c in &holders {
-                self.refresh(*c).await;
-            }
-            verdict = decide_now(&self.holders(&peer), true);
-        }
+        let mut verdict = decide_now(true);
         if let Verdict::RefreshThenRetry(cookie) = verdict {
+            // A route or an address may have just been added: catch up on
+            // the host's events and the namespace's, then decide for good.
+            self.watches.sync_host().await;
             let lease = pod.as_ref().and_then(|p| p.lease());
-            let refreshed = match lease {
-                Some(l) => l.refresh().await,
-                None => self.refresh(cookie).await,
-            };
-            verdict = if !refreshed {
-                Verdict::Refuse(if lease.is_some_and(|l| !l.is_live()) {
-                    Refusal::NetnsGone
-                } else {
-                    Refusal::NotInNetns
-                })
+            match (lease, cookie) {
+                (Some(l), Some(c)) if l.cookie() == c => {
+                    l.refresh().await;
+                }
+                (_, Some(c)) => {
+                    self.refresh(c).await;
+                }
+                _ => {}
+            }
+            verdict = if lease.is_some_and(|l| !l.is_live()) {
+                Verdict::Refuse(Refusal::NetnsGone)
             } else {
-                decide_now(&self.holders(&peer), false)
+                decide_now(false)
             };
         }
         match verdict {
@@ -231,4 +235,9 @@ impl Pods {
             Verdict::RefreshThenRetry(_) => Err(Refusal::NotInNetns),
         }
     }
+}
+
+/// Whether the host's attribution names instance `c`.
+fn attributed_to(a: Attribution, c: NetnsCookie) -> bool {
+    matches!(a, Attribution::Routed(x) | Attribution::Bridged { cookie: x, .. } if x == c)
 }

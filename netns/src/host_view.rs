@@ -1,0 +1,311 @@
+//! The host's view, kept current: a task that owns a route socket in the
+//! agent's own namespace, dumps links, routes, neighbours and the bridge
+//! FDB, follows their events (re-dumping after an overrun or an
+//! interrupted dump), and answers attribution lookups from memory.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use netlink_packet_route::{
+    link::LinkMessage, neighbour::NeighbourMessage, route::RouteMessage, AddressFamily,
+    RouteNetlinkMessage,
+};
+use parking_lot::RwLock;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{
+    host_tables::{Attribution, HostTables, NsidEntry},
+    inventory::Published,
+    route_socket::{Received, RouteSocket},
+    stats::Counters,
+    Error, NetnsCookie,
+};
+
+/// A complete re-dump this often, whatever the events said: a safety net
+/// for changes the kernel does not announce.
+const RESYNC_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Links, IPv4 and IPv6 routes, neighbours (and FDB entries, which are
+/// neighbour messages of the bridge family).
+const HOST_GROUPS: u32 =
+    (libc::RTMGRP_LINK | libc::RTMGRP_IPV4_ROUTE | libc::RTMGRP_IPV6_ROUTE | libc::RTMGRP_NEIGH)
+        as u32;
+
+#[derive(Default)]
+struct Shared {
+    tables: RwLock<HostTables>,
+    nsids: RwLock<HashMap<i32, NsidEntry>>,
+    /// Bumped whenever an attribution may have changed.
+    generation: AtomicU64,
+}
+
+/// The host's forwarding facts and their attribution of addresses to
+/// watched namespace instances. Cloning is cheap (shared).
+#[derive(Clone)]
+pub(crate) struct HostView {
+    shared: Arc<Shared>,
+    sync: mpsc::Sender<oneshot::Sender<()>>,
+}
+
+impl HostView {
+    /// Starts the task in the calling thread's (the agent's) namespace and
+    /// waits for the first complete picture.
+    pub(crate) async fn start(counters: Arc<Counters>) -> Result<Self, Error> {
+        let (socket, _) = RouteSocket::open_here(HOST_GROUPS)?;
+        let shared = Arc::new(Shared::default());
+        let (sync_tx, sync_rx) = mpsc::channel(64);
+        let (ready_tx, mut ready_rx) = watch::channel(None);
+        let task = Task {
+            socket,
+            shared: shared.clone(),
+            counters,
+            ready: ready_tx,
+            seq: 0,
+            resync: None,
+            waiters: Vec::new(),
+        };
+        tokio::spawn(task.run(sync_rx));
+        let outcome = ready_rx
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone())
+            .map_err(|_| Error::Netlink(std::io::Error::other("host view task ended")))?;
+        match outcome {
+            Some(Ok(())) => Ok(Self {
+                shared,
+                sync: sync_tx,
+            }),
+            Some(Err(reason)) => Err(Error::Netlink(std::io::Error::other(reason))),
+            None => Err(Error::Netlink(std::io::Error::other("host view not ready"))),
+        }
+    }
+
+    /// Where the host says `addr` lives. Memory only: no syscall.
+    pub(crate) fn attribute(&self, addr: IpAddr) -> Attribution {
+        let nsids = self.shared.nsids.read();
+        self.shared.tables.read().attribute(addr, &nsids)
+    }
+
+    /// Changes whenever an attribution may have changed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.shared.generation.load(Ordering::Acquire)
+    }
+
+    /// Waits until every event queued before the call has been applied
+    /// (and any re-dump in progress has completed).
+    pub(crate) async fn sync(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        self.sync.send(tx).await.is_ok() && rx.await.is_ok()
+    }
+
+    /// Records that this namespace's id `nsid` names watched instance
+    /// `cookie` (while `published.live` holds).
+    pub(crate) fn register_nsid(&self, nsid: i32, cookie: NetnsCookie, published: Arc<Published>) {
+        self.shared
+            .nsids
+            .write()
+            .insert(nsid, NsidEntry { cookie, published });
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Forgets `nsid` if it still names `cookie`.
+    pub(crate) fn forget_nsid(&self, nsid: i32, cookie: NetnsCookie) {
+        let mut nsids = self.shared.nsids.write();
+        if nsids.get(&nsid).is_some_and(|e| e.cookie == cookie) {
+            nsids.remove(&nsid);
+        }
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// The dumps that make up a complete picture, in order.
+fn dumps() -> [RouteNetlinkMessage; 6] {
+    let route = |family| {
+        let mut m = RouteMessage::default();
+        m.header.address_family = family;
+        RouteNetlinkMessage::GetRoute(m)
+    };
+    let neighbour = |family| {
+        let mut m = NeighbourMessage::default();
+        m.header.family = family;
+        RouteNetlinkMessage::GetNeighbour(m)
+    };
+    [
+        RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        route(AddressFamily::Inet),
+        route(AddressFamily::Inet6),
+        neighbour(AddressFamily::Inet),
+        neighbour(AddressFamily::Inet6),
+        neighbour(AddressFamily::Bridge),
+    ]
+}
+
+/// A complete re-dump in progress: the tables being rebuilt (events are
+/// applied to them too) and which dump of [`dumps`] is running.
+struct Resync {
+    next: HostTables,
+    step: usize,
+    seq: u32,
+}
+
+struct Task {
+    socket: RouteSocket,
+    shared: Arc<Shared>,
+    counters: Arc<Counters>,
+    ready: watch::Sender<Option<Result<(), String>>>,
+    seq: u32,
+    resync: Option<Resync>,
+    /// Sync requests waiting for a re-dump to complete.
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Task {
+    async fn run(mut self, mut sync: mpsc::Receiver<oneshot::Sender<()>>) {
+        if let Err(e) = self.start_resync().await {
+            self.ready.send_replace(Some(Err(e)));
+            return;
+        }
+        let mut resync = tokio::time::interval(RESYNC_INTERVAL);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        resync.tick().await;
+        loop {
+            // Biased, socket first: a sync is answered only after the
+            // events queued before it.
+            let step = tokio::select! {
+                biased;
+                received = self.socket.receive() => self.on_receive(received).await,
+                request = sync.recv() => match request {
+                    Some(reply) => {
+                        if self.resync.is_some() {
+                            self.waiters.push(reply);
+                        } else {
+                            let _ = reply.send(());
+                        }
+                        Ok(())
+                    }
+                    // Every handle is gone.
+                    None => return,
+                },
+                _ = resync.tick() => {
+                    if self.resync.is_none() {
+                        Counters::add(&self.counters.redumps);
+                        self.start_resync().await
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = step {
+                tracing::warn!(error = %e, "host view failed; attribution unavailable");
+                if self.ready.borrow().is_none() {
+                    self.ready.send_replace(Some(Err(e)));
+                }
+                return;
+            }
+        }
+    }
+
+    async fn start_resync(&mut self) -> Result<(), String> {
+        self.seq = self.seq.wrapping_add(1);
+        Counters::add(&self.counters.dumps);
+        self.resync = Some(Resync {
+            next: HostTables::default(),
+            step: 0,
+            seq: self.seq,
+        });
+        self.request(0).await
+    }
+
+    async fn request(&mut self, step: usize) -> Result<(), String> {
+        let seq = self.seq;
+        let Some(request) = dumps().into_iter().nth(step) else {
+            return Ok(());
+        };
+        self.socket
+            .request_dump(seq, request)
+            .await
+            .map_err(|e| format!("host dump: {e}"))
+    }
+
+    async fn on_receive(&mut self, received: std::io::Result<Vec<Received>>) -> Result<(), String> {
+        let messages = match received {
+            Ok(m) => m,
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                Counters::add(&self.counters.overruns);
+                tracing::warn!("netlink overrun on the host view, re-dumping");
+                return self.start_resync().await;
+            }
+            Err(e) => return Err(format!("host netlink receive: {e}")),
+        };
+        let mut changed = false;
+        for m in messages {
+            match m {
+                Received::Message(msg) => {
+                    if let Some(r) = self.resync.as_mut() {
+                        r.next.apply(&msg);
+                    }
+                    changed |= self.shared.tables.write().apply(&msg);
+                }
+                Received::DumpDone { seq, interrupted } => {
+                    if self.resync.as_ref().is_some_and(|r| r.seq == seq) {
+                        if interrupted {
+                            Counters::add(&self.counters.redumps);
+                            return self.start_resync().await;
+                        }
+                        changed |= self.next_dump().await?;
+                    }
+                }
+                Received::DumpFailed { seq, errno } => {
+                    if self.resync.as_ref().is_some_and(|r| r.seq == seq) {
+                        // EOPNOTSUPP: no bridge support, hence no FDB.
+                        if errno != libc::EOPNOTSUPP && errno != libc::EAFNOSUPPORT {
+                            return Err(format!("host dump refused: errno {errno}"));
+                        }
+                        changed |= self.next_dump().await?;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+
+    /// The current dump is complete: ask for the next one, or install the
+    /// rebuilt tables when there is none left. Returns whether they were
+    /// installed.
+    async fn next_dump(&mut self) -> Result<bool, String> {
+        let Some(resync) = self.resync.as_mut() else {
+            return Ok(false);
+        };
+        resync.step += 1;
+        let step = resync.step;
+        if step < dumps().len() {
+            self.seq = self.seq.wrapping_add(1);
+            resync.seq = self.seq;
+            self.request(step).await?;
+            return Ok(false);
+        }
+        if let Some(done) = self.resync.take() {
+            *self.shared.tables.write() = done.next;
+        }
+        self.ready.send_if_modified(|r| {
+            let first = r.is_none();
+            if first {
+                *r = Some(Ok(()));
+            }
+            first
+        });
+        for w in self.waiters.drain(..) {
+            let _ = w.send(());
+        }
+        Ok(true)
+    }
+}
