@@ -6,6 +6,7 @@
 mod reaction;
 mod report;
 mod scale;
+mod setups;
 mod wrk;
 
 use std::{
@@ -56,6 +57,10 @@ pub struct Args {
     /// one line per request, as in production.
     #[arg(long, default_value = "info")]
     pub log: String,
+    /// Only measure pod set-ups: create and drop this many pods one after
+    /// the other (at most two minutes) and print setups/s. Needs no wrk.
+    #[arg(long, value_name = "N")]
+    pub setups: Option<u32>,
 }
 
 pub const UUID: &str = "b0b0b0b0-a507-4694-aabf-edbe4fc5266f";
@@ -67,11 +72,20 @@ fn main() -> std::process::ExitCode {
         eprintln!("bench: run as root (it creates network namespaces)");
         return std::process::ExitCode::from(2);
     }
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    if let Some(n) = args.setups {
+        return match setups::measure(n) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     if Command::new("wrk").arg("--version").output().is_err() {
         eprintln!("bench: wrk is missing: apt-get install wrk (integration/bench.sh does)");
         return std::process::ExitCode::from(2);
     }
-    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     match run(&args) {
         Ok(report) => {
             println!("{}", report.markdown());
