@@ -58,16 +58,11 @@ impl PodUuid {
     /// The canonical form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, built
     /// without the formatting machinery (it is in every access-log line).
     fn canonical(&self) -> [u8; 36] {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut out = [b'-'; 36];
-        let mut pos = 0;
-        for (i, b) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                pos += 1;
-            }
-            out[pos] = HEX[usize::from(b >> 4)];
-            out[pos + 1] = HEX[usize::from(b & 0xf)];
-            pos += 2;
+        for (bytes, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
+            let len = 2 * bytes.len();
+            // The slice is exactly twice the input: cannot fail.
+            let _ = hex::encode_to_slice(&self.0[bytes], &mut out[at..at + len]);
         }
         out
     }

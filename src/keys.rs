@@ -3,9 +3,10 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::RwLock,
     time::{SystemTime, UNIX_EPOCH},
 };
+
+use parking_lot::RwLock;
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use ring::{
@@ -112,7 +113,7 @@ impl Keyring {
         SystemRandom::new()
             .fill(&mut raw)
             .map_err(|_| KeyError::Random)?;
-        let mut keys = self.keys.write().unwrap_or_else(|p| p.into_inner());
+        let mut keys = self.keys.write();
         let id = keys.last().map_or(1, |k| k.id.wrapping_add(1));
         let mut next: Vec<Key> = keys
             .iter()
@@ -163,8 +164,8 @@ impl Keyring {
             .collect()
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Key>> {
-        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> parking_lot::RwLockReadGuard<'_, Vec<Key>> {
+        self.keys.read()
     }
 }
 
@@ -225,11 +226,9 @@ mod tests {
     }
 
     fn hex(s: &str) -> [u8; KEY_LEN] {
-        let v: Vec<u8> = (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect();
-        v.try_into().unwrap()
+        let mut key = [0u8; KEY_LEN];
+        hex::decode_to_slice(s, &mut key).unwrap();
+        key
     }
 
     #[test]

@@ -17,4 +17,5 @@ pub mod persist;
 pub mod pods;
 pub mod registry;
 pub mod server;
+pub mod state;
 pub mod store;

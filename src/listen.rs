@@ -41,10 +41,45 @@ pub struct Plan<'a> {
     pub addresses: &'a [IpAddr],
 }
 
-/// Takes activated sockets when `LISTEN_PID` is ours, else binds per plan.
+/// What systemd passed (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`).
+pub struct Activation {
+    passed: Option<(listenfd::ListenFd, Vec<String>)>,
+}
+
+impl Activation {
+    /// Reads the `LISTEN_*` variables and unsets them, as systemd asks.
+    /// Changing the environment while other threads run is unsound: call
+    /// this first thing in `main`, before any thread (the log writer, the
+    /// runtime) starts.
+    pub fn take_from_env() -> Self {
+        let ours = std::env::var("LISTEN_PID")
+            .ok()
+            .and_then(|p| p.parse::<u32>().ok())
+            == Some(std::process::id());
+        let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+            .map(|n| n.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        if !ours {
+            return Self { passed: None };
+        }
+        // listenfd unsets LISTEN_PID and LISTEN_FDS; FDNAMES is ours to drop.
+        let fds = listenfd::ListenFd::from_env();
+        std::env::remove_var("LISTEN_FDNAMES");
+        Self {
+            passed: Some((fds, names)),
+        }
+    }
+
+    /// No sockets passed (tests, and other subcommands).
+    pub fn none() -> Self {
+        Self { passed: None }
+    }
+}
+
+/// Takes activated sockets when systemd passed any, else binds per plan.
 /// Under activation, TCP listeners not passed are bound per plan too.
-pub fn listen(plan: &Plan<'_>) -> Result<Listeners, ListenError> {
-    let activated = take_activated()?;
+pub fn listen(plan: &Plan<'_>, activation: Activation) -> Result<Listeners, ListenError> {
+    let activated = take_activated(activation)?;
     let (registration, owned_socket, mut public, is_activated) = match activated {
         Some((unix, tcp)) => {
             let unix = match unix {
@@ -93,21 +128,11 @@ type Activated = (
     Vec<std::net::TcpListener>,
 );
 
-/// Reads `LISTEN_PID`/`LISTEN_FDS`/`LISTEN_FDNAMES` (and unsets them).
-fn take_activated() -> Result<Option<Activated>, ListenError> {
-    let ours = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        == Some(std::process::id());
-    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
-        .map(|n| n.split(':').map(str::to_owned).collect())
-        .unwrap_or_default();
-    if !ours {
+/// The passed sockets: one Unix stream listener, any TCP listeners.
+fn take_activated(activation: Activation) -> Result<Option<Activated>, ListenError> {
+    let Some((mut fds, names)) = activation.passed else {
         return Ok(None);
-    }
-    // listenfd unsets LISTEN_PID and LISTEN_FDS; FDNAMES is ours to drop.
-    let mut fds = listenfd::ListenFd::from_env();
-    std::env::remove_var("LISTEN_FDNAMES");
+    };
     if fds.len() == 0 {
         return Ok(None);
     }

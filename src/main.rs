@@ -1,16 +1,25 @@
 //! `rkt-mds`: the binary's edge. Parses the command line, sets up logging,
-//! and maps fatal errors to exit code 254 (rkt's convention).
+//! dispatches to one subcommand, and maps fatal errors to exit code 254
+//! (rkt's convention).
 #![forbid(unsafe_code)]
 
 mod commands;
 
 use clap::Parser;
-use rkt_mds::cli::{Cli, Command};
+use rkt_mds::{
+    cli::{Cli, Command},
+    listen::Activation,
+};
 
 fn main() {
     let cli = Cli::parse();
+    // Before any thread starts: reading systemd's LISTEN_* unsets them.
+    let activation = match cli.command {
+        Command::Serve(_) => Activation::take_from_env(),
+        _ => Activation::none(),
+    };
     // Held to the end: dropping it flushes the log.
-    let _log = init_logging(cli.debug);
+    let log = init_logging(cli.debug);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -20,17 +29,17 @@ fn main() {
     };
     let code = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => commands::serve(args).await.map(|()| 0),
-            Command::Register(args) => commands::register(args).await.map(|()| 0),
-            Command::Unregister(args) => commands::unregister(args).await.map(|()| 0),
-            Command::Audit(args) => commands::audit(args).await,
-            Command::Keys(args) => commands::keys(args).await.map(|()| 0),
-            Command::Sign(args) => commands::sign(args).await.map(|()| 0),
-            Command::Verify(args) => commands::verify(args).await,
+            Command::Serve(args) => commands::serve::run(args, activation).await.map(|()| 0),
+            Command::Register(args) => commands::register::run(args).await.map(|()| 0),
+            Command::Unregister(args) => commands::unregister::run(args).await.map(|()| 0),
+            Command::Audit(args) => commands::audit::run(args).await,
+            Command::Keys(args) => commands::keys::run(args).await.map(|()| 0),
+            Command::Sign(args) => commands::sign::run(args).await.map(|()| 0),
+            Command::Verify(args) => commands::verify::run(args).await,
         }
     });
     drop(runtime);
-    drop(_log);
+    drop(log);
     match code {
         Ok(code) => std::process::exit(code),
         Err(e) => fatal(e),

@@ -61,7 +61,7 @@ impl Record {
         Self {
             version: VERSION,
             uuid: pod.uuid,
-            token_sha256: pod.token.0.iter().map(|b| format!("{b:02x}")).collect(),
+            token_sha256: hex::encode(pod.token.0),
             manifest: String::from_utf8_lossy(&pod.manifest_body).into_owned(),
             apps: pod
                 .apps
@@ -94,13 +94,8 @@ impl Record {
     }
 
     pub fn token_digest(&self) -> Option<[u8; 32]> {
-        if self.token_sha256.len() != 64 {
-            return None;
-        }
         let mut out = [0u8; 32];
-        for (i, byte) in out.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(self.token_sha256.get(2 * i..2 * i + 2)?, 16).ok()?;
-        }
+        hex::decode_to_slice(&self.token_sha256, &mut out).ok()?;
         Some(out)
     }
 }

@@ -25,23 +25,9 @@ use tokio::{
 use crate::{
     api::{self, public, registration, Handled},
     deadline::{DeadlineIo, Timeouts},
-    keys::Keyring,
     listen::Listeners,
-    metrics::Metrics,
-    pods::Pods,
+    state::AppState,
 };
-
-/// Everything a request handler may touch.
-pub struct AppState {
-    pub pods: Pods,
-    pub keys: Keyring,
-    pub metrics: Metrics,
-    pub require_metadata_flavor: bool,
-    pub registration_group: Option<u32>,
-    /// The public port, as the agent actually listens (for clients that
-    /// build `AC_METADATA_URL`).
-    pub public_port: u16,
-}
 
 /// Connection handling limits.
 #[derive(Clone, Debug)]

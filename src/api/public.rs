@@ -12,7 +12,7 @@ use super::{
 use crate::{
     appc::{is_ac_identifier, is_ac_name, PodUuid},
     registry::{AnnotationBodies, Pod},
-    server::AppState,
+    state::AppState,
 };
 
 /// Public request bodies are small forms.

@@ -8,7 +8,7 @@ use hyper::{body::Incoming, Method, Request, StatusCode};
 use serde::Serialize;
 
 use super::{json, method_not_allowed, not_found, read_body, respond, status_text, text, Handled};
-use crate::{appc::PodUuid, pods::PodRequest, registry::Registrant, server::AppState};
+use crate::{appc::PodUuid, pods::PodRequest, registry::Registrant, state::AppState};
 
 /// Registration bodies are manifests.
 pub const BODY_LIMIT: usize = 1024 * 1024;

@@ -1,0 +1,24 @@
+//! `rkt-mds keys`: rotate or list the signing keys.
+
+use anyhow::Result;
+use hyper::Method;
+
+use rkt_mds::cli::{KeysAction, KeysArgs};
+
+use super::agent::{call, expect_ok};
+
+pub async fn run(args: KeysArgs) -> Result<()> {
+    match args.action {
+        KeysAction::Rotate(s) => {
+            let reply = call(&s.socket, Method::POST, "/keys/rotate", None).await?;
+            expect_ok(&reply, "rotating keys")?;
+            println!("{}", reply.text());
+        }
+        KeysAction::List(s) => {
+            let reply = call(&s.socket, Method::GET, "/keys", None).await?;
+            expect_ok(&reply, "listing keys")?;
+            println!("{}", reply.text());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,111 @@
+//! `rkt-mds serve`: the agent itself.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use netns::{WatchConfig, WatchSet};
+
+use rkt_mds::{
+    cli::ServeArgs,
+    identity,
+    keys::Keyring,
+    listen::{self, Activation, Plan},
+    metrics::Metrics,
+    persist::PodStore,
+    pods::{self, Pods},
+    server::{self, Limits},
+    state::AppState,
+};
+
+pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
+    let keys = Keyring::load_or_create(&args.state_dir, args.key_retention)
+        .with_context(|| format!("cannot load the HMAC keys in {}", args.state_dir.display()))?;
+    // Namespace instances are told apart by their cookies, which are
+    // unique only within one boot.
+    netns::NetnsCookie::current().context("cannot identify network namespaces")?;
+    let boot_id = netns::boot_id().context("cannot read the boot id")?;
+    let store = PodStore::open(&args.runtime_dir, boot_id).with_context(|| {
+        format!(
+            "cannot use the runtime directory {}",
+            args.runtime_dir.display()
+        )
+    })?;
+    let listeners = listen::listen(
+        &Plan {
+            socket: &args.socket.socket,
+            port: args.listen_port,
+            addresses: &args.listen_addresses,
+        },
+        activation,
+    )
+    .context("cannot listen")?;
+    let public_port = listeners
+        .public
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(args.listen_port, |a| a.port());
+    let watches = WatchSet::new(WatchConfig {
+        liveness_interval: args.liveness_interval,
+        ..WatchConfig::default()
+    });
+    let pods = Pods::new(
+        pods::Config {
+            mode: args.identity,
+            options: identity::Options {
+                allow_unenforced_bridge: args.allow_unenforced_bridge,
+            },
+            rkt_dir: args.dir.clone(),
+            gc_grace: args.gc_grace,
+        },
+        watches,
+        Some(store),
+    )
+    .await
+    .context("cannot watch the agent's own network namespace")?;
+    let started = std::time::Instant::now();
+    let reloaded = pods.reload().await;
+    tracing::info!(
+        pods = reloaded,
+        millis = started.elapsed().as_millis() as u64,
+        identity = %args.identity,
+        socket = %args.socket.socket.display(),
+        activated = listeners.activated,
+        port = public_port,
+        "rkt-mds serving"
+    );
+    let state = Arc::new(AppState {
+        pods,
+        keys,
+        metrics: Metrics::default(),
+        require_metadata_flavor: args.require_metadata_flavor,
+        registration_group: args.registration_group,
+        public_port,
+    });
+    let limits = Limits {
+        max_connections: args.max_connections,
+        header_timeout: args.header_timeout,
+        idle_timeout: args.idle_timeout,
+        ..Limits::default()
+    };
+    server::run(state, listeners, limits, shutdown_signal())
+        .await
+        .context("serving failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

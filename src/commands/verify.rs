@@ -1,0 +1,40 @@
+//! `rkt-mds verify`: inside a pod, verify another pod's signature.
+
+use anyhow::{bail, Context, Result};
+
+use rkt_mds::cli::VerifyArgs;
+
+use super::agent::post_form;
+
+/// Exit 0 valid, 1 invalid, 2 on any error.
+pub async fn run(args: VerifyArgs) -> Result<i32> {
+    match try_verify(&args).await {
+        Ok(valid) => Ok(if valid { 0 } else { 1 }),
+        Err(e) => {
+            eprintln!("rkt-mds verify: {e:#}");
+            Ok(2)
+        }
+    }
+}
+
+async fn try_verify(args: &VerifyArgs) -> Result<bool> {
+    let content = std::fs::read(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let signature = match args.signature.strip_prefix('@') {
+        Some(file) => {
+            std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?
+        }
+        None => args.signature.clone(),
+    };
+    let fields: [(&str, &[u8]); 3] = [
+        ("content", &content),
+        ("uuid", args.uuid.as_bytes()),
+        ("signature", signature.trim().as_bytes()),
+    ];
+    let reply = post_form("pod/hmac/verify", &fields).await?;
+    match reply.status {
+        200 => Ok(true),
+        403 => Ok(false),
+        s => bail!("the agent answered {s}: {}", reply.text()),
+    }
+}

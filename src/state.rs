@@ -1,0 +1,16 @@
+//! The state every request handler may touch: below both APIs and the
+//! server loop, which only pass it along.
+
+use crate::{keys::Keyring, metrics::Metrics, pods::Pods};
+
+/// Everything a request handler may touch.
+pub struct AppState {
+    pub pods: Pods,
+    pub keys: Keyring,
+    pub metrics: Metrics,
+    pub require_metadata_flavor: bool,
+    pub registration_group: Option<u32>,
+    /// The public port, as the agent actually listens (for clients that
+    /// build `AC_METADATA_URL`).
+    pub public_port: u16,
+}
