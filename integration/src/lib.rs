@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod fixtures;
 pub mod http;
+pub mod netlink;
 pub mod pod;
 pub mod privilege;
 
