@@ -7,6 +7,7 @@ pub mod agent;
 pub mod fixtures;
 pub mod http;
 pub mod netlink;
+mod plumbing;
 pub mod pod;
 pub mod privilege;
 

@@ -3,7 +3,10 @@
 //! per-process random ULA. Everything is removed on drop, panics included.
 
 use std::{
+    collections::HashSet,
+    fmt::Display,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
+    os::fd::{AsFd, AsRawFd},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
@@ -13,7 +16,13 @@ use std::{
 };
 
 use netns::NetnsFile;
+use rtnetlink::packet_route::route::RouteMessage;
 use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::{netlink, plumbing};
+
+/// The pod's end of its veth pair.
+const POD_IF: &str = "eth0";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
@@ -42,16 +51,18 @@ impl Addressing {
     /// side is already on this host (another test process, a leftover).
     pub fn fresh() -> Self {
         let in_use = host_addresses();
-        loop {
+        // As many tries as there are /30s.
+        for _ in 0..32768 {
             let n = NEXT.fetch_add(1, Ordering::Relaxed);
             let pid = std::process::id();
             let a = Self {
                 index: ((pid % 509) * 64 + n) % 32768,
             };
-            if !in_use.contains(&a.v4(1).to_string()) {
+            if !in_use.contains(&a.v4(1)) {
                 return a;
             }
         }
+        panic!("every /30 of 198.18.0.0/15 is in use on this host");
     }
 
     /// 198.18.0.0/15 split into /30s: .1 is the host side, .2 the pod.
@@ -67,12 +78,34 @@ impl Addressing {
 }
 
 /// Every IPv4 address configured in the host namespace.
-fn host_addresses() -> String {
-    Command::new("ip")
-        .args(["-4", "-o", "addr", "show"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default()
+fn host_addresses() -> HashSet<Ipv4Addr> {
+    step(
+        "listing the host's addresses",
+        netlink::in_own(|h| async move { plumbing::ipv4_addresses(&h).await }),
+    )
+}
+
+/// Panics unless `addr/prefix_len` lies inside the ranges tests may use:
+/// 198.18.0.0/15 and this process's ULA /48.
+fn assert_test_range(addr: IpAddr, prefix_len: u8) {
+    let inside = match addr {
+        IpAddr::V4(a) => {
+            (15..=32).contains(&prefix_len)
+                && u32::from(a) >> 17 == u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 17
+        }
+        IpAddr::V6(a) => (48..=128).contains(&prefix_len) && a.segments()[..3] == ula_prefix()[..],
+    };
+    let p = ula_prefix();
+    assert!(
+        inside,
+        "{addr}/{prefix_len} is outside the test ranges 198.18.0.0/15 and {:x}:{:x}:{:x}::/48",
+        p[0], p[1], p[2]
+    );
+}
+
+/// The value of a set-up step, or a panic naming the step.
+fn step<T>(what: impl Display, result: Result<T, netlink::Error>) -> T {
+    result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// `fdXX:XXXX:XXXX::/48`, random per process.
@@ -131,47 +164,31 @@ impl PodNet {
             addressing,
             alive: true,
         };
-        ip(&[
-            "link",
-            "add",
-            &pod.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &pod.name,
-        ]);
-        ip(&[
-            "addr",
-            "add",
-            &format!("{}/30", pod.host_v4()),
-            "dev",
-            &pod.host_if,
-        ]);
-        ip(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/64", pod.host_v6()),
-            "dev",
-            &pod.host_if,
-            "nodad",
-        ]);
-        ip(&["link", "set", &pod.host_if, "up"]);
-        pod.exec(&["link", "set", "lo", "up"]);
-        pod.exec(&["addr", "add", &format!("{}/30", pod.v4()), "dev", "eth0"]);
-        pod.exec(&[
-            "-6",
-            "addr",
-            "add",
-            &format!("{}/64", pod.v6()),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        pod.exec(&["link", "set", "eth0", "up"]);
+        let (ns, peer_ns) = (pod.netns(), pod.netns());
+        // The host end: the pair (its pod end born in the pod), addresses.
+        let host_if = pod.host_if.clone();
+        let (v4, v6) = (pod.host_v4().into(), pod.host_v6().into());
+        step(
+            format!("joining {} to the host by {}", pod.name, pod.host_if),
+            netlink::in_own(move |h| async move {
+                plumbing::add_veth(&h, &host_if, POD_IF, peer_ns.as_fd().as_raw_fd()).await?;
+                let index = plumbing::link_index(&h, &host_if).await?;
+                plumbing::add_address(&h, index, v4, 30).await?;
+                plumbing::add_address(&h, index, v6, 64).await
+            }),
+        );
+        // The pod end, from inside the pod.
+        let (v4, v6) = (pod.v4().into(), pod.v6().into());
+        step(
+            format!("configuring {}'s {POD_IF}", pod.name),
+            netlink::in_netns(&ns, move |h| async move {
+                plumbing::set_up(&h, "lo").await?;
+                let index = plumbing::link_index(&h, POD_IF).await?;
+                plumbing::add_address(&h, index, v4, 30).await?;
+                plumbing::add_address(&h, index, v6, 64).await?;
+                plumbing::set_up(&h, POD_IF).await
+            }),
+        );
         pod
     }
 
@@ -197,11 +214,36 @@ impl PodNet {
         self.addressing.v6(1)
     }
 
-    /// `ip -n <pod> args...`, asserting success.
+    /// `ip -n <pod> args...`, asserting success: what a tenant does in
+    /// its own namespace.
     pub fn exec(&self, args: &[&str]) {
         let mut full = vec!["-n", self.name.as_str()];
         full.extend_from_slice(args);
         ip(&full);
+    }
+
+    /// Adds `addr/prefix_len` to the pod's eth0 (IPv6 without duplicate
+    /// address detection, usable at once).
+    pub fn add_address(&self, addr: IpAddr, prefix_len: u8) {
+        assert_test_range(addr, prefix_len);
+        step(
+            format!("adding {addr}/{prefix_len} to {}'s {POD_IF}", self.name),
+            netlink::in_netns(&self.netns(), move |h| async move {
+                let index = plumbing::link_index(&h, POD_IF).await?;
+                plumbing::add_address(&h, index, addr, prefix_len).await
+            }),
+        );
+    }
+
+    /// Removes `addr/prefix_len` from the pod's eth0.
+    pub fn del_address(&self, addr: IpAddr, prefix_len: u8) {
+        step(
+            format!("removing {addr}/{prefix_len} from {}'s {POD_IF}", self.name),
+            netlink::in_netns(&self.netns(), move |h| async move {
+                let index = plumbing::link_index(&h, POD_IF).await?;
+                plumbing::del_address(&h, index, addr, prefix_len).await
+            }),
+        );
     }
 
     /// A TCP connection made from inside the pod (optionally from a given
@@ -336,20 +378,23 @@ impl PodNet {
 
     /// Whether the host end of the veth still exists.
     pub fn host_link_exists(&self) -> bool {
-        Command::new("ip")
-            .args(["link", "show", "dev", &self.host_if])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+        let name = self.host_if.clone();
+        match netlink::in_own(move |h| async move { plumbing::link_index(&h, &name).await }) {
+            Ok(_) => true,
+            Err(e) if e.is_no_link() => false,
+            Err(e) => panic!("looking up host link {}: {e}", self.host_if),
+        }
     }
 
+    /// Never panics: it runs in Drop, panics included.
     fn remove(&mut self) {
         if !self.alive {
             return;
         }
         self.alive = false;
-        quiet(&["link", "del", &self.host_if]);
+        let host_if = self.host_if.clone();
+        // Gone already if the kernel freed the namespace: nothing to do.
+        let _ = netlink::in_own(move |h| async move { plumbing::del_link(&h, &host_if).await });
         quiet(&["netns", "del", &self.name]);
     }
 }
@@ -436,24 +481,47 @@ impl PodNet {
 
 /// A host route, removed on drop.
 pub struct HostRoute {
-    dst: String,
-    dev: String,
+    route: RouteMessage,
 }
 
 impl HostRoute {
+    /// `ip route add DST dev DEV`; `dst` is `ADDR/PREFIX` or a bare
+    /// address, inside the test ranges.
     pub fn add(dst: &str, dev: &str) -> Self {
-        ip(&["route", "add", dst, "dev", dev]);
-        Self {
-            dst: dst.to_owned(),
-            dev: dev.to_owned(),
-        }
+        let (addr, prefix_len) = parse_prefix(dst)
+            .unwrap_or_else(|| panic!("HostRoute::add: {dst:?} is not ADDR[/PREFIX]"));
+        assert_test_range(addr, prefix_len);
+        let name = dev.to_owned();
+        let route = step(
+            format!("adding host route {dst} dev {dev}"),
+            netlink::in_own(move |h| async move {
+                let index = plumbing::link_index(&h, &name).await?;
+                let route = plumbing::device_route(addr, prefix_len, index)?;
+                plumbing::add_route(&h, route.clone()).await?;
+                Ok(route)
+            }),
+        );
+        Self { route }
     }
 }
 
 impl Drop for HostRoute {
     fn drop(&mut self) {
-        quiet(&["route", "del", &self.dst, "dev", &self.dev]);
+        // Gone already if its device went first.
+        let route = self.route.clone();
+        let _ = netlink::in_own(move |h| async move { plumbing::del_route(&h, route).await });
     }
+}
+
+/// `ADDR/PREFIX` or `ADDR` (a host route) into its parts.
+fn parse_prefix(s: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = match s.split_once('/') {
+        Some((a, l)) => (a.parse::<IpAddr>().ok()?, Some(l.parse::<u8>().ok()?)),
+        None => (s.parse::<IpAddr>().ok()?, None),
+    };
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    let len = len.unwrap_or(max);
+    (len <= max).then_some((addr, len))
 }
 
 /// A process running inside a pod's namespace, killed on drop.
