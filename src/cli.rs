@@ -99,9 +99,22 @@ pub struct ServeArgs {
     /// How many HMAC keys to keep after rotations (the newest signs, all verify).
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub key_retention: usize,
-    /// Concurrent public connections; beyond, 503.
+    /// Concurrent public connections; beyond, 503. Lowered at start if the
+    /// open-file limit cannot hold them (raise LimitNOFILE).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
+    /// Concurrent public connections of one source (an IPv4 address or an
+    /// IPv6 /64); beyond, closed at accept. Only many sources together can
+    /// fill --max-connections.
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub max_connections_per_source: usize,
+    /// Public requests per second per pod (per source address when no pod
+    /// resolves); beyond, 429 with Retry-After. 0 turns limits off.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub rate_limit: u32,
+    /// Requests a pod (or source) may make at once above its rate.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub rate_burst: u32,
     /// A request's head must arrive within this, or the connection is
     /// closed (slow-client defence).
     #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DURATION")]

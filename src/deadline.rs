@@ -3,6 +3,13 @@
 //! accept), and an idle keep-alive connection is closed after the idle
 //! timeout. (hyper's own `header_read_timeout` starts as soon as it waits
 //! for a head, so it would also cut idle keep-alive connections short.)
+//!
+//! Cheap on the request path: a phase change stores a timestamp in one
+//! atomic; the connection's timer is not re-armed per request. It fires at
+//! the deadline it was armed with, looks at the current phase and either
+//! ends the connection or re-arms itself for the real deadline, so it
+//! moves at most once per timeout period. Only a change that brings the
+//! deadline closer (an idle connection starting a head) re-arms it at once.
 
 use std::{
     future::Future,
@@ -24,35 +31,54 @@ use tokio::{
 const HEAD: u64 = 0;
 const BUSY: u64 = 1;
 const IDLE: u64 = 2;
+const PHASE_BITS: u64 = 2;
 
-/// Where a connection is: waiting for a head, serving a request, or idle
-/// between requests. The service moves it; the I/O wrapper enforces it.
-/// One atomic: the low two bits are the phase, the rest a generation that
-/// changes with every move, so the wrapper notices each one.
-#[derive(Debug, Default)]
-pub struct Phase(AtomicU64);
+/// Where a connection is, and since when: waiting for a head, serving a
+/// request, or idle between requests. The service moves it; the I/O
+/// wrapper enforces it. One atomic: the low two bits are the phase, the
+/// rest microseconds since the connection was accepted.
+#[derive(Debug)]
+pub struct Phase {
+    state: AtomicU64,
+    origin: Instant,
+}
 
 impl Phase {
-    fn set(&self, phase: u64) {
-        let _ = self
-            .0
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
-                Some(((v >> 2) + 1) << 2 | phase)
-            });
+    fn new(origin: Instant) -> Self {
+        Self {
+            state: AtomicU64::new(HEAD),
+            origin,
+        }
     }
 
-    /// A request head was parsed: no head deadline while it is served.
-    pub fn request_started(&self) {
-        self.set(BUSY);
+    fn set(&self, phase: u64, at: Instant) {
+        let micros = at.saturating_duration_since(self.origin).as_micros() as u64;
+        self.state
+            .store(micros << PHASE_BITS | phase, Ordering::Release);
     }
 
-    /// The response is ready: the connection is idle until the next byte.
-    pub fn request_finished(&self) {
-        self.set(IDLE);
+    fn load(&self) -> (u64, Instant) {
+        let v = self.state.load(Ordering::Acquire);
+        (
+            v & ((1 << PHASE_BITS) - 1),
+            self.origin + Duration::from_micros(v >> PHASE_BITS),
+        )
     }
 
-    fn load(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
+    /// A request head was parsed: no head deadline while it is served (its
+    /// body, if any, is due within the idle timeout of the head's start).
+    /// Returns when its head started: its first byte, or the accept for a
+    /// connection's first request. Reads no clock.
+    pub fn request_started(&self) -> Instant {
+        let (_, head_started) = self.load();
+        self.set(BUSY, head_started);
+        head_started
+    }
+
+    /// The response is ready (at `now`): the connection is idle until the
+    /// next byte.
+    pub fn request_finished(&self, now: Instant) {
+        self.set(IDLE, now);
     }
 }
 
@@ -63,13 +89,25 @@ pub struct Timeouts {
     pub idle: Duration,
 }
 
+impl Timeouts {
+    fn of(&self, phase: u64) -> Duration {
+        match phase {
+            HEAD => self.header,
+            // A request being served (its body being read) is bounded by
+            // the idle timeout too, so a trickled body cannot hold a slot.
+            _ => self.idle,
+        }
+    }
+}
+
 /// An I/O object that fails reads with `TimedOut` once the current phase's
 /// deadline passes, which makes hyper close the connection.
 pub struct DeadlineIo<S> {
     inner: S,
     phase: Arc<Phase>,
     timeouts: Timeouts,
-    armed: u64,
+    /// When the timer is set to fire (never later than the real deadline).
+    armed: Instant,
     sleep: Pin<Box<Sleep>>,
 }
 
@@ -77,29 +115,21 @@ impl<S> DeadlineIo<S> {
     /// Wraps a freshly accepted connection: its first head is due within
     /// the header timeout.
     pub fn new(inner: S, timeouts: Timeouts) -> (Self, Arc<Phase>) {
-        let phase = Arc::new(Phase::default());
+        let now = Instant::now();
+        let phase = Arc::new(Phase::new(now));
+        let armed = now + timeouts.header;
         let io = Self {
             inner,
-            armed: phase.load(),
             phase: phase.clone(),
             timeouts,
-            sleep: Box::pin(tokio::time::sleep(timeouts.header)),
+            armed,
+            sleep: Box::pin(tokio::time::sleep_until(armed)),
         };
         (io, phase)
     }
 
-    fn timeout_of(&self, state: u64) -> Duration {
-        match state & 3 {
-            HEAD => self.timeouts.header,
-            // A request being served (its body being read) is bounded by
-            // the idle timeout too, so a trickled body cannot hold a slot.
-            _ => self.timeouts.idle,
-        }
-    }
-
-    fn arm(&mut self, state: u64) {
-        self.armed = state;
-        let deadline = Instant::now() + self.timeout_of(state);
+    fn arm(&mut self, deadline: Instant) {
+        self.armed = deadline;
         self.sleep.as_mut().reset(deadline);
     }
 }
@@ -111,31 +141,41 @@ impl<S: AsyncRead + Unpin> AsyncRead for DeadlineIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        let state = this.phase.load();
-        if state != this.armed {
-            this.arm(state);
-        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && this.armed & 3 == IDLE {
-                    // The first byte of the next request: its head is due.
-                    this.phase.set(HEAD);
-                    let state = this.phase.load();
-                    this.arm(state);
+                if buf.filled().len() > before && this.phase.load().0 == IDLE {
+                    // The first byte of the next request: its head is due,
+                    // sooner than the idle deadline the timer may hold.
+                    let now = Instant::now();
+                    this.phase.set(HEAD, now);
+                    let due = now + this.timeouts.header;
+                    if due < this.armed {
+                        this.arm(due);
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
-            Poll::Pending => match this.sleep.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    match this.armed & 3 {
-                        HEAD => "request head not received in time",
-                        BUSY => "request not received in time",
-                        _ => "idle keep-alive connection timed out",
-                    },
-                ))),
-                Poll::Pending => Poll::Pending,
+            Poll::Pending => loop {
+                if this.sleep.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                let (phase, since) = this.phase.load();
+                let deadline = since + this.timeouts.of(phase);
+                if Instant::now() >= deadline {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        match phase {
+                            HEAD => "request head not received in time",
+                            BUSY => "request not received in time",
+                            _ => "idle keep-alive connection timed out",
+                        },
+                    )));
+                }
+                // Fired early (the connection moved since it was armed):
+                // re-arm for the real deadline and poll it once more, so
+                // that the waker is registered.
+                this.arm(deadline);
             },
             other => other,
         }
@@ -205,7 +245,7 @@ mod tests {
         client.write_all(b"GET").await.unwrap();
         assert_eq!(read_some(&mut io).await.unwrap(), 3);
         phase.request_started();
-        phase.request_finished();
+        phase.request_finished(Instant::now());
 
         // Idle: still open after the header timeout, closed at idle timeout.
         let start = Instant::now();
@@ -227,12 +267,32 @@ mod tests {
         let (_client, server) = tokio::io::duplex(64);
         let (mut io, phase) = DeadlineIo::new(server, T);
         phase.request_started();
-        phase.request_finished();
+        phase.request_finished(Instant::now());
         let start = Instant::now();
         assert_eq!(
             read_some(&mut io).await.unwrap_err().kind(),
             io::ErrorKind::TimedOut
         );
         assert_eq!(start.elapsed(), T.idle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn requests_keep_a_connection_alive_without_re_arming_each_time() {
+        let (mut client, server) = tokio::io::duplex(64);
+        let (mut io, phase) = DeadlineIo::new(server, T);
+        // Requests every 5 s for 2 minutes: never idle or head-bound long.
+        for _ in 0..24 {
+            client.write_all(b"G").await.unwrap();
+            assert_eq!(read_some(&mut io).await.unwrap(), 1);
+            let started = phase.request_started();
+            assert_eq!(started, Instant::now(), "the head's first byte, just read");
+            phase.request_finished(Instant::now());
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        // Then silence: closed one idle timeout after the last response.
+        let last = Instant::now() - Duration::from_secs(5);
+        let err = read_some(&mut io).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(Instant::now() - last, T.idle);
     }
 }

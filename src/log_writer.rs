@@ -1,36 +1,42 @@
-//! Where log lines go: an in-memory batch that a background thread writes
-//! to stderr. A request appends its access-log line under a short lock and
-//! makes no syscall; the thread wakes once per batch (woken by the first
-//! line into an empty buffer, then waits a few milliseconds for more), so a
-//! busy agent writes many lines per `write(2)` and an idle one sleeps.
+//! Where log lines go: each thread appends its lines to a buffer of its own
+//! (an uncontended lock, no syscall), and a background thread collects
+//! every buffer and writes them to stderr. The writer wakes once per batch
+//! (woken by the first line a thread writes into an empty buffer, then it
+//! waits a few milliseconds for more), so a busy agent writes many lines
+//! per `write(2)`, no two workers contend for one buffer, and an idle
+//! agent sleeps. Lines of one thread keep their order.
 
 use std::{
     io::{self, Write},
-    sync::{Arc, Condvar, Mutex},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
     thread::JoinHandle,
     time::Duration,
 };
 
+use parking_lot::{Condvar, Mutex};
 use tracing_subscriber::fmt::MakeWriter;
+
+use crate::per_thread::PerThread;
 
 /// How long the writer thread lets a batch grow after its first line.
 const BATCH_WINDOW: Duration = Duration::from_millis(2);
-/// Beyond this many buffered bytes, lines are dropped (and counted) rather
-/// than let a log flood exhaust memory.
-const MAX_BUFFERED: usize = 8 * 1024 * 1024;
+/// Beyond this many buffered bytes in one thread, lines are dropped (and
+/// counted) rather than let a log flood exhaust memory.
+const MAX_BUFFERED: usize = 4 * 1024 * 1024;
 
-#[derive(Default)]
-struct Buffer {
-    bytes: Vec<u8>,
-    dropped: u64,
-    closed: bool,
-}
-
-/// The buffer log lines are appended to (opaque).
+/// The buffers log lines are appended to (opaque).
 #[derive(Default)]
 pub struct Shared {
-    buffer: Mutex<Buffer>,
-    wake: Condvar,
+    buffers: PerThread<Vec<u8>>,
+    /// Some thread has lines the writer has not collected yet.
+    pending: AtomicBool,
+    dropped: AtomicU64,
+    closed: AtomicBool,
+    wake: Mutex<()>,
+    woken: Condvar,
 }
 
 /// The `MakeWriter` handed to tracing.
@@ -61,26 +67,28 @@ pub fn batch_writer<W: Write + Send + 'static>(out: W) -> (BatchWriter, FlushGua
     )
 }
 
-fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Buffer> {
-    shared.buffer.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn write_batches<W: Write>(shared: &Shared, mut out: W) {
+    let mut batch = Vec::new();
     loop {
-        let mut buffer = lock(shared);
-        while buffer.bytes.is_empty() && !buffer.closed {
-            buffer = shared.wake.wait(buffer).unwrap_or_else(|p| p.into_inner());
+        {
+            let mut guard = shared.wake.lock();
+            while !shared.pending.load(Ordering::Acquire) && !shared.closed.load(Ordering::Acquire)
+            {
+                shared.woken.wait(&mut guard);
+            }
         }
-        if !buffer.closed {
+        let closed = shared.closed.load(Ordering::Acquire);
+        if !closed {
             // Let the batch fill up a little before writing it.
-            drop(buffer);
             std::thread::sleep(BATCH_WINDOW);
-            buffer = lock(shared);
         }
-        let batch = std::mem::take(&mut buffer.bytes);
-        let dropped = std::mem::take(&mut buffer.dropped);
-        let closed = buffer.closed;
-        drop(buffer);
+        // Cleared before collecting: a line added meanwhile sets it again.
+        shared.pending.store(false, Ordering::Release);
+        shared.buffers.for_each(|buffer| {
+            batch.extend_from_slice(buffer);
+            buffer.clear();
+        });
+        let dropped = shared.dropped.swap(0, Ordering::AcqRel);
         if dropped > 0 {
             let _ = writeln!(
                 out,
@@ -89,6 +97,7 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
         }
         let _ = out.write_all(&batch);
         let _ = out.flush();
+        batch.clear();
         if closed {
             return;
         }
@@ -97,17 +106,19 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
 
 impl Write for &Shared {
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
-        let mut buffer = lock(self);
-        if buffer.bytes.len() + line.len() > MAX_BUFFERED {
-            buffer.dropped += 1;
-            return Ok(line.len());
-        }
-        let was_empty = buffer.bytes.is_empty();
-        buffer.bytes.extend_from_slice(line);
-        drop(buffer);
-        // Only the first line of a batch wakes the thread.
-        if was_empty {
-            self.wake.notify_one();
+        let was_empty = self.buffers.with(|buffer| {
+            if buffer.len() + line.len() > MAX_BUFFERED {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let was_empty = buffer.is_empty();
+            buffer.extend_from_slice(line);
+            was_empty
+        });
+        // Only the first line of a thread's batch may wake the writer.
+        if was_empty && !self.pending.swap(true, Ordering::AcqRel) {
+            let _guard = self.wake.lock();
+            self.woken.notify_one();
         }
         Ok(line.len())
     }
@@ -127,8 +138,11 @@ impl<'a> MakeWriter<'a> for BatchWriter {
 
 impl Drop for FlushGuard {
     fn drop(&mut self) {
-        lock(&self.shared).closed = true;
-        self.shared.wake.notify_one();
+        self.shared.closed.store(true, Ordering::Release);
+        {
+            let _guard = self.shared.wake.lock();
+            self.shared.woken.notify_one();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -144,7 +158,7 @@ mod tests {
 
     impl Write for Sink {
         fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0.lock().extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -153,19 +167,51 @@ mod tests {
     }
 
     #[test]
-    fn every_line_arrives_in_order_and_the_guard_flushes() {
+    fn every_line_arrives_in_order_per_thread_and_the_guard_flushes() {
         let sink = Sink::default();
         let (writer, guard) = batch_writer(sink.clone());
-        for i in 0..1000 {
-            writer
-                .make_writer()
-                .write_all(format!("line {i}\n").as_bytes())
-                .unwrap();
-        }
+        std::thread::scope(|s| {
+            for t in 0..3 {
+                let writer = writer.clone();
+                s.spawn(move || {
+                    for i in 0..1000 {
+                        writer
+                            .make_writer()
+                            .write_all(format!("{t} line {i}\n").as_bytes())
+                            .unwrap();
+                    }
+                });
+            }
+        });
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(sink.0.lock().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 1000);
-        assert_eq!(lines[999], "line 999");
+        assert_eq!(lines.len(), 3000);
+        for t in 0..3 {
+            let mine: Vec<&str> = lines
+                .iter()
+                .filter(|l| l.starts_with(&format!("{t} ")))
+                .copied()
+                .collect();
+            let want: Vec<String> = (0..1000).map(|i| format!("{t} line {i}")).collect();
+            assert_eq!(mine, want);
+        }
+    }
+
+    #[test]
+    fn a_lone_line_is_written_without_more_traffic() {
+        let sink = Sink::default();
+        let (writer, guard) = batch_writer(sink.clone());
+        writer.make_writer().write_all(b"alone\n").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while sink.0.lock().is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the line never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert_eq!(&sink.0.lock()[..], b"alone\n");
+        drop(guard);
     }
 }

@@ -4,7 +4,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use bytes::Bytes;
@@ -188,6 +191,8 @@ struct Inner {
 #[derive(Default)]
 pub struct Registry {
     inner: RwLock<Inner>,
+    /// Bumped by every change (what a cached identity depends on).
+    generation: AtomicU64,
 }
 
 /// What [`Registry::insert`] did.
@@ -319,8 +324,44 @@ impl Registry {
         self.inner.read()
     }
 
-    fn write(&self) -> parking_lot::RwLockWriteGuard<'_, Inner> {
-        self.inner.write()
+    /// Changes whenever any registration does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn write(&self) -> WriteGuard<'_> {
+        WriteGuard {
+            inner: self.inner.write(),
+            generation: &self.generation,
+        }
+    }
+}
+
+/// The registry locked for a change. The generation moves when the change
+/// is complete and before readers can see it (the lock is still held), so
+/// whoever read the old number may have read the old state, and whoever
+/// reads the new number reads the new state.
+struct WriteGuard<'a> {
+    inner: parking_lot::RwLockWriteGuard<'a, Inner>,
+    generation: &'a AtomicU64,
+}
+
+impl std::ops::Deref for WriteGuard<'_> {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for WriteGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Inner {
+        &mut self.inner
+    }
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 }
 

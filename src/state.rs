@@ -1,13 +1,14 @@
 //! The state every request handler may touch: below both APIs and the
 //! server loop, which only pass it along.
 
-use crate::{keys::Keyring, metrics::Metrics, pods::Pods};
+use crate::{keys::Keyring, metrics::Metrics, pods::Pods, tenant::Tenancy};
 
 /// Everything a request handler may touch.
 pub struct AppState {
     pub pods: Pods,
     pub keys: Keyring,
     pub metrics: Metrics,
+    pub tenancy: Tenancy,
     pub require_metadata_flavor: bool,
     pub registration_group: Option<u32>,
     /// The public port, as the agent actually listens (for clients that

@@ -466,7 +466,12 @@ fn t10_hits_do_no_netlink_round_trip() {
     if !require_root("t10_hits_do_no_netlink_round_trip") {
         return;
     }
-    let agent = Agent::start(AgentOptions::identity("token+netns"));
+    // 10,000 requests at full speed: beyond the default rate limit.
+    let agent = Agent::start(
+        AgentOptions::identity("token+netns")
+            .arg("--rate-limit")
+            .arg("0"),
+    );
     let a = PodNet::new();
     register(&agent, &a, U_A, T_A);
     let before = agent.pods()["watch"].clone();

@@ -7,6 +7,7 @@ use std::{
 };
 
 use parking_lot::RwLock;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::NetnsCookie;
 
@@ -22,6 +23,8 @@ type Holders = Vec<(NetnsCookie, u32)>;
 #[derive(Clone, Debug, Default)]
 pub struct AddressIndex {
     map: Arc<RwLock<HashMap<IpAddr, Holders>>>,
+    /// Bumped by every change of the index or of a watcher's liveness.
+    generation: Arc<AtomicU64>,
 }
 
 impl AddressIndex {
@@ -50,6 +53,17 @@ impl AddressIndex {
     /// Whether no address is indexed.
     pub fn is_empty(&self) -> bool {
         self.map.read().is_empty()
+    }
+
+    /// Changes whenever the index, or a watcher's liveness, does.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Marks a change that is not in the map (a watcher stopped): call it
+    /// after the change.
+    pub(crate) fn touch(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// Moves namespace `cookie` from address set `old` to `new`.
@@ -83,6 +97,9 @@ impl AddressIndex {
                 None => holders.push((cookie, 1)),
             }
         }
+        // After the change, before the lock is released: whoever reads the
+        // new number reads the new map.
+        self.touch();
     }
 }
 

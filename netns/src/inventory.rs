@@ -257,6 +257,7 @@ impl Inventory {
             tracing::warn!(netns = %self.path.display(), reason = %reason, "namespace watcher failed");
         }
         self.published.live.store(false, Ordering::Release);
+        self.index.touch();
         self.publish(&HashSet::new());
         self.phase.send_replace(end);
     }

@@ -212,10 +212,10 @@ impl WatchSet {
         }
     }
 
-    /// A number that changes whenever [`WatchSet::attribute`] may answer
-    /// differently than before.
-    pub fn host_generation(&self) -> u64 {
-        self.shared.host.get().map_or(0, HostView::generation)
+    /// A number that changes whenever an answer of this set may: the
+    /// index, a watcher's liveness, or the host's attribution.
+    pub fn generation(&self) -> u64 {
+        self.shared.index.generation() + self.shared.host.get().map_or(0, HostView::generation)
     }
 
     /// Waits until the host view has applied every event queued before the

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
     body::Incoming,
-    header::{HeaderValue, ALLOW, CONTENT_TYPE},
+    header::{HeaderMap, HeaderValue, ALLOW, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, EXPECT},
     Response, StatusCode,
 };
 
@@ -73,19 +73,45 @@ pub fn method_not_allowed(allow: &'static str) -> Response<Body> {
 }
 
 /// Reads a whole body, chunked or not, refusing more than `limit` bytes
-/// with 413.
-pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Response<Body>> {
+/// with 413. A client that waits for `100 Continue` with a
+/// `Content-Length` over the limit gets its 413 before a byte of the body
+/// is read (polling the body is what makes hyper send `100 Continue`).
+/// Others have sent their body already: it is read up to the limit, so
+/// the 413 reaches a client still writing.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Incoming,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let waits = headers
+        .get(EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waits && declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large(limit));
+    }
     match Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(text(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("request body is larger than {limit} bytes"),
-        )),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(limit)),
         Err(_) => Err(text(
             StatusCode::BAD_REQUEST,
             "could not read the request body",
         )),
     }
+}
+
+fn too_large(limit: usize) -> Response<Body> {
+    let mut r = text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body is larger than {limit} bytes"),
+    );
+    // The rest of the body is not read: the connection cannot be reused.
+    r.headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// A pod UUID, or nothing, as a log field (no allocation).

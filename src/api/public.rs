@@ -4,15 +4,22 @@ use std::{net::SocketAddr, sync::Arc};
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
-use hyper::{body::Incoming, Method, Request, StatusCode};
+use hyper::{
+    body::Incoming,
+    header::{HeaderValue, RETRY_AFTER},
+    Method, Request, StatusCode,
+};
+use parking_lot::Mutex;
 
 use super::{
     form::Form, json, method_not_allowed, not_found, read_body, respond, text, Body, Handled, TEXT,
 };
 use crate::{
     appc::{is_ac_identifier, is_ac_name, PodUuid},
+    pods::Refused,
     registry::{AnnotationBodies, Pod},
     state::AppState,
+    tenant::{PodLimiter, Rates, SourceKey, Subject},
 };
 
 /// Public request bodies are small forms.
@@ -124,9 +131,62 @@ impl std::fmt::Display for Redacted<'_> {
     }
 }
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAddr) -> Handled {
-    let path = req.uri().path().to_owned();
-    let Some((token, route)) = route(&path) else {
+/// One public connection: its peer, and the identity its last request
+/// resolved to, reused while nothing it depends on has changed (a keep-alive
+/// connection then pays no digest, no lookup, no attribution per request).
+pub struct Conn {
+    peer: SocketAddr,
+    source: SourceKey,
+    cached: Mutex<Option<Cached>>,
+}
+
+struct Cached {
+    token: Option<Box<str>>,
+    generation: u64,
+    pod: Arc<Pod>,
+    limiter: PodLimiter,
+}
+
+impl Conn {
+    pub fn new(peer: SocketAddr) -> Self {
+        Self {
+            peer,
+            source: SourceKey::of(peer.ip()),
+            cached: Mutex::new(None),
+        }
+    }
+
+    /// The pod this request acts as, and its rate limiter.
+    async fn identity(
+        &self,
+        state: &AppState,
+        token: Option<&str>,
+    ) -> Result<(Arc<Pod>, PodLimiter), Refused> {
+        // Read before resolving: a change during the resolution makes the
+        // stored answer stale at once.
+        let generation = state.pods.generation();
+        if let Some(c) = &*self.cached.lock() {
+            if c.generation == generation && c.token.as_deref() == token {
+                return Ok((c.pod.clone(), c.limiter.clone()));
+            }
+        }
+        let pod = state.pods.resolve(token, self.peer.ip()).await?;
+        let limiter = state.tenancy.rates.pod(&pod.uuid);
+        *self.cached.lock() = Some(Cached {
+            token: token.map(Box::from),
+            generation,
+            pod: pod.clone(),
+            limiter: limiter.clone(),
+        });
+        Ok((pod, limiter))
+    }
+}
+
+pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -> Handled {
+    // A cheap clone (shared bytes): the route borrows from it while the
+    // request moves on.
+    let uri = req.uri().clone();
+    let Some((token, route)) = route(uri.path()) else {
         return not_found().into();
     };
     let post = matches!(route, Route::Sign | Route::Verify);
@@ -148,16 +208,35 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
         .into();
     }
     if route == Route::Verify {
-        // Any caller may verify any pod's signature (SPEC §3).
+        // Any caller may verify any pod's signature (SPEC §3): no pod, so
+        // the caller's source pays.
+        if !state.tenancy.rates.allow_source(&conn.source) {
+            return rate_limited(&state, Subject::Source(conn.source), "source", None);
+        }
         return verify(&state, req).await.into();
     }
-    let pod = match state.pods.resolve(token, peer.ip()).await {
-        Ok(pod) => pod,
+    let (pod, limiter) = match conn.identity(&state, token).await {
+        Ok(found) => found,
         Err(refused) => {
+            // Refused requests are charged to their source: a flood of them
+            // is cut short before it costs more.
+            if !state.tenancy.rates.allow_source(&conn.source) {
+                return rate_limited(
+                    &state,
+                    Subject::Source(conn.source),
+                    "source",
+                    refused.claimed,
+                );
+            }
             let reason = refused.reason;
             if reason.status() == 403 {
-                let pod = refused.claimed.map(|u| u.to_string()).unwrap_or_default();
-                tracing::warn!(pod = %pod, peer = %peer.ip().to_canonical(), reason = %reason, mode = %state.pods.mode(), "identity refused");
+                let subject = refused
+                    .claimed
+                    .map_or(Subject::Source(conn.source), Subject::Pod);
+                if state.tenancy.refusal_log.first(subject, reason.label()) {
+                    let pod = refused.claimed.map(|u| u.to_string()).unwrap_or_default();
+                    tracing::warn!(pod = %pod, peer = %conn.peer.ip().to_canonical(), reason = %reason, mode = %state.pods.mode(), "identity refused");
+                }
             }
             state.metrics.refusal(reason.label());
             return Handled {
@@ -166,6 +245,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
             };
         }
     };
+    if !Rates::allow_pod(&limiter) {
+        return rate_limited(&state, Subject::Pod(pod.uuid), "pod", Some(pod.uuid));
+    }
     let response = match route {
         Route::PodAnnotations => json(pod.annotations.list.clone()),
         Route::PodAnnotation(name) => annotation(&pod.annotations, name, "Pod"),
@@ -186,6 +268,24 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: SocketAd
         response,
         pod: Some(pod.uuid),
     }
+}
+
+/// 429 with `Retry-After`, counted, and logged at most once per window.
+fn rate_limited(
+    state: &AppState,
+    subject: Subject,
+    what: &'static str,
+    pod: Option<PodUuid>,
+) -> Handled {
+    state.metrics.refused("rate-limit", what);
+    if state.tenancy.refusal_log.first(subject, "rate-limit") {
+        tracing::warn!(subject = %subject, "rate limit exceeded");
+    }
+    let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    Handled { response, pod }
 }
 
 fn annotation(bodies: &AnnotationBodies, name: &str, kind: &str) -> hyper::Response<Body> {
@@ -228,7 +328,7 @@ fn with_app(
 
 async fn read_form(req: Request<Incoming>) -> Result<Form, hyper::Response<Body>> {
     let (parts, body) = req.into_parts();
-    let body = read_body(body, BODY_LIMIT).await?;
+    let body = read_body(&parts.headers, body, BODY_LIMIT).await?;
     Form::parse(&parts.headers, body, parts.uri.query())
         .await
         .map_err(|e| text(StatusCode::BAD_REQUEST, e.to_string()))

@@ -95,7 +95,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
         },
         ["pods", uuid, app] => match method {
             Method::PUT => {
-                let body = match read_body(req.into_body(), BODY_LIMIT).await {
+                let (parts, body) = req.into_parts();
+                let body = match read_body(&parts.headers, body, BODY_LIMIT).await {
                     Ok(b) => b,
                     Err(r) => return r.into(),
                 };
@@ -145,7 +146,8 @@ async fn register_pod(state: &AppState, req: Request<Incoming>, uuid: &str, peer
             .find(|(n, _)| n == name)
             .map(|(_, v)| v.as_str())
     };
-    let body = match read_body(req.into_body(), BODY_LIMIT).await {
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body, BODY_LIMIT).await {
         Ok(b) => b,
         Err(r) => return r.into(),
     };

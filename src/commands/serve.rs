@@ -7,7 +7,7 @@ use netns::{WatchConfig, WatchSet};
 
 use rkt_mds::{
     cli::ServeArgs,
-    identity,
+    fd_limit, identity,
     keys::Keyring,
     listen::{self, Activation, Plan},
     metrics::Metrics,
@@ -15,6 +15,7 @@ use rkt_mds::{
     pods::{self, Pods},
     server::{self, Limits},
     state::AppState,
+    tenant::Tenancy,
 };
 
 pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
@@ -73,16 +74,30 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         port = public_port,
         "rkt-mds serving"
     );
+    let fds = fd_limit::raise(args.max_connections).context("cannot read the open-file limit")?;
+    if fds.public_connections < args.max_connections {
+        tracing::warn!(
+            limit = fds.limit,
+            max_connections = fds.public_connections,
+            "the open-file limit cannot hold --max-connections beside the agent's own files: public connections capped (raise LimitNOFILE)"
+        );
+    }
     let state = Arc::new(AppState {
         pods,
         keys,
         metrics: Metrics::default(),
+        tenancy: Tenancy::new(
+            args.rate_limit,
+            args.rate_burst,
+            args.max_connections_per_source,
+        ),
         require_metadata_flavor: args.require_metadata_flavor,
         registration_group: args.registration_group,
         public_port,
     });
     let limits = Limits {
-        max_connections: args.max_connections,
+        max_connections: fds.public_connections,
+        max_connections_per_source: args.max_connections_per_source,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         ..Limits::default()

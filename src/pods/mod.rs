@@ -163,6 +163,12 @@ impl Pods {
         self.mode
     }
 
+    /// Changes whenever a resolution may answer differently: a
+    /// registration, an address, a namespace's liveness, the host's view.
+    pub fn generation(&self) -> u64 {
+        self.registry.generation() + self.watches.generation()
+    }
+
     pub fn gc_grace(&self) -> Duration {
         self.gc_grace
     }

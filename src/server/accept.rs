@@ -1,0 +1,122 @@
+//! Accepting connections: the registration socket (root's, never limited)
+//! and the public listeners, where each source gets a bounded share of the
+//! connection cap.
+
+use std::{sync::Arc, time::Duration};
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::{
+    io::AsyncWriteExt,
+    net::{TcpListener, TcpStream, UnixListener},
+    sync::{watch, Semaphore},
+};
+
+use super::{connection, warn_refusal, Limits};
+use crate::{
+    api::registration::Peer,
+    state::AppState,
+    tenant::{SourceKey, Subject},
+};
+
+pub(super) async fn registration(
+    listener: UnixListener,
+    state: Arc<AppState>,
+    graceful: Arc<GracefulShutdown>,
+    limits: Limits,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                let peer = match stream.peer_cred() {
+                    Ok(c) => Peer {
+                        uid: Some(c.uid()),
+                        gid: Some(c.gid()),
+                        pid: c.pid(),
+                    },
+                    Err(_) => Peer::default(),
+                };
+                connection::serve_registration(&state, &graceful, &limits, stream, peer);
+            }
+            Err(e) => accept_error(&state, "registration", e).await,
+        }
+    }
+}
+
+pub(super) async fn public(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    graceful: Arc<GracefulShutdown>,
+    limits: Limits,
+    cap: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                accept_error(&state, "public", e).await;
+                continue;
+            }
+        };
+        let source = SourceKey::of(peer.ip());
+        // The source's share first: one source cannot fill the cap.
+        let Some(slot) = state.tenancy.connections.try_open(source) else {
+            state.metrics.refused("connection", "per-source");
+            warn_refusal(
+                &state,
+                Subject::Source(source),
+                "connections-per-source",
+                "connection refused: the source holds its share of connections",
+            );
+            // Closed at once, no body: nothing to parse, nothing to hold.
+            drop(stream);
+            continue;
+        };
+        let Ok(permit) = cap.clone().try_acquire_owned() else {
+            state.metrics.refused("connection", "cap");
+            warn_refusal(
+                &state,
+                Subject::Agent,
+                "connection-cap",
+                "connection cap reached; answering 503",
+            );
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        connection::serve_public(&state, &graceful, &limits, stream, peer, (slot, permit));
+    }
+}
+
+/// Accepting can fail transiently (EMFILE, ECONNABORTED): log (bounded)
+/// and back off briefly instead of spinning or dying. Each listener has
+/// its own task, so one backing off never holds up the other.
+async fn accept_error(state: &AppState, api: &'static str, e: std::io::Error) {
+    warn_refusal(
+        state,
+        Subject::Agent,
+        if api == "public" {
+            "public-accept-failed"
+        } else {
+            "registration-accept-failed"
+        },
+        &format!("accept failed on the {api} listener: {e}"),
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=us-ascii\r\nContent-Length: 27\r\nConnection: close\r\n\r\ntoo many connections, later")
+        .await;
+    let _ = stream.shutdown().await;
+}

@@ -1,0 +1,125 @@
+//! Sources: who is on the other end of a public connection, as the
+//! isolation controls count them, and each source's share of connections.
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, Ipv6Addr},
+    sync::Arc,
+};
+
+use parking_lot::Mutex;
+
+/// An IPv4 address, or an IPv6 /64 (one host or pod usually holds a whole
+/// /64, so counting single IPv6 addresses would be no limit at all).
+/// IPv4-mapped IPv6 addresses count as IPv4.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum SourceKey {
+    V4(std::net::Ipv4Addr),
+    V6Prefix(u64),
+}
+
+impl SourceKey {
+    pub fn of(ip: IpAddr) -> Self {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => Self::V4(v4),
+            IpAddr::V6(v6) => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+}
+
+impl fmt::Display for SourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::V4(a) => a.fmt(f),
+            Self::V6Prefix(p) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*p) << 64)),
+        }
+    }
+}
+
+/// Open public connections per source, bounded per source.
+pub struct SourceConnections {
+    per_source: usize,
+    open: Mutex<HashMap<SourceKey, usize>>,
+}
+
+/// One open connection of a source; the count drops with it.
+pub struct SourceSlot {
+    owner: Arc<SourceConnections>,
+    key: SourceKey,
+}
+
+impl SourceConnections {
+    /// `per_source`: how many connections one source may hold open.
+    pub fn new(per_source: usize) -> Arc<Self> {
+        Arc::new(Self {
+            per_source: per_source.max(1),
+            open: Mutex::default(),
+        })
+    }
+
+    /// A slot for one more connection of `key`, unless it holds its share.
+    pub fn try_open(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
+        let mut open = self.open.lock();
+        let n = open.entry(key).or_default();
+        if *n >= self.per_source {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            owner: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections `key` holds open now.
+    pub fn open(&self, key: SourceKey) -> usize {
+        self.open.lock().get(&key).copied().unwrap_or(0)
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock();
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_by_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "fd12:3456:789a:1::5".parse().unwrap();
+        let b: IpAddr = "fd12:3456:789a:1::9".parse().unwrap();
+        let c: IpAddr = "fd12:3456:789a:2::5".parse().unwrap();
+        assert_eq!(SourceKey::of(a), SourceKey::of(b));
+        assert_ne!(SourceKey::of(a), SourceKey::of(c));
+        assert_eq!(SourceKey::of(a).to_string(), "fd12:3456:789a:1::/64");
+        let mapped: IpAddr = "::ffff:198.18.0.2".parse().unwrap();
+        assert_eq!(SourceKey::of(mapped).to_string(), "198.18.0.2");
+    }
+
+    #[test]
+    fn a_source_gets_its_share_and_slots_come_back() {
+        let conns = SourceConnections::new(2);
+        let k = SourceKey::of("198.18.0.2".parse().unwrap());
+        let other = SourceKey::of("198.18.0.6".parse().unwrap());
+        let s1 = conns.try_open(k).unwrap();
+        let _s2 = conns.try_open(k).unwrap();
+        assert!(conns.try_open(k).is_none());
+        assert!(
+            conns.try_open(other).is_some(),
+            "another source is unaffected"
+        );
+        drop(s1);
+        assert_eq!(conns.open(k), 1);
+        assert!(conns.try_open(k).is_some());
+    }
+}
