@@ -1,0 +1,382 @@
+//! Tenant isolation (SPEC §6): a hostile pod cannot deny, slow down or
+//! impersonate another, flood the host's journal, or exhaust the agent.
+//! Each attack from a real pod namespace; the victim is still served and
+//! the attacker gets 429 or refused connections. Needs root; runs in CI.
+
+use std::{
+    io::{BufReader, Read, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use integration::{
+    fixtures,
+    http::{self, read_response, Conn, Request, Response},
+    privilege::require_root,
+    wait_for, Agent, AgentOptions, PodNet,
+};
+
+const T_A: &str = "aaaa56789abcdef0123456789abcdef0";
+const T_B: &str = "bbbb56789abcdef0123456789abcdef0";
+const U_A: &str = "aaaaaaaa-a507-4694-aabf-edbe4fc5266f";
+const U_B: &str = "bbbbbbbb-a507-4694-aabf-edbe4fc5266f";
+
+fn uuid_path(token: &str) -> String {
+    format!("/{token}/acMetadata/v1/pod/uuid")
+}
+
+fn connect(agent: &Agent, pod: &PodNet) -> TcpStream {
+    pod.connect(None, SocketAddr::new(IpAddr::V4(pod.host_v4()), agent.port))
+        .expect("connect from pod")
+}
+
+fn from_pod(agent: &Agent, pod: &PodNet, req: &Request) -> Response {
+    Conn::new(connect(agent, pod))
+        .send(req)
+        .expect("request from pod")
+}
+
+/// Two registered pods, A (the victim) and B (the attacker).
+fn two_pods(options: AgentOptions) -> (Agent, PodNet, PodNet) {
+    let agent = Agent::start(options);
+    let (a, b) = (PodNet::new(), PodNet::new());
+    let manifest = fixtures::read(fixtures::WEB.manifest);
+    agent.register_in(U_A, T_A, &manifest, &a);
+    agent.register_in(U_B, T_B, &manifest, &b);
+    (agent, a, b)
+}
+
+fn count_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// B opens far more idle connections, each with a partial head, than its
+/// share: the extra ones are closed at accept, A is served, and the log
+/// says so once.
+#[test]
+fn one_pod_cannot_take_the_connections_of_another() {
+    if !require_root("one_pod_cannot_take_the_connections_of_another") {
+        return;
+    }
+    let (agent, a, b) = two_pods(
+        AgentOptions::identity("token+netns")
+            .arg("--max-connections")
+            .arg("40")
+            .arg("--max-connections-per-source")
+            .arg("10"),
+    );
+    let mut held = Vec::new();
+    for _ in 0..60 {
+        let mut s = connect(&agent, &b);
+        // A partial head: the connection stays open, waiting.
+        let _ = s.write_all(b"GET /x");
+        held.push(s);
+    }
+    // Beyond its share, B's connections are closed at accept, with no body.
+    let refused = "rkt_mds_connections_refused_total{reason=\"per-source\"} 50";
+    wait_for("50 refusals at accept", Duration::from_secs(10), || {
+        agent
+            .unix(&Request::get("/metrics"))
+            .text()
+            .contains(refused)
+            .then_some(())
+    });
+    let closed = held
+        .iter_mut()
+        .map(|s| {
+            s.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut buf = [0u8; 1];
+            // Closed with our partial head unread: a reset, or an EOF.
+            match s.read(&mut buf) {
+                Ok(0) => true,
+                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
+                Ok(_) => false,
+            }
+        })
+        .filter(|closed| *closed)
+        .count();
+    assert_eq!(closed, 50, "60 opened, a share of 10 kept");
+    // A still gets its own answers, and the cap has room for other sources.
+    for _ in 0..5 {
+        let r = from_pod(&agent, &a, &Request::get(&uuid_path(T_A)));
+        assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
+    }
+    // 50 refusals, one line (a summary comes when the window closes).
+    let log = agent.wait_log("the refusal line", |l| {
+        l.contains("connection refused: the source holds its share")
+    });
+    assert_eq!(
+        count_lines(&log, "connection refused: the source holds its share"),
+        1,
+        "{log}"
+    );
+}
+
+/// B floods its own endpoint far beyond its rate: it gets 429 with
+/// Retry-After, A keeps getting every answer, and the refusals are logged
+/// once, then summed up.
+#[test]
+fn a_request_flood_is_limited_to_its_pod() {
+    if !require_root("a_request_flood_is_limited_to_its_pod") {
+        return;
+    }
+    let (agent, a, b) = two_pods(
+        AgentOptions::identity("token+netns")
+            .arg("--rate-limit")
+            .arg("50")
+            .arg("--rate-burst")
+            .arg("100"),
+    );
+    let flood = std::thread::scope(|s| {
+        let flood = s.spawn(|| {
+            let mut conn = Conn::new(connect(&agent, &b));
+            let req = Request::get(&uuid_path(T_B));
+            let mut statuses = Vec::new();
+            for _ in 0..2_000 {
+                let r = conn.send(&req).expect("flood request");
+                if r.status == 429 {
+                    assert_eq!(r.header("retry-after"), Some("1"));
+                    assert_eq!(r.text(), "rate limit exceeded");
+                }
+                statuses.push(r.status);
+            }
+            statuses
+        });
+        // Meanwhile A, well within its own rate, is always served.
+        let mut conn = Conn::new(connect(&agent, &a));
+        for _ in 0..40 {
+            let r = conn.send(&Request::get(&uuid_path(T_A))).unwrap();
+            assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
+        }
+        flood.join().unwrap()
+    });
+    let limited = flood.iter().filter(|s| **s == 429).count();
+    let served = flood.iter().filter(|s| **s == 200).count();
+    assert_eq!(limited + served, 2_000);
+    assert!(served >= 100, "the burst is served: {served}");
+    assert!(limited > 1_000, "most of the flood is refused: {limited}");
+    let metrics = agent.unix(&Request::get("/metrics")).text();
+    assert!(
+        metrics.contains(&format!(
+            "rkt_mds_rate_limited_total{{reason=\"pod\"}} {limited}"
+        )),
+        "{metrics}"
+    );
+    // The access log is not limited: every request has its line.
+    let log = agent.wait_log("every access line", |l| {
+        l.matches(" access: ").count() >= 2_040
+    });
+    assert_eq!(count_lines(&log, "rate limit exceeded"), 1, "{log}");
+}
+
+/// A stolen token used over and over from the wrong pod: every attempt is
+/// refused, the journal gets one line per 10 s, then a count.
+#[test]
+fn refusals_cannot_flood_the_log() {
+    if !require_root("refusals_cannot_flood_the_log") {
+        return;
+    }
+    let (agent, _a, b) = two_pods(
+        AgentOptions::identity("token+netns")
+            .arg("--rate-limit")
+            .arg("0"),
+    );
+    let mut conn = Conn::new(connect(&agent, &b));
+    for _ in 0..300 {
+        let r = conn.send(&Request::get(&uuid_path(T_A))).unwrap();
+        assert_eq!(r.status, 403);
+    }
+    let log = agent.wait_log("the refusal", |l| l.contains("identity refused"));
+    assert_eq!(count_lines(&log, "identity refused"), 1, "{log}");
+    // The window closes after 10 s with one summary of the other 299.
+    let log = wait_for("the summary line", Duration::from_secs(20), || {
+        let log = agent.log();
+        log.contains("299 more refusals like the last")
+            .then_some(log)
+    });
+    assert!(!log.contains(T_A), "never the token");
+}
+
+/// Raw bytes on one fresh connection; the answer, or None if the agent
+/// closed without one.
+fn raw(agent: &Agent, bytes: &[u8]) -> Option<Response> {
+    let mut s = TcpStream::connect_timeout(&agent.loopback(), Duration::from_secs(5)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    // The agent may answer (and close) before it has read everything.
+    let _ = s.write_all(bytes);
+    read_response(&mut BufReader::new(s)).ok()
+}
+
+fn status(r: &Option<Response>) -> Option<u16> {
+    r.as_ref().map(|r| r.status)
+}
+
+/// Hostile HTTP gets a 4xx or a closed connection, never a crash, a hang
+/// or a token in the log.
+#[test]
+fn hostile_http_is_refused_cleanly() {
+    let agent = Agent::start(AgentOptions::identity("token").arg("--rate-limit").arg("0"));
+    let r = agent.register(U_A, T_A, &fixtures::read("pods/bare-pod.json"), "");
+    assert_eq!(r.status, 200);
+    let t = T_A;
+    // Request smuggling: both framings.
+    let smuggle = format!(
+        "POST /{t}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\nHost: x\r\nContent-Length: 13\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /x HTTP/1.1\r\n\r\n"
+    );
+    assert_eq!(status(&raw(&agent, smuggle.as_bytes())), Some(400));
+    // A 1 MB header line, 10,000 headers, a 100 KB URL.
+    let long_header = format!(
+        "GET {} HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        uuid_path(t),
+        "a".repeat(1 << 20)
+    );
+    let r = raw(&agent, long_header.as_bytes());
+    assert!(status(&r).is_none_or(|s| s == 431), "{:?}", status(&r));
+    let many: String = (0..10_000).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let r = raw(
+        &agent,
+        format!("GET {} HTTP/1.1\r\nHost: x\r\n{many}\r\n", uuid_path(t)).as_bytes(),
+    );
+    assert!(status(&r).is_none_or(|s| s == 431), "{:?}", status(&r));
+    let long_url = format!(
+        "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "a".repeat(100 * 1024)
+    );
+    let r = raw(&agent, long_url.as_bytes());
+    assert!(
+        status(&r).is_none_or(|s| (400..500).contains(&s)),
+        "{:?}",
+        status(&r)
+    );
+    // Percent-encoded tokens, `..` and `//`.
+    for path in [
+        format!("/%2F{t}/acMetadata/v1/pod/uuid"),
+        format!("/{t}%00/acMetadata/v1/pod/uuid"),
+        format!("//{t}/acMetadata/v1/pod/uuid"),
+        format!("/x/../{t}/acMetadata/v1/pod/uuid"),
+        format!("/{t}/acMetadata/v1/pod/../pod/uuid"),
+    ] {
+        let r = agent.get(&path);
+        assert!((400..500).contains(&r.status), "{path}: {}", r.status);
+    }
+    // HTTP/1.0 without Host is valid HTTP/1.0; HTTP/1.1 without Host is not.
+    let r = raw(
+        &agent,
+        format!("GET {} HTTP/1.0\r\n\r\n", uuid_path(t)).as_bytes(),
+    );
+    assert_eq!(status(&r), Some(200));
+    let r = raw(
+        &agent,
+        format!("GET {} HTTP/1.1\r\n\r\n", uuid_path(t)).as_bytes(),
+    );
+    assert_eq!(status(&r), Some(400));
+    // An HTTP/2 prior-knowledge preface: closed or refused.
+    let r = raw(&agent, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    assert!(
+        status(&r).is_none_or(|s| (400..600).contains(&s)),
+        "{:?}",
+        status(&r)
+    );
+    // Absolute form, odd methods.
+    let r = raw(
+        &agent,
+        format!("GET http://x{} HTTP/1.1\r\nHost: x\r\n\r\n", uuid_path(t)).as_bytes(),
+    );
+    assert_eq!(status(&r), Some(400));
+    for method in ["DELETE", "PATCH", "TRACE", "FOO"] {
+        let r = raw(
+            &agent,
+            format!("{method} {} HTTP/1.1\r\nHost: x\r\n\r\n", uuid_path(t)).as_bytes(),
+        );
+        assert_eq!(status(&r), Some(405), "{method}");
+    }
+    // A token in the query string is no token.
+    let r = agent.get(&format!("/acMetadata/v1/pod/uuid?token={t}"));
+    assert_eq!(r.status, 401);
+    // A 100 MB sign body: refused at the limit, the rest never read.
+    let big = format!(
+        "POST /{t}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n",
+        100 << 20
+    );
+    let mut s = TcpStream::connect(agent.loopback()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.write_all(big.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 1 << 16];
+    for _ in 0..32 {
+        // 2 MB at most: the agent stops reading at 64 KiB.
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+    }
+    let r = read_response(&mut BufReader::new(s)).unwrap();
+    assert_eq!(r.status, 413);
+    // Expect: 100-continue with a body over the limit: 413, no 100.
+    let expect = format!(
+        "POST /{t}/acMetadata/v1/pod/hmac/sign HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        100 << 20
+    );
+    let r = raw(&agent, expect.as_bytes());
+    assert_eq!(status(&r), Some(413));
+    // 1,000 pipelined requests on one connection: 1,000 answers.
+    let mut s = TcpStream::connect(agent.loopback()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let one = format!("GET {} HTTP/1.1\r\nHost: x\r\n\r\n", uuid_path(t));
+    s.write_all(one.repeat(1000).as_bytes()).unwrap();
+    let mut reader = BufReader::new(s);
+    for i in 0..1000 {
+        let r = read_response(&mut reader).unwrap_or_else(|e| panic!("answer {i}: {e}"));
+        assert_eq!(r.status, 200, "answer {i}");
+    }
+    // Still alive and well, and no token in its log.
+    assert_eq!(agent.unix(&Request::get("/health")).status, 200);
+    assert_eq!(agent.get(&uuid_path(t)).text(), U_A);
+    let log = agent.wait_log("the access lines", |l| {
+        l.matches(" access: ").count() > 1000
+    });
+    assert!(!log.contains(t), "a token reached the log");
+}
+
+/// Under a low open-file limit the public cap is lowered with a warning,
+/// and however many connections a pod opens, the registration socket keeps
+/// answering.
+#[test]
+fn the_registration_socket_survives_a_connection_flood() {
+    if !require_root("the_registration_socket_survives_a_connection_flood") {
+        return;
+    }
+    let mut options = AgentOptions::identity("token+netns")
+        .arg("--max-connections-per-source")
+        .arg("5000");
+    // systemd's default soft limit, as the hard one too.
+    options.launcher = vec!["prlimit".into(), "--nofile=1024:1024".into(), "--".into()];
+    let (agent, a, b) = two_pods(options);
+    let line = agent.log_line("the cap warning", |l| l.contains("open-file limit"));
+    assert!(
+        line.contains("WARN") && line.contains("max_connections=64"),
+        "{line}"
+    );
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while held.len() < 1_100 && Instant::now() < deadline {
+        match b.connect(None, SocketAddr::new(IpAddr::V4(b.host_v4()), agent.port)) {
+            Ok(s) => held.push(s),
+            Err(_) => break,
+        }
+    }
+    assert_eq!(agent.unix(&Request::get("/health")).status, 200);
+    let r = agent.register(
+        U_B,
+        T_B,
+        &fixtures::read(fixtures::WEB.manifest),
+        &format!("&netns={}", b.netns_path()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(held);
+    let r = http::tcp(
+        SocketAddr::new(IpAddr::V4(a.host_v4()), agent.port),
+        &Request::get("/health"),
+    );
+    assert!(r.is_ok());
+}
