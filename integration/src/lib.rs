@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod churn;
 pub mod fixtures;
 pub mod http;
 pub mod netlink;

@@ -477,6 +477,11 @@ impl PodNet {
     pub fn new_addressing_v4() -> Ipv4Addr {
         Addressing::fresh().v4(2)
     }
+
+    /// An IPv6 address of this process's range that no pod uses.
+    pub fn new_addressing_v6() -> Ipv6Addr {
+        Addressing::fresh().v6(2)
+    }
 }
 
 /// A host route, removed on drop.
