@@ -52,6 +52,10 @@ pub enum StoredNetns {
     Pending,
 }
 
+/// The largest record read back: a pod manifest and its apps' image
+/// manifests, each at most the 1 MiB registration body limit.
+const MAX_RECORD: u64 = 64 * 1024 * 1024;
+
 /// The record format written now.
 pub const VERSION: u32 = 2;
 
@@ -159,7 +163,9 @@ impl PodStore {
                 tracing::warn!(file = %path.display(), "skipping a foreign file in the runtime directory");
                 continue;
             };
-            let record = std::fs::read(&path)
+            // Not a plain read: a FIFO or a device put there must not
+            // block the start-up.
+            let record = store::read_regular_file(&path, MAX_RECORD)
                 .map_err(|e| e.to_string())
                 .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()))
                 .and_then(|r| match PodUuid::parse(stem) {
@@ -174,5 +180,25 @@ impl PodStore {
             }
         }
         records
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_among_the_records_is_skipped_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PodStore::open(dir.path(), "boot".into()).unwrap();
+        let fifo = dir.path().join("de305d54-75b4-431b-adb2-eb6b9e546013.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A blocking read of a FIFO with no writer would hang here.
+        assert!(store.load().is_empty());
+        assert!(fifo.exists(), "left in place for the operator");
     }
 }

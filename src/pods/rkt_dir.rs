@@ -2,12 +2,9 @@
 //! `netns` file rkt writes there after registering names the pod's
 //! namespace. Blocking file I/O: call from a blocking thread.
 
-use std::{
-    fs::OpenOptions,
-    io::Read,
-    os::unix::fs::OpenOptionsExt,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
+
+use crate::store;
 
 /// The longest `netns` file accepted: a path, not a payload.
 const MAX_NETNS_FILE: u64 = 4096;
@@ -38,11 +35,12 @@ impl RktDir {
     /// refused without blocking, with the reason.
     pub fn netns_path(&self, uuid: &crate::appc::PodUuid) -> Result<Option<PathBuf>, String> {
         let file = self.pod_dir(uuid).join("netns");
-        let text = match read_small_regular_file(&file, MAX_NETNS_FILE) {
+        let text = match store::read_regular_file(&file, MAX_NETNS_FILE) {
             Ok(text) => text,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(format!("{}: {e}", file.display())),
         };
+        let text = String::from_utf8_lossy(&text);
         let path = text.trim();
         if path.is_empty() {
             // rkt may have created the file and not written it yet.
@@ -56,25 +54,6 @@ impl RktDir {
         }
         Ok(Some(PathBuf::from(path)))
     }
-}
-
-/// Reads a whole regular file of at most `limit` bytes. Opened without
-/// blocking, so a FIFO in its place cannot hang the caller.
-pub fn read_small_regular_file(path: &Path, limit: u64) -> std::io::Result<String> {
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
-        .open(path)?;
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(std::io::Error::other("not a regular file"));
-    }
-    if meta.len() > limit {
-        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
-    }
-    let mut text = String::new();
-    file.take(limit).read_to_string(&mut text)?;
-    Ok(text)
 }
 
 #[cfg(test)]
