@@ -36,8 +36,15 @@ pub enum Command {
     Unregister(UnregisterArgs),
     /// Show which pod holds which address, and every identity in doubt.
     Audit(AuditArgs),
-    /// Manage the HMAC signing keys.
+    /// Manage the signing keys (HMAC for sign/verify, ECDSA for identity
+    /// documents).
     Keys(KeysArgs),
+    /// Inside a pod: print an identity document (a JWT) for an audience
+    /// (uses AC_METADATA_URL).
+    Token(TokenArgs),
+    /// Verify an identity document offline against a JWK Set. Prints the
+    /// claims; exit 0 valid, 1 invalid (one line saying why), 2 error.
+    VerifyToken(VerifyTokenArgs),
     /// Inside a pod: sign a file's contents as this pod (uses AC_METADATA_URL).
     Sign(SignArgs),
     /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
@@ -122,6 +129,23 @@ pub struct ServeArgs {
     /// An idle keep-alive connection is closed after this.
     #[arg(long, default_value = "60s", value_parser = parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
+    /// The SPIFFE trust domain of identity documents (`sub` is
+    /// spiffe://TRUST_DOMAIN/rkt/node/NODE/pod/UUID).
+    #[arg(long, default_value = "rkt.local", value_name = "DOMAIN")]
+    pub trust_domain: String,
+    /// This host's name in identity documents (default: the host name).
+    #[arg(long, value_name = "NAME")]
+    pub node_name: Option<String>,
+    /// The `iss` of identity documents (default: spiffe://TRUST_DOMAIN).
+    #[arg(long, value_name = "ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// How long an identity document is valid (at most 1h).
+    #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
+    pub jwt_ttl: Duration,
+    /// Also write the JWK Set (the public keys that verify identity
+    /// documents) to this file, atomically, at start and on every rotation.
+    #[arg(long, value_name = "PATH")]
+    pub jwks_file: Option<PathBuf>,
     /// How often watched namespace files are checked for deletion.
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub liveness_interval: Duration,
@@ -186,10 +210,54 @@ pub struct KeysArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum KeysAction {
-    /// Add a new signing key; older kept keys still verify.
-    Rotate(SocketArg),
-    /// List kept keys (ids and creation times, never the keys).
+    /// Add new signing keys (both kinds, or --kind); older kept keys still
+    /// verify.
+    Rotate(RotateArgs),
+    /// List kept keys of both kinds (ids and times, never the keys).
     List(SocketArg),
+}
+
+#[derive(Args, Debug)]
+pub struct RotateArgs {
+    /// Rotate only this kind.
+    #[arg(long, value_enum)]
+    pub kind: Option<KeyKind>,
+    #[command(flatten)]
+    pub socket: SocketArg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyKind {
+    /// rkt's sign/verify key.
+    Hmac,
+    /// The identity documents' key.
+    Jwt,
+}
+
+#[derive(Args, Debug)]
+pub struct TokenArgs {
+    /// Who the document is for (its `aud`).
+    #[arg(long)]
+    pub audience: String,
+    /// A document for this app of the pod instead of the pod.
+    #[arg(long)]
+    pub app: Option<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks", "socket"])))]
+pub struct VerifyTokenArgs {
+    /// The audience the document must be for.
+    #[arg(long)]
+    pub audience: String,
+    /// The JWK Set, from a file.
+    #[arg(long, value_name = "FILE")]
+    pub jwks: Option<PathBuf>,
+    /// The JWK Set, from the agent's registration socket.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// The token, or @FILE to read it from a file.
+    pub token: String,
 }
 
 #[derive(Args, Debug)]

@@ -9,6 +9,7 @@ pub mod client;
 pub mod deadline;
 pub mod fd_limit;
 pub mod identity;
+pub mod jwt;
 pub mod keys;
 pub mod listen;
 pub mod log_format;

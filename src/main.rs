@@ -36,6 +36,8 @@ fn main() {
             Command::Keys(args) => commands::keys::run(args).await.map(|()| 0),
             Command::Sign(args) => commands::sign::run(args).await.map(|()| 0),
             Command::Verify(args) => commands::verify::run(args).await,
+            Command::Token(args) => commands::token::run(args).await.map(|()| 0),
+            Command::VerifyToken(args) => commands::verify_token::run(args).await,
         }
     });
     drop(runtime);

@@ -1,12 +1,14 @@
 //! The state every request handler may touch: below both APIs and the
 //! server loop, which only pass it along.
 
-use crate::{keys::Keyring, metrics::Metrics, pods::Pods, tenant::Tenancy};
+use crate::{jwt::IdentityDocs, keys::Keyring, metrics::Metrics, pods::Pods, tenant::Tenancy};
 
 /// Everything a request handler may touch.
 pub struct AppState {
     pub pods: Pods,
     pub keys: Keyring,
+    /// Identity documents: their signing keys and what they say.
+    pub docs: IdentityDocs,
     pub metrics: Metrics,
     pub tenancy: Tenancy,
     pub require_metadata_flavor: bool,

@@ -36,6 +36,16 @@ static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Replaces `path` with `bytes` atomically, mode 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// Replaces `path` with `bytes` atomically, mode 0644: for what anyone may
+/// read (a JWK Set).
+pub fn write_public_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
     let tmp = dir.join(format!(
@@ -47,8 +57,11 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         let mut file = OpenOptions::new()
             .write(true)
             .create_new(true)
-            .mode(0o600)
+            .mode(mode)
             .open(&tmp)
+            .map_err(at(&tmp))?;
+        // The process umask may have taken bits away: set them as asked.
+        file.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(at(&tmp))?;
         file.write_all(bytes).map_err(at(&tmp))?;
         file.sync_all().map_err(at(&tmp))?;

@@ -272,7 +272,13 @@ fn keys_rotate_and_retire_and_survive_restarts() {
         .unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
-        list.as_array()
+        list["jwt"].as_array().unwrap().len(),
+        3,
+        "rotated with it: {list}"
+    );
+    assert_eq!(
+        list["hmac"]
+            .as_array()
             .unwrap()
             .iter()
             .map(|k| k["id"].as_u64().unwrap())

@@ -16,6 +16,8 @@ use super::{
 };
 use crate::{
     appc::{is_ac_identifier, is_ac_name, PodUuid},
+    identity::Mode,
+    jwt,
     pods::Refused,
     registry::{AnnotationBodies, Pod},
     state::AppState,
@@ -38,6 +40,8 @@ pub enum Route<'a> {
     AppAnnotation(&'a str, &'a str),
     AppImageManifest(&'a str),
     AppImageId(&'a str),
+    PodIdentityDocument,
+    AppIdentityDocument(&'a str),
 }
 
 /// Splits `/{token}/acMetadata/v1/...` (or tokenless `/acMetadata/v1/...`)
@@ -59,6 +63,7 @@ pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
             "uuid" => Route::PodUuid,
             "hmac/sign" => Route::Sign,
             "hmac/verify" => Route::Verify,
+            "identity/jwt" => Route::PodIdentityDocument,
             other => Route::PodAnnotation(
                 other
                     .strip_prefix("annotations/")
@@ -71,6 +76,7 @@ pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
             "annotations" => Route::AppAnnotations(app),
             "image/manifest" => Route::AppImageManifest(app),
             "image/id" => Route::AppImageId(app),
+            "identity/jwt" => Route::AppIdentityDocument(app),
             other => Route::AppAnnotation(
                 app,
                 other
@@ -96,12 +102,41 @@ impl Route<'_> {
             Route::AppAnnotation(..) => "apps/{app}/annotations/{name}",
             Route::AppImageManifest(_) => "apps/{app}/image/manifest",
             Route::AppImageId(_) => "apps/{app}/image/id",
+            Route::PodIdentityDocument => "pod/identity/jwt",
+            Route::AppIdentityDocument(_) => "apps/{app}/identity/jwt",
+        }
+    }
+}
+
+/// The documents anyone may read, without a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WellKnown {
+    Jwks,
+    OpenidConfiguration,
+}
+
+impl WellKnown {
+    pub fn of(path: &str) -> Option<Self> {
+        match path {
+            "/.well-known/jwks.json" => Some(Self::Jwks),
+            "/.well-known/openid-configuration" => Some(Self::OpenidConfiguration),
+            _ => None,
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Jwks => ".well-known/jwks.json",
+            Self::OpenidConfiguration => ".well-known/openid-configuration",
         }
     }
 }
 
 /// The metrics label of a public path.
 pub fn endpoint(path: &str) -> &'static str {
+    if let Some(w) = WellKnown::of(path) {
+        return w.label();
+    }
     route(path).map_or("unknown", |(_, r)| r.label())
 }
 
@@ -186,6 +221,19 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
     // A cheap clone (shared bytes): the route borrows from it while the
     // request moves on.
     let uri = req.uri().clone();
+    if let Some(doc) = WellKnown::of(uri.path()) {
+        if req.method() != Method::GET {
+            return method_not_allowed("GET").into();
+        }
+        if !state.tenancy.rates.allow_source(&conn.source) {
+            return rate_limited(&state, Subject::Source(conn.source), "source", None);
+        }
+        return json(Bytes::from(match doc {
+            WellKnown::Jwks => state.docs.jwks_json(),
+            WellKnown::OpenidConfiguration => state.docs.openid_configuration(),
+        }))
+        .into();
+    }
     let Some((token, route)) = route(uri.path()) else {
         return not_found().into();
     };
@@ -262,11 +310,69 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         Route::AppImageId(app) => with_app(&pod, app, |a| {
             respond(StatusCode::OK, TEXT, a.image_id.clone())
         }),
+        Route::PodIdentityDocument => identity_document(&state, &pod, None, uri.query()),
+        Route::AppIdentityDocument(app) => identity_document(&state, &pod, Some(app), uri.query()),
         Route::Verify => not_found(),
     };
     Handled {
         response,
         pod: Some(pod.uuid),
+    }
+}
+
+/// `GET .../identity/jwt?audience=AUD`: a document for the pod (or one of
+/// its apps), to a request that passed the identity check of its mode.
+fn identity_document(
+    state: &AppState,
+    pod: &Pod,
+    app: Option<&str>,
+    query: Option<&str>,
+) -> hyper::Response<Body> {
+    if state.pods.mode() == Mode::Token {
+        // A document is checked offline as proof of where its bearer runs:
+        // rkt's token mode checks nothing but the token.
+        return text(
+            StatusCode::FORBIDDEN,
+            "identity documents need --identity token+netns or netns",
+        );
+    }
+    let audience = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "audience")
+            .map(|(_, v)| v.into_owned())
+    });
+    let audience = match jwt::check_audience(audience.as_deref()) {
+        Ok(a) => a,
+        Err(why) => return text(StatusCode::BAD_REQUEST, why),
+    };
+    if let Some(app) = app {
+        if !is_ac_name(app) {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("App name {app:?} is not a valid AC Name"),
+            );
+        }
+        if pod.manifest.app(app).is_none() {
+            return text(StatusCode::NOT_FOUND, "app not found");
+        }
+    }
+    let assurance = if pod.lease().is_some() {
+        jwt::Assurance::Verified
+    } else {
+        jwt::Assurance::HostNetwork
+    };
+    let docs = &state.docs;
+    match jwt::issue(
+        &docs.keys,
+        &docs.config,
+        &pod.uuid,
+        app,
+        assurance,
+        audience,
+        jwt::now(),
+    ) {
+        Ok(token) => respond(StatusCode::OK, "application/jwt", Bytes::from(token)),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -33,6 +33,7 @@ pub fn endpoint(path: &str) -> &'static str {
         ["pods", _, _] => "pods/{uuid}/{app}",
         ["keys"] => "keys",
         ["keys", "rotate"] => "keys/rotate",
+        [".well-known", "jwks.json"] => ".well-known/jwks.json",
         _ => "unknown",
     }
 }
@@ -61,6 +62,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
                 )
                 .into()
             }
+            _ => method_not_allowed("GET").into(),
+        },
+        [".well-known", "jwks.json"] => match method {
+            // Public keys: anyone on the host may read them.
+            Method::GET => json(Bytes::from(state.docs.jwks_json())).into(),
             _ => method_not_allowed("GET").into(),
         },
         ["info"] => match method {
@@ -109,22 +115,68 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
         },
         ["keys"] => match method {
             Method::GET => json(Bytes::from(
-                serde_json::to_vec(&state.keys.list()).unwrap_or_default(),
+                serde_json::to_vec(&serde_json::json!({
+                    "hmac": state.keys.list(),
+                    "jwt": state.docs.keys.list(),
+                }))
+                .unwrap_or_default(),
             ))
             .into(),
             _ => method_not_allowed("GET").into(),
         },
         ["keys", "rotate"] => match method {
-            Method::POST => match state.keys.rotate() {
-                Ok(id) => {
-                    tracing::info!(key_id = id, "HMAC key rotated");
-                    json(Bytes::from(format!("{{\"id\":{id}}}"))).into()
-                }
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into(),
-            },
+            Method::POST => rotate(state.clone(), req.uri().query()).await.into(),
             _ => method_not_allowed("POST").into(),
         },
         _ => not_found().into(),
+    }
+}
+
+/// `POST /keys/rotate[?kind=hmac|jwt]`: both kinds unless one is named.
+/// Durable (fsync'd) before the answer, off the runtime's workers.
+async fn rotate(state: Arc<AppState>, query: Option<&str>) -> hyper::Response<super::Body> {
+    let kind = query.and_then(|q| {
+        form_urlencoded::parse(q.as_bytes())
+            .find(|(k, _)| k == "kind")
+            .map(|(_, v)| v.into_owned())
+    });
+    let (hmac, jwt) = match kind.as_deref() {
+        None => (true, true),
+        Some("hmac") => (true, false),
+        Some("jwt") => (false, true),
+        Some(other) => {
+            return text(
+                StatusCode::BAD_REQUEST,
+                format!("kind {other:?}: expected hmac or jwt"),
+            )
+        }
+    };
+    let done = tokio::task::spawn_blocking(move || -> Result<serde_json::Value, String> {
+        let mut out = serde_json::Map::new();
+        if hmac {
+            let id = state.keys.rotate().map_err(|e| e.to_string())?;
+            tracing::info!(key_id = id, "HMAC key rotated");
+            out.insert("hmac".into(), serde_json::json!({ "id": id }));
+        }
+        if jwt {
+            let kid = state
+                .docs
+                .keys
+                .rotate(crate::jwt::now())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(kid = %kid, "identity document key rotated");
+            if let Err(e) = state.docs.write_jwks_file() {
+                tracing::warn!(error = %e, "cannot write the JWK Set file");
+            }
+            out.insert("jwt".into(), serde_json::json!({ "kid": kid }));
+        }
+        Ok(serde_json::Value::Object(out))
+    })
+    .await;
+    match done {
+        Ok(Ok(v)) => json(Bytes::from(v.to_string())),
+        Ok(Err(e)) => text(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 

@@ -96,3 +96,16 @@ pub async fn post_form(endpoint: &str, fields: &[(&str, &[u8])]) -> Result<Reply
     )
     .await?)
 }
+
+/// GETs this pod's metadata endpoint (from `AC_METADATA_URL`); `endpoint`
+/// may carry a query.
+pub async fn get_metadata(endpoint: &str) -> Result<Reply> {
+    let (addr, token) = metadata_url()?;
+    Ok(client::request(
+        &Target::Tcp(addr),
+        Method::GET,
+        &metadata_path(&token, endpoint),
+        None,
+    )
+    .await?)
+}

@@ -3,14 +3,19 @@
 use anyhow::Result;
 use hyper::Method;
 
-use rkt_mds::cli::{KeysAction, KeysArgs};
+use rkt_mds::cli::{KeyKind, KeysAction, KeysArgs};
 
 use super::agent::{call, expect_ok};
 
 pub async fn run(args: KeysArgs) -> Result<()> {
     match args.action {
-        KeysAction::Rotate(s) => {
-            let reply = call(&s.socket, Method::POST, "/keys/rotate", None).await?;
+        KeysAction::Rotate(a) => {
+            let path = match a.kind {
+                None => "/keys/rotate",
+                Some(KeyKind::Hmac) => "/keys/rotate?kind=hmac",
+                Some(KeyKind::Jwt) => "/keys/rotate?kind=jwt",
+            };
+            let reply = call(&a.socket.socket, Method::POST, path, None).await?;
             expect_ok(&reply, "rotating keys")?;
             println!("{}", reply.text());
         }

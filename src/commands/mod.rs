@@ -8,5 +8,7 @@ pub mod keys;
 pub mod register;
 pub mod serve;
 pub mod sign;
+pub mod token;
 pub mod unregister;
 pub mod verify;
+pub mod verify_token;

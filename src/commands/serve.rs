@@ -8,6 +8,7 @@ use netns::{WatchConfig, WatchSet};
 use rkt_mds::{
     cli::ServeArgs,
     fd_limit, identity,
+    jwt::{DocConfig, IdentityDocs, JwtKeyring},
     keys::Keyring,
     listen::{self, Activation, Plan},
     metrics::Metrics,
@@ -82,9 +83,33 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
             "the open-file limit cannot hold --max-connections beside the agent's own files: public connections capped (raise LimitNOFILE)"
         );
     }
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => host_name().context("cannot read the host name (or pass --node-name)")?,
+    };
+    let config = DocConfig::new(
+        &args.trust_domain,
+        &node,
+        args.jwt_issuer.as_deref(),
+        args.jwt_ttl,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let docs = IdentityDocs {
+        keys: JwtKeyring::load_or_create(&args.state_dir).with_context(|| {
+            format!(
+                "cannot load the identity document keys in {}",
+                args.state_dir.display()
+            )
+        })?,
+        config,
+        jwks_file: args.jwks_file.clone(),
+    };
+    docs.write_jwks_file()
+        .context("cannot write the JWK Set file (--jwks-file)")?;
     let state = Arc::new(AppState {
         pods,
         keys,
+        docs,
         metrics: Metrics::default(),
         tenancy: Tenancy::new(
             args.rate_limit,
@@ -107,6 +132,12 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         .context("serving failed")?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// This host's name, for identity documents.
+fn host_name() -> Result<String> {
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
+    Ok(name.trim().to_owned())
 }
 
 /// SIGINT or SIGTERM.

@@ -1,0 +1,58 @@
+//! Identity documents (SPEC §7): short-lived, audience-bound ES256 JWTs
+//! that follow SPIFFE JWT-SVID rules, signed with keys of their own (the
+//! HMAC keyring of rkt's sign/verify is apart, in `keys`), and the JWK Set
+//! that verifies them.
+
+mod jwk;
+mod signing_keys;
+mod token;
+
+pub use jwk::{thumbprint, Jwk, JwkSet};
+pub use signing_keys::{JwtKeyError, JwtKeyInfo, JwtKeyring, MAX_TTL};
+pub use token::{
+    check_audience, is_spiffe_id, issue, verify, Assurance, DocConfig, IssueError, LEEWAY_SECS,
+    MAX_AUDIENCE,
+};
+
+/// Seconds since the Unix epoch.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// What the agent issues documents with.
+pub struct IdentityDocs {
+    pub keys: JwtKeyring,
+    pub config: DocConfig,
+    /// `--jwks-file`: where the JWK Set is also written.
+    pub jwks_file: Option<std::path::PathBuf>,
+}
+
+impl IdentityDocs {
+    /// The JWK Set now, as JSON.
+    pub fn jwks_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.keys.jwk_set(now())).unwrap_or_default()
+    }
+
+    /// Writes the JWK Set to `--jwks-file` (atomically), if one was given.
+    pub fn write_jwks_file(&self) -> Result<(), crate::store::StoreError> {
+        match &self.jwks_file {
+            Some(path) => crate::store::write_public_atomic(path, &self.jwks_json()),
+            None => Ok(()),
+        }
+    }
+
+    /// `/.well-known/openid-configuration`.
+    pub fn openid_configuration(&self) -> Vec<u8> {
+        let issuer = &self.config.issuer;
+        serde_json::to_vec(&serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "subject_types_supported": ["public"],
+            "response_types_supported": ["id_token"],
+        }))
+        .unwrap_or_default()
+    }
+}
