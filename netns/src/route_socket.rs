@@ -1,11 +1,8 @@
 //! A netlink route socket inside a namespace, subscribed to some multicast
 //! groups, that asks for dumps and decodes what it receives.
 //!
-//! Hand-written on `netlink-sys` rather than `rtnetlink`: the watchers
-//! must see two things that `rtnetlink`'s connection does not hand to its
-//! caller: a receive-buffer overrun (`ENOBUFS`: events were dropped, only
-//! a re-dump tells the truth) and a dump the kernel flags as interrupted
-//! (`NLM_F_DUMP_INTR`: it may be inconsistent). See the crate docs.
+//! Hand-written on `netlink-sys` rather than `rtnetlink`: see "Why not
+//! rtnetlink" in the crate docs.
 
 use std::io;
 
