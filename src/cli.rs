@@ -112,7 +112,7 @@ pub struct ServeArgs {
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
     /// IPv6 /64); beyond, closed at accept. Only many sources together can
-    /// fill --max-connections.
+    /// fill --max-connections. 0 turns the limit off.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_connections_per_source: usize,
     /// Public requests per second per pod (per source address when no pod

@@ -39,27 +39,33 @@ impl fmt::Display for SourceKey {
 
 /// Open public connections per source, bounded per source.
 pub struct SourceConnections {
+    /// 0: no per-source limit (and no accounting).
     per_source: usize,
     open: Mutex<HashMap<SourceKey, usize>>,
 }
 
 /// One open connection of a source; the count drops with it.
 pub struct SourceSlot {
-    owner: Arc<SourceConnections>,
+    /// `None` when limits are off.
+    owner: Option<Arc<SourceConnections>>,
     key: SourceKey,
 }
 
 impl SourceConnections {
-    /// `per_source`: how many connections one source may hold open.
+    /// `per_source`: how many connections one source may hold open; 0
+    /// turns the limit off.
     pub fn new(per_source: usize) -> Arc<Self> {
         Arc::new(Self {
-            per_source: per_source.max(1),
+            per_source,
             open: Mutex::default(),
         })
     }
 
     /// A slot for one more connection of `key`, unless it holds its share.
     pub fn try_open(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
+        if self.per_source == 0 {
+            return Some(SourceSlot { owner: None, key });
+        }
         let mut open = self.open.lock();
         let n = open.entry(key).or_default();
         if *n >= self.per_source {
@@ -67,7 +73,7 @@ impl SourceConnections {
         }
         *n += 1;
         Some(SourceSlot {
-            owner: self.clone(),
+            owner: Some(self.clone()),
             key,
         })
     }
@@ -80,7 +86,10 @@ impl SourceConnections {
 
 impl Drop for SourceSlot {
     fn drop(&mut self) {
-        let mut open = self.owner.open.lock();
+        let Some(owner) = &self.owner else {
+            return;
+        };
+        let mut open = owner.open.lock();
         if let Some(n) = open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -121,5 +130,8 @@ mod tests {
         drop(s1);
         assert_eq!(conns.open(k), 1);
         assert!(conns.try_open(k).is_some());
+        let off = SourceConnections::new(0);
+        let slots: Vec<_> = (0..1000).filter_map(|_| off.try_open(k)).collect();
+        assert_eq!((slots.len(), off.open(k)), (1000, 0));
     }
 }
