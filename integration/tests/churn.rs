@@ -16,8 +16,8 @@ fn churn(mode: &'static str) {
         seed: Config::seed_from_env(),
         mode,
         duration: Duration::from_secs(20),
-        max_requests: usize::MAX,
-        max_lifecycles: usize::MAX,
+        requests: usize::MAX,
+        lifecycles: usize::MAX,
         slots: 6,
         pool: 4,
     };

@@ -21,10 +21,11 @@ pub struct Config {
     pub seed: u64,
     /// `token`, `token+netns` or `netns`.
     pub mode: &'static str,
-    /// Stops at the first of these.
+    /// Stops once both `requests` and `lifecycles` are reached, or at
+    /// `duration`, whichever comes first.
     pub duration: Duration,
-    pub max_requests: usize,
-    pub max_lifecycles: usize,
+    pub requests: usize,
+    pub lifecycles: usize,
     /// Namespaces alive at once, at most.
     pub slots: usize,
     /// Pool addresses per family, moved between pods.
@@ -171,8 +172,7 @@ pub fn run(config: &Config) -> Report {
     let mut world = World::new(config);
     let mut rng = Rng::new(config.seed);
     while start.elapsed() < config.duration
-        && world.report.requests < config.max_requests
-        && world.report.lifecycles < config.max_lifecycles
+        && (world.report.requests < config.requests || world.report.lifecycles < config.lifecycles)
         && world.report.misattributions.is_empty()
     {
         world.step(&mut rng);

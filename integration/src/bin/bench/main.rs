@@ -3,10 +3,15 @@
 //! one run. Prints a markdown table and writes every figure as JSON.
 //! Needs root and `wrk` (see integration/bench.sh).
 
+mod churn_long;
+mod documents;
+mod isolation;
+mod loopback;
 mod reaction;
 mod report;
 mod scale;
 mod setups;
+mod validation;
 mod wrk;
 
 use std::{
@@ -47,12 +52,12 @@ pub struct Args {
     /// Where to write every figure as JSON.
     #[arg(long, default_value = "bench-results.json")]
     pub json: std::path::PathBuf,
-    /// Skip the scale scenario (it creates hundreds of namespaces).
-    #[arg(long)]
-    pub skip_scale: bool,
-    /// Run the scale scenario alone.
-    #[arg(long, conflicts_with = "skip_scale")]
-    pub scale_only: bool,
+    /// Run only these sections (repeatable; default: all).
+    #[arg(long, value_enum)]
+    pub only: Vec<Section>,
+    /// Skip these sections (repeatable).
+    #[arg(long, value_enum)]
+    pub skip: Vec<Section>,
     /// The agents' RUST_LOG. The default `info` includes the access log,
     /// one line per request, as in production.
     #[arg(long, default_value = "info")]
@@ -61,6 +66,33 @@ pub struct Args {
     /// the other (at most two minutes) and print setups/s. Needs no wrk.
     #[arg(long, value_name = "N")]
     pub setups: Option<u32>,
+}
+
+/// The parts of a full run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Section {
+    /// wrk -t2 -c64 on 127.0.0.1 against a host-network pod, with each new
+    /// feature turned off in turn; Connection: close.
+    Loopback,
+    /// From inside a pod over veth, both identity modes; Connection:
+    /// close; the reaction to address changes.
+    Veth,
+    /// 10,000 pods over 500 namespaces against 10 pods; reload time.
+    Scale,
+    /// A victim while another pod floods; memory under connection floods.
+    Isolation,
+    /// Identity documents per second.
+    Documents,
+    /// Manifest validation time against the number of annotations.
+    Validation,
+    /// The churn test's long form, every identity mode.
+    Churn,
+}
+
+impl Args {
+    fn wants(&self, s: Section) -> bool {
+        (self.only.is_empty() || self.only.contains(&s)) && !self.skip.contains(&s)
+    }
 }
 
 pub const UUID: &str = "b0b0b0b0-a507-4694-aabf-edbe4fc5266f";
@@ -94,6 +126,10 @@ fn main() -> std::process::ExitCode {
                 return std::process::ExitCode::FAILURE;
             }
             eprintln!("bench: figures written to {}", args.json.display());
+            if report.churn.as_ref().is_some_and(|c| !c.clean()) {
+                eprintln!("bench: the churn found a problem (see the report)");
+                return std::process::ExitCode::FAILURE;
+            }
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
@@ -227,6 +263,26 @@ const ENDPOINTS: [Endpoint; 4] = [
 fn run(args: &Args) -> Result<Report, String> {
     let scripts = tempfile::tempdir().map_err(|e| e.to_string())?;
     let mut report = Report::new(args);
+    if args.wants(Section::Loopback) {
+        eprintln!("bench: the loopback setup");
+        report.rows.extend(loopback::measure(args, scripts.path())?);
+    }
+    if args.wants(Section::Isolation) {
+        report.isolation = Some(isolation::measure(scripts.path())?);
+    }
+    if args.wants(Section::Documents) {
+        report.documents = Some(documents::measure(args, scripts.path())?);
+    }
+    if args.wants(Section::Validation) {
+        eprintln!("bench: manifest validation");
+        report.validation = Some(validation::measure()?);
+    }
+    if args.wants(Section::Churn) {
+        report.churn = Some(churn_long::measure()?);
+    }
+    if !args.wants(Section::Veth) && !args.wants(Section::Scale) {
+        return Ok(report);
+    }
     eprintln!("bench: starting agents and the load pod");
     let load_pod = PodNet::new();
     let token_agent = start_agent("token", &args.log);
@@ -250,7 +306,7 @@ fn run(args: &Args) -> Result<Report, String> {
         )
     };
 
-    if !args.scale_only {
+    if args.wants(Section::Veth) {
         // Reference servers answer bodies of the agent's sizes.
         let mut references = Vec::new();
         for e in &ENDPOINTS {
@@ -259,7 +315,8 @@ fn run(args: &Args) -> Result<Report, String> {
         }
 
         let load = |(server, url): (u32, String), form: Option<&'static str>, close: bool| Load {
-            pod: &load_pod,
+            pod: Some(&load_pod),
+            threads: 1,
             url,
             form,
             close,
@@ -348,7 +405,7 @@ fn run(args: &Args) -> Result<Report, String> {
     }
 
     // 3. Scale.
-    if !args.skip_scale {
+    if args.wants(Section::Scale) {
         report.scale = Some(scale::measure(
             args,
             netns_agent,

@@ -2,7 +2,10 @@
 
 use serde_json::{json, Value};
 
-use crate::{medians, wrk::Figures, Args};
+use crate::{
+    churn_long::ChurnLong, documents::Documents, isolation::Isolation, medians,
+    validation::Validation, wrk::Figures, Args,
+};
 
 pub struct Row {
     pub scenario: String,
@@ -67,6 +70,10 @@ pub struct Report {
     pub rows: Vec<Row>,
     pub reaction: Option<Reaction>,
     pub scale: Option<Scale>,
+    pub isolation: Option<Isolation>,
+    pub documents: Option<Documents>,
+    pub validation: Option<Validation>,
+    pub churn: Option<ChurnLong>,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -143,13 +150,17 @@ impl Report {
             rows: Vec::new(),
             reaction: None,
             scale: None,
+            isolation: None,
+            documents: None,
+            validation: None,
+            churn: None,
         }
     }
 
     pub fn markdown(&self) -> String {
         let m = machine();
         let mut out = format!(
-            "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}; wrk 1 thread, {} connections (4 for Connection: close), {} s per run, {} alternating rounds, medians.\n\n",
+            "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}. Loopback rows: wrk 2 threads, 64 connections (16 for Connection: close) on 127.0.0.1, at least 4 s per run; other rows: from inside a pod over veth, wrk 1 thread, {} connections (4 for Connection: close), {} s per run. {} alternating rounds, medians.\n\n",
             m["cores"], m["cpu"].as_str().unwrap_or(""), m["kernel"].as_str().unwrap_or(""),
             self.version, versions(&self.version)["hyper"].as_str().unwrap_or(""), versions(&self.version)["tokio"].as_str().unwrap_or(""),
             self.connections, self.seconds, self.rounds
@@ -201,6 +212,18 @@ impl Report {
                 s.at_10.cpu_us / s.at_n.cpu_us, s.pods, s.reload_ms
             );
         }
+        if let Some(i) = &self.isolation {
+            out += &i.markdown();
+        }
+        if let Some(d) = &self.documents {
+            out += &d.markdown();
+        }
+        if let Some(v) = &self.validation {
+            out += &v.markdown();
+        }
+        if let Some(c) = &self.churn {
+            out += &c.markdown();
+        }
         if let Some(r) = &self.reaction {
             out += &format!(
                 "\nReaction to address changes inside a pod namespace ({} trials, from `ip addr` returning to the agent's inventory): \
@@ -230,6 +253,10 @@ impl Report {
                 "at_10": figures(&s.at_10), "at_n": figures(&s.at_n), "ratio": s.at_n.rps / s.at_10.rps,
                 "reload_ms": s.reload_ms,
             })),
+            "isolation": self.isolation.as_ref().map(Isolation::json),
+            "documents": self.documents.as_ref().map(Documents::json),
+            "validation": self.validation.as_ref().map(Validation::json),
+            "churn": self.churn.as_ref().map(ChurnLong::json),
             "reaction": self.reaction.as_ref().map(|r| json!({
                 "add_ms": r.add_ms, "del_ms": r.del_ms,
                 "add_median_ms": median(&r.add_ms), "del_median_ms": median(&r.del_ms),

@@ -24,7 +24,8 @@ fn throughput(
     label: &str,
 ) -> Result<wrk::Figures, String> {
     let load = wrk::Load {
-        pod,
+        pod: Some(pod),
+        threads: 1,
         url: format!(
             "http://{}:{}/{TOKEN}/acMetadata/v1/pod/uuid",
             pod.host_v4(),

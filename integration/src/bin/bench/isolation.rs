@@ -1,0 +1,212 @@
+//! Tenant isolation under attack: the victim's latency and success while
+//! another pod floods at full speed, next to the victim alone; the agent's
+//! peak memory under a connection flood and a header-memory attack.
+
+use std::{
+    io::{BufReader, Write},
+    net::{IpAddr, SocketAddr, TcpStream},
+    time::{Duration, Instant},
+};
+
+use integration::{
+    fixtures,
+    http::{read_response, Request},
+    Agent, AgentOptions, PodNet,
+};
+use serde_json::{json, Value};
+
+use crate::{check_interrupted, wrk};
+
+const T_V: &str = "victim56789abcdef0123456789abcde";
+const T_A: &str = "attack56789abcdef0123456789abcde";
+const U_V: &str = "11111111-a507-4694-aabf-edbe4fc5266f";
+const U_A: &str = "22222222-a507-4694-aabf-edbe4fc5266f";
+
+/// The victim's pace: well within the default rate (1000/s).
+const VICTIM_INTERVAL: Duration = Duration::from_millis(2);
+const VICTIM_REQUESTS: usize = 2_000;
+
+pub struct Isolation {
+    pub alone: Victim,
+    pub flooded: Victim,
+    pub flood_rps: f64,
+    pub flood_requests: u64,
+    pub flood_429: u64,
+    pub rss_idle_kib: u64,
+    pub rss_connection_flood_kib: u64,
+    pub rss_header_attack_kib: u64,
+    pub rss_header_attack_unlimited_kib: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+pub struct Victim {
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub success: f64,
+}
+
+impl Isolation {
+    pub fn markdown(&self) -> String {
+        format!(
+            "\nIsolation (default flags: 1000 req/s per pod, burst 2000, 64 connections per source): the victim pod at one request per {} ms ({} requests) alone: p50 {:.3} ms, p99 {:.3} ms, success {:.1}%; \
+             while another pod floods with wrk -t2 -c128 ({:.0} req/s answered, {} of {} with 429): p50 {:.3} ms, p99 {:.3} ms, success {:.1}% (p99 {:.1}x alone). \
+             Agent peak RSS (VmHWM): {:.1} MiB idle, {:.1} MiB after one pod opened 4,500 idle half-heads, {:.1} MiB after 3,000 connections each sent an unfinished 380 KB header ({:.1} MiB with the per-source limit off).\n",
+            VICTIM_INTERVAL.as_millis(), VICTIM_REQUESTS,
+            self.alone.p50_ms, self.alone.p99_ms, 100.0 * self.alone.success,
+            self.flood_rps, self.flood_429, self.flood_requests,
+            self.flooded.p50_ms, self.flooded.p99_ms, 100.0 * self.flooded.success,
+            self.flooded.p99_ms / self.alone.p99_ms.max(1e-9),
+            self.rss_idle_kib as f64 / 1024.0, self.rss_connection_flood_kib as f64 / 1024.0,
+            self.rss_header_attack_kib as f64 / 1024.0, self.rss_header_attack_unlimited_kib as f64 / 1024.0,
+        )
+    }
+
+    pub fn json(&self) -> Value {
+        let v = |v: &Victim| json!({"p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "success": v.success});
+        json!({
+            "victim_alone": v(&self.alone), "victim_flooded": v(&self.flooded),
+            "flood_rps": self.flood_rps, "flood_requests": self.flood_requests, "flood_429": self.flood_429,
+            "rss_idle_kib": self.rss_idle_kib,
+            "rss_connection_flood_kib": self.rss_connection_flood_kib,
+            "rss_header_attack_kib": self.rss_header_attack_kib,
+            "rss_header_attack_unlimited_kib": self.rss_header_attack_unlimited_kib,
+        })
+    }
+}
+
+pub fn rss_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn start_pair(extra: &[&str]) -> (Agent, PodNet, PodNet) {
+    let mut options = AgentOptions::identity("token+netns");
+    for a in extra {
+        options = options.arg(*a);
+    }
+    options.liveness_interval = "500ms";
+    let agent = Agent::start(options);
+    let (victim, attacker) = (PodNet::new(), PodNet::new());
+    let manifest = fixtures::read("appc-examples/pod_runtime.json");
+    agent.register_in(U_V, T_V, &manifest, &victim);
+    agent.register_in(U_A, T_A, &manifest, &attacker);
+    (agent, victim, attacker)
+}
+
+fn connect(agent: &Agent, pod: &PodNet) -> std::io::Result<TcpStream> {
+    pod.connect(None, SocketAddr::new(IpAddr::V4(pod.host_v4()), agent.port))
+}
+
+/// The victim's paced requests on one keep-alive connection.
+fn victim(agent: &Agent, pod: &PodNet) -> Result<Victim, String> {
+    let stream = connect(agent, pod).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::new(stream.try_clone().map_err(|e| e.to_string())?);
+    let mut writer = stream;
+    let req = Request::get(&format!("/{T_V}/acMetadata/v1/pod/uuid"));
+    let (mut latencies, mut ok) = (Vec::new(), 0usize);
+    let mut next = Instant::now();
+    for _ in 0..VICTIM_REQUESTS {
+        let start = Instant::now();
+        writer.write_all(req.bytes()).map_err(|e| e.to_string())?;
+        let r = read_response(&mut reader).map_err(|e| e.to_string())?;
+        latencies.push(start.elapsed().as_secs_f64() * 1000.0);
+        if r.status == 200 {
+            ok += 1;
+        }
+        next += VICTIM_INTERVAL;
+        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    }
+    latencies.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    Ok(Victim {
+        p50_ms: pct(0.50),
+        p99_ms: pct(0.99),
+        success: ok as f64 / VICTIM_REQUESTS as f64,
+    })
+}
+
+/// `n` connections from `pod`, each sending `head` (never finished).
+fn open_half_heads(agent: &Agent, pod: &PodNet, n: usize, head: &[u8]) -> Vec<TcpStream> {
+    let mut held = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for _ in 0..n {
+        if Instant::now() > deadline {
+            break;
+        }
+        if let Ok(mut s) = connect(agent, pod) {
+            let _ = s.set_write_timeout(Some(Duration::from_millis(200)));
+            let _ = s.write_all(head);
+            held.push(s);
+        }
+    }
+    held
+}
+
+pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
+    eprintln!("bench: isolation, the victim alone");
+    let (agent, v, a) = start_pair(&[]);
+    let rss_idle_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
+    let alone = victim(&agent, &v)?;
+    check_interrupted()?;
+    eprintln!("bench: isolation, the victim while another pod floods");
+    let flood = wrk::Load {
+        pod: Some(&a),
+        threads: 2,
+        url: format!(
+            "http://{}:{}/{T_A}/acMetadata/v1/pod/uuid",
+            a.host_v4(),
+            agent.port
+        ),
+        form: None,
+        close: false,
+        connections: 128,
+        duration: Duration::from_secs(8),
+        server: agent.pid().unwrap_or(0),
+    };
+    let (flooded, flood_result) = std::thread::scope(|s| {
+        let flooder = s.spawn(|| wrk::run_counting(&flood, scripts));
+        // Let the flood start first.
+        std::thread::sleep(Duration::from_millis(500));
+        let flooded = victim(&agent, &v);
+        (flooded, flooder.join())
+    });
+    let flooded = flooded?;
+    let (flood_figures, outcome) = flood_result.map_err(|_| "the flood panicked".to_string())??;
+    check_interrupted()?;
+    eprintln!("bench: isolation, a connection flood of idle half-heads");
+    let held = open_half_heads(&agent, &a, 4_500, b"GET /x");
+    let rss_connection_flood_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
+    drop(held);
+    drop(agent);
+    check_interrupted()?;
+    eprintln!("bench: isolation, unfinished 380 KB headers");
+    let head = {
+        let mut h = b"GET / HTTP/1.1\r\nHost: x\r\nX-Fill: ".to_vec();
+        h.resize(380 * 1024, b'a');
+        h
+    };
+    let mut rss = Vec::new();
+    for extra in [&[][..], &["--max-connections-per-source", "0"][..]] {
+        let (agent, _v, a) = start_pair(extra);
+        let held = open_half_heads(&agent, &a, 3_000, &head);
+        rss.push(rss_hwm_kib(agent.pid().unwrap_or(0)));
+        drop(held);
+    }
+    Ok(Isolation {
+        alone,
+        flooded,
+        flood_rps: flood_figures.rps,
+        flood_requests: outcome.requests,
+        flood_429: outcome.non_2xx,
+        rss_idle_kib,
+        rss_connection_flood_kib,
+        rss_header_attack_kib: rss[0],
+        rss_header_attack_unlimited_kib: rss[1],
+    })
+}

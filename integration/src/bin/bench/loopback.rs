@@ -1,0 +1,217 @@
+//! The loopback setup: what a busy client on the host sees. `wrk -t2 -c64`
+//! on 127.0.0.1 against a host-network pod in `token+netns` (default
+//! flags, access log on, the rate limit on with headroom), the bare hyper
+//! server in the same run, alternating; and the same agent with one
+//! feature off at a time, for what each costs.
+
+use std::time::Duration;
+
+use integration::{fixtures, Agent, AgentOptions};
+
+use crate::{
+    check_interrupted, medians,
+    report::Row,
+    wrk::{self, Figures, Load},
+    Args, Reference, TOKEN, UUID,
+};
+
+/// A rate far above what the benchmark reaches: the limiter runs, and
+/// never refuses.
+const HEADROOM: &str = "10000000";
+
+struct Variant {
+    label: &'static str,
+    args: &'static [&'static str],
+    log: &'static str,
+}
+
+const VARIANTS: [Variant; 4] = [
+    Variant {
+        label: "token+netns",
+        args: &[],
+        log: "info",
+    },
+    Variant {
+        label: "token+netns, rate limit off",
+        args: &["--rate-limit", "0"],
+        log: "info",
+    },
+    Variant {
+        label: "token+netns, per-source accounting off",
+        args: &["--max-connections-per-source", "0"],
+        log: "info",
+    },
+    Variant {
+        label: "token+netns, no access log",
+        args: &[],
+        log: "warn",
+    },
+];
+
+fn start(v: &Variant) -> Result<Agent, String> {
+    let mut options = AgentOptions::identity("token+netns")
+        .arg("--rate-limit")
+        .arg(HEADROOM)
+        .arg("--rate-burst")
+        .arg(HEADROOM);
+    for a in v.args {
+        options = options.arg(*a);
+    }
+    options.log_filter = v.log.to_owned();
+    options.liveness_interval = "500ms";
+    let agent = Agent::start(options);
+    // A host-network pod: the appc example (a 1.5 KB manifest), no namespace.
+    let r = agent.register(
+        UUID,
+        TOKEN,
+        &fixtures::read("appc-examples/pod_runtime.json"),
+        "",
+    );
+    if r.status != 200 {
+        return Err(format!("register: {} {}", r.status, r.text()));
+    }
+    Ok(agent)
+}
+
+/// The answer's size, so the reference answers as much.
+fn body_size(agent: &Agent, path: &str, form: Option<&str>) -> Result<usize, String> {
+    let url = format!("/{TOKEN}/acMetadata/v1/{path}");
+    let req = match form {
+        Some(f) => {
+            let (k, v) = f.split_once('=').unwrap_or((f, ""));
+            integration::http::Request::form(&url, &[(k, v)])
+        }
+        None => integration::http::Request::get(&url),
+    };
+    let r = integration::http::tcp(agent.loopback(), &req).map_err(|e| e.to_string())?;
+    if r.status != 200 {
+        return Err(format!("{url}: {} {}", r.status, r.text()));
+    }
+    Ok(r.body.len())
+}
+
+pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, String> {
+    let agents = VARIANTS.iter().map(start).collect::<Result<Vec<_>, _>>()?;
+    let mut rows = Vec::new();
+    let endpoints: [(&str, &str, Option<&'static str>); 3] = [
+        ("GET /pod/uuid", "pod/uuid", None),
+        ("GET /pod/manifest", "pod/manifest", None),
+        (
+            "POST /pod/hmac/sign",
+            "pod/hmac/sign",
+            Some("content=hello"),
+        ),
+    ];
+    let secs = Duration::from_secs(args.seconds.max(4));
+    for (name, path, form) in endpoints {
+        let size = body_size(&agents[0], path, form)?;
+        let reference = Reference::start(size)?;
+        let mut targets: Vec<(u32, String)> = agents
+            .iter()
+            .map(|a| {
+                (
+                    a.pid().unwrap_or(0),
+                    format!("http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/{path}", a.port),
+                )
+            })
+            .collect();
+        targets.push((
+            reference.child.id(),
+            format!("http://127.0.0.1:{}/", reference.port),
+        ));
+        let load = |(server, url): &(u32, String)| Load {
+            pod: None,
+            threads: 2,
+            url: url.clone(),
+            form,
+            close: false,
+            connections: 64,
+            duration: secs,
+            server: *server,
+        };
+        for t in &targets {
+            wrk::warm_up(&load(t), scripts)?;
+        }
+        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+        for round in 0..args.rounds {
+            check_interrupted()?;
+            eprintln!("bench: loopback keep-alive {name} round {}", round + 1);
+            for k in 0..targets.len() {
+                let i = (round + k) % targets.len();
+                runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
+            }
+        }
+        let reference_runs = runs.pop().unwrap_or_default();
+        let reference = medians(&reference_runs);
+        for (v, r) in VARIANTS.iter().zip(&runs) {
+            rows.push(Row::new(
+                format!("loopback keep-alive {name}"),
+                v.label,
+                size,
+                r,
+                Some((&reference_runs, reference)),
+            ));
+        }
+    }
+    // One request per connection: per-connection costs (accept, source
+    // accounting, deadlines) on every request.
+    let size = body_size(&agents[0], "pod/uuid", None)?;
+    let reference = Reference::start(size)?;
+    let targets = [
+        (
+            agents[0].pid().unwrap_or(0),
+            format!(
+                "http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/pod/uuid",
+                agents[0].port
+            ),
+        ),
+        (
+            agents[2].pid().unwrap_or(0),
+            format!(
+                "http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/pod/uuid",
+                agents[2].port
+            ),
+        ),
+        (
+            reference.child.id(),
+            format!("http://127.0.0.1:{}/", reference.port),
+        ),
+    ];
+    let load = |(server, url): &(u32, String)| Load {
+        pod: None,
+        threads: 2,
+        url: url.clone(),
+        form: None,
+        close: true,
+        connections: 16,
+        duration: secs,
+        server: *server,
+    };
+    for t in &targets {
+        wrk::warm_up(&load(t), scripts)?;
+    }
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for round in 0..args.rounds {
+        check_interrupted()?;
+        eprintln!("bench: loopback Connection: close round {}", round + 1);
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
+        }
+    }
+    let reference_runs = runs.pop().unwrap_or_default();
+    let reference = medians(&reference_runs);
+    for (label, r) in ["token+netns", "token+netns, per-source accounting off"]
+        .iter()
+        .zip(&runs)
+    {
+        rows.push(Row::new(
+            "loopback Connection: close GET /pod/uuid".into(),
+            label,
+            size,
+            r,
+            Some((&reference_runs, reference)),
+        ));
+    }
+    Ok(rows)
+}
