@@ -226,7 +226,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
             return method_not_allowed("GET").into();
         }
         if !state.tenancy.rates.allow_source(&conn.source) {
-            return rate_limited(&state, Subject::Source(conn.source), "source", None);
+            return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
         }
         return json(Bytes::from(match doc {
             WellKnown::Jwks => state.docs.jwks_json(),
@@ -259,7 +259,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         // Any caller may verify any pod's signature (SPEC §3): no pod, so
         // the caller's source pays.
         if !state.tenancy.rates.allow_source(&conn.source) {
-            return rate_limited(&state, Subject::Source(conn.source), "source", None);
+            return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
         }
         return verify(&state, req).await.into();
     }
@@ -274,7 +274,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
                     Subject::Source(conn.source),
                     "source",
                     refused.claimed,
-                );
+                )
+                .await;
             }
             let reason = refused.reason;
             if reason.status() == 403 {
@@ -294,7 +295,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         }
     };
     if !Rates::allow_pod(&limiter) {
-        return rate_limited(&state, Subject::Pod(pod.uuid), "pod", Some(pod.uuid));
+        return rate_limited(&state, Subject::Pod(pod.uuid), "pod", Some(pod.uuid)).await;
     }
     let response = match route {
         Route::PodAnnotations => json(pod.annotations.list.clone()),
@@ -376,8 +377,15 @@ fn identity_document(
     }
 }
 
-/// 429 with `Retry-After`, counted, and logged at most once per window.
-fn rate_limited(
+/// How long a request over its rate waits for its 429. A flood then costs
+/// the agent one answer per connection per second, not one per request:
+/// the flooder's own connections (bounded per source) are what it slows,
+/// not its neighbours' CPU.
+const TARPIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// 429 with `Retry-After`, counted, logged at most once per window, and
+/// sent after [`TARPIT`].
+async fn rate_limited(
     state: &AppState,
     subject: Subject,
     what: &'static str,
@@ -387,6 +395,7 @@ fn rate_limited(
     if state.tenancy.refusal_log.first(subject, "rate-limit") {
         tracing::warn!(subject = %subject, "rate limit exceeded");
     }
+    tokio::time::sleep(TARPIT).await;
     let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
     response
         .headers_mut()

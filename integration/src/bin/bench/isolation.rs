@@ -28,14 +28,24 @@ const VICTIM_REQUESTS: usize = 2_000;
 
 pub struct Isolation {
     pub alone: Victim,
-    pub flooded: Victim,
-    pub flood_rps: f64,
-    pub flood_requests: u64,
-    pub flood_429: u64,
+    /// Under floods of 64 connections (the attacker's whole share) and of
+    /// 128 (the other 64 refused at accept, and reconnecting at once).
+    pub floods: Vec<Flood>,
     pub rss_idle_kib: u64,
     pub rss_connection_flood_kib: u64,
     pub rss_header_attack_kib: u64,
     pub rss_header_attack_unlimited_kib: u64,
+    /// Heads of 15 KB, just under the 16 KiB bound: held open, not refused.
+    pub rss_head_just_under_kib: u64,
+}
+
+pub struct Flood {
+    pub connections: u32,
+    pub victim: Victim,
+    pub rps: f64,
+    pub requests: u64,
+    pub refused_429: u64,
+    pub agent_cpu_share: f64,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -47,29 +57,42 @@ pub struct Victim {
 
 impl Isolation {
     pub fn markdown(&self) -> String {
-        format!(
-            "\nIsolation (default flags: 1000 req/s per pod, burst 2000, 64 connections per source): the victim pod at one request per {} ms ({} requests) alone: p50 {:.3} ms, p99 {:.3} ms, success {:.1}%; \
-             while another pod floods with wrk -t2 -c128 ({:.0} req/s answered, {} of {} with 429): p50 {:.3} ms, p99 {:.3} ms, success {:.1}% (p99 {:.1}x alone). \
-             Agent peak RSS (VmHWM): {:.1} MiB idle, {:.1} MiB after one pod opened 4,500 idle half-heads, {:.1} MiB after 3,000 connections each sent an unfinished 380 KB header ({:.1} MiB with the per-source limit off).\n",
+        let mut s = format!(
+            "\nIsolation (default flags: 1000 req/s per pod, burst 2000, 64 connections per source): the victim pod at one request per {} ms ({} requests), alone: p50 {:.3} ms, p99 {:.3} ms, success {:.1}%.",
             VICTIM_INTERVAL.as_millis(), VICTIM_REQUESTS,
             self.alone.p50_ms, self.alone.p99_ms, 100.0 * self.alone.success,
-            self.flood_rps, self.flood_429, self.flood_requests,
-            self.flooded.p50_ms, self.flooded.p99_ms, 100.0 * self.flooded.success,
-            self.flooded.p99_ms / self.alone.p99_ms.max(1e-9),
+        );
+        for f in &self.floods {
+            s += &format!(
+                " While another pod floods with wrk -t2 -c{} ({:.0} req/s answered, {} of {} with 429; the agent used {:.0}% of one core): p50 {:.3} ms, p99 {:.3} ms ({:.1}x alone), success {:.1}%.",
+                f.connections, f.rps, f.refused_429, f.requests, 100.0 * f.agent_cpu_share,
+                f.victim.p50_ms, f.victim.p99_ms, f.victim.p99_ms / self.alone.p99_ms.max(1e-9),
+                100.0 * f.victim.success,
+            );
+        }
+        s += &format!(
+            " Agent peak RSS (VmHWM): {:.1} MiB idle, {:.1} MiB after one pod opened 4,500 idle half-heads, {:.1} MiB after 3,000 connections each sent an unfinished 380 KB header ({:.1} MiB with the per-source limit off: each is refused at the 16 KiB head bound), {:.1} MiB with 3,000 unfinished 15 KB heads held open (per-source limit off).\n",
             self.rss_idle_kib as f64 / 1024.0, self.rss_connection_flood_kib as f64 / 1024.0,
             self.rss_header_attack_kib as f64 / 1024.0, self.rss_header_attack_unlimited_kib as f64 / 1024.0,
-        )
+            self.rss_head_just_under_kib as f64 / 1024.0,
+        );
+        s
     }
 
     pub fn json(&self) -> Value {
         let v = |v: &Victim| json!({"p50_ms": v.p50_ms, "p99_ms": v.p99_ms, "success": v.success});
         json!({
-            "victim_alone": v(&self.alone), "victim_flooded": v(&self.flooded),
-            "flood_rps": self.flood_rps, "flood_requests": self.flood_requests, "flood_429": self.flood_429,
+            "victim_alone": v(&self.alone),
+            "floods": self.floods.iter().map(|f| json!({
+                "connections": f.connections, "victim": v(&f.victim), "rps": f.rps,
+                "requests": f.requests, "refused_429": f.refused_429,
+                "agent_cpu_share": f.agent_cpu_share,
+            })).collect::<Vec<_>>(),
             "rss_idle_kib": self.rss_idle_kib,
             "rss_connection_flood_kib": self.rss_connection_flood_kib,
             "rss_header_attack_kib": self.rss_header_attack_kib,
             "rss_header_attack_unlimited_kib": self.rss_header_attack_unlimited_kib,
+            "rss_head_just_under_kib": self.rss_head_just_under_kib,
         })
     }
 }
@@ -154,31 +177,48 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
     let rss_idle_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
     let alone = victim(&agent, &v)?;
     check_interrupted()?;
-    eprintln!("bench: isolation, the victim while another pod floods");
-    let flood = wrk::Load {
-        pod: Some(&a),
-        threads: 2,
-        url: format!(
-            "http://{}:{}/{T_A}/acMetadata/v1/pod/uuid",
-            a.host_v4(),
-            agent.port
-        ),
-        form: None,
-        close: false,
-        connections: 128,
-        duration: Duration::from_secs(8),
-        server: agent.pid().unwrap_or(0),
-    };
-    let (flooded, flood_result) = std::thread::scope(|s| {
-        let flooder = s.spawn(|| wrk::run_counting(&flood, scripts));
-        // Let the flood start first.
-        std::thread::sleep(Duration::from_millis(500));
-        let flooded = victim(&agent, &v);
-        (flooded, flooder.join())
-    });
-    let flooded = flooded?;
-    let (flood_figures, outcome) = flood_result.map_err(|_| "the flood panicked".to_string())??;
-    check_interrupted()?;
+    let mut floods = Vec::new();
+    for connections in [64, 128] {
+        eprintln!(
+            "bench: isolation, the victim while another pod floods with {connections} connections"
+        );
+        let flood = wrk::Load {
+            pod: Some(&a),
+            threads: 2,
+            url: format!(
+                "http://{}:{}/{T_A}/acMetadata/v1/pod/uuid",
+                a.host_v4(),
+                agent.port
+            ),
+            form: None,
+            close: false,
+            connections,
+            duration: Duration::from_secs(8),
+            server: agent.pid().unwrap_or(0),
+        };
+        let pid = agent.pid().unwrap_or(0);
+        let cpu_before = wrk::cpu_ticks(pid)?;
+        let started = Instant::now();
+        let (victim_result, flood_result) = std::thread::scope(|s| {
+            let flooder = s.spawn(|| wrk::run_counting(&flood, scripts));
+            // Let the flood start first.
+            std::thread::sleep(Duration::from_millis(500));
+            let v = victim(&agent, &v);
+            (v, flooder.join())
+        });
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = (wrk::cpu_ticks(pid)? - cpu_before) as f64 / wrk::clock_ticks_per_second();
+        let (figures, outcome) = flood_result.map_err(|_| "the flood panicked".to_string())??;
+        floods.push(Flood {
+            connections,
+            victim: victim_result?,
+            rps: figures.rps,
+            requests: outcome.requests,
+            refused_429: outcome.non_2xx,
+            agent_cpu_share: cpu / secs,
+        });
+        check_interrupted()?;
+    }
     eprintln!("bench: isolation, a connection flood of idle half-heads");
     let held = open_half_heads(&agent, &a, 4_500, b"GET /x");
     let rss_connection_flood_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
@@ -191,22 +231,26 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
         h.resize(380 * 1024, b'a');
         h
     };
+    let under = {
+        let mut h = b"GET / HTTP/1.1\r\nHost: x\r\nX-Fill: ".to_vec();
+        h.resize(15 * 1024, b'a');
+        h
+    };
+    let unlimited: &[&str] = &["--max-connections-per-source", "0"];
     let mut rss = Vec::new();
-    for extra in [&[][..], &["--max-connections-per-source", "0"][..]] {
+    for (extra, head) in [(&[][..], &head), (unlimited, &head), (unlimited, &under)] {
         let (agent, _v, a) = start_pair(extra);
-        let held = open_half_heads(&agent, &a, 3_000, &head);
+        let held = open_half_heads(&agent, &a, 3_000, head);
         rss.push(rss_hwm_kib(agent.pid().unwrap_or(0)));
         drop(held);
     }
     Ok(Isolation {
         alone,
-        flooded,
-        flood_rps: flood_figures.rps,
-        flood_requests: outcome.requests,
-        flood_429: outcome.non_2xx,
+        floods,
         rss_idle_kib,
         rss_connection_flood_kib,
         rss_header_attack_kib: rss[0],
         rss_header_attack_unlimited_kib: rss[1],
+        rss_head_just_under_kib: rss[2],
     })
 }
