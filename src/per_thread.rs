@@ -42,25 +42,29 @@ impl<T: Default + Send + 'static> PerThread<T> {
     /// Runs `f` on the calling thread's shard, creating it on first use.
     /// `f` may use other `PerThread`s.
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        let shard = SHARDS.with(|cell| {
-            let found = cell
-                .borrow()
-                .iter()
-                .find(|(id, _)| *id == self.id)
-                .map(|(_, shard)| shard.clone());
-            let shard = found.unwrap_or_else(|| {
-                let shard = Arc::new(Mutex::new(T::default()));
-                self.shards.lock().push(shard.clone());
-                cell.borrow_mut().push((self.id, shard.clone() as Shard));
-                shard as Shard
-            });
-            // Ids are unique per `PerThread`, whose `T` is fixed.
-            shard.downcast::<Mutex<T>>().ok()
-        });
-        match shard {
-            Some(shard) => f(&mut shard.lock()),
-            None => unreachable!("a thread's shard has the wrong type"),
-        }
+        SHARDS.with(|cell| {
+            // The common case: registered already; run under a shared
+            // borrow of the thread's list (no reference count touched).
+            if let Ok(local) = cell.try_borrow() {
+                if let Some(shard) = local
+                    .iter()
+                    .find(|(id, _)| *id == self.id)
+                    .and_then(|(_, shard)| shard.downcast_ref::<Mutex<T>>())
+                {
+                    return f(&mut shard.lock());
+                }
+            }
+            let shard = Arc::new(Mutex::new(T::default()));
+            self.shards.lock().push(shard.clone());
+            // Registered for next time, unless this is a first use nested
+            // inside another `with` (the list is borrowed): the shard then
+            // serves this call alone, and still counts for readers.
+            if let Ok(mut local) = cell.try_borrow_mut() {
+                local.push((self.id, shard.clone() as Shard));
+            }
+            let mut guard = shard.lock();
+            f(&mut guard)
+        })
     }
 
     /// Runs `f` on every thread's shard, one at a time.
