@@ -366,6 +366,19 @@ impl Agent {
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
+
+    /// The agent's peak resident set (VmHWM) so far, KiB; 0 when stopped.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let Some(pid) = self.pid() else {
+            return 0;
+        };
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
 }
 
 impl Drop for Agent {

@@ -570,15 +570,8 @@ impl World {
     }
 
     fn sample_rss(&mut self) {
-        if let Some(pid) = self.agent.pid() {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-            let hwm = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .unwrap_or(0);
-            self.report.peak_rss_kib = self.report.peak_rss_kib.max(hwm);
-        }
+        let hwm = self.agent.peak_rss_kib();
+        self.report.peak_rss_kib = self.report.peak_rss_kib.max(hwm);
     }
 
     /// One request from a random actor, judged.

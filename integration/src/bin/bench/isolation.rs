@@ -97,15 +97,6 @@ impl Isolation {
     }
 }
 
-pub fn rss_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn start_pair(extra: &[&str]) -> (Agent, PodNet, PodNet) {
     let mut options = AgentOptions::identity("token+netns");
     for a in extra {
@@ -174,7 +165,7 @@ fn open_half_heads(agent: &Agent, pod: &PodNet, n: usize, head: &[u8]) -> Vec<Tc
 pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
     eprintln!("bench: isolation, the victim alone");
     let (agent, v, a) = start_pair(&[]);
-    let rss_idle_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
+    let rss_idle_kib = agent.peak_rss_kib();
     let alone = victim(&agent, &v)?;
     check_interrupted()?;
     let mut floods = Vec::new();
@@ -221,7 +212,7 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
     }
     eprintln!("bench: isolation, a connection flood of idle half-heads");
     let held = open_half_heads(&agent, &a, 4_500, b"GET /x");
-    let rss_connection_flood_kib = rss_hwm_kib(agent.pid().unwrap_or(0));
+    let rss_connection_flood_kib = agent.peak_rss_kib();
     drop(held);
     drop(agent);
     check_interrupted()?;
@@ -241,7 +232,7 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
     for (extra, head) in [(&[][..], &head), (unlimited, &head), (unlimited, &under)] {
         let (agent, _v, a) = start_pair(extra);
         let held = open_half_heads(&agent, &a, 3_000, head);
-        rss.push(rss_hwm_kib(agent.pid().unwrap_or(0)));
+        rss.push(agent.peak_rss_kib());
         drop(held);
     }
     Ok(Isolation {

@@ -129,18 +129,13 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
             duration: secs,
             server: *server,
         };
-        for t in &targets {
-            wrk::warm_up(&load(t), scripts)?;
-        }
-        let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-        for round in 0..args.rounds {
-            check_interrupted()?;
-            eprintln!("bench: loopback keep-alive {name} round {}", round + 1);
-            for k in 0..targets.len() {
-                let i = (round + k) % targets.len();
-                runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
-            }
-        }
+        let mut runs = alternate(
+            args,
+            &targets,
+            &load,
+            scripts,
+            &format!("loopback keep-alive {name}"),
+        )?;
         let reference_runs = runs.pop().unwrap_or_default();
         let reference = medians(&reference_runs);
         for (v, r) in VARIANTS.iter().zip(&runs) {
@@ -187,18 +182,7 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         duration: secs,
         server: *server,
     };
-    for t in &targets {
-        wrk::warm_up(&load(t), scripts)?;
-    }
-    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-    for round in 0..args.rounds {
-        check_interrupted()?;
-        eprintln!("bench: loopback Connection: close round {}", round + 1);
-        for k in 0..targets.len() {
-            let i = (round + k) % targets.len();
-            runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
-        }
-    }
+    let mut runs = alternate(args, &targets, &load, scripts, "loopback Connection: close")?;
     let reference_runs = runs.pop().unwrap_or_default();
     let reference = medians(&reference_runs);
     for (label, r) in ["token+netns", "token+netns, per-source accounting off"]
@@ -214,4 +198,29 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         ));
     }
     Ok(rows)
+}
+
+/// Warms every target up, then runs them in rounds, each round starting
+/// with another target (no one always runs first, or after the same
+/// neighbour). One list of runs per target.
+fn alternate(
+    args: &Args,
+    targets: &[(u32, String)],
+    load: &dyn Fn(&(u32, String)) -> Load<'static>,
+    scripts: &std::path::Path,
+    what: &str,
+) -> Result<Vec<Vec<Figures>>, String> {
+    for t in targets {
+        wrk::warm_up(&load(t), scripts)?;
+    }
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for round in 0..args.rounds {
+        check_interrupted()?;
+        eprintln!("bench: {what} round {}", round + 1);
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
+        }
+    }
+    Ok(runs)
 }

@@ -7,15 +7,6 @@ use integration::{fixtures, Agent, PodNet};
 
 use crate::{check_interrupted, medians, report::Scale, wrk, Args, TOKEN};
 
-fn rss_hwm_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn throughput(
     args: &Args,
     agent: &Agent,
@@ -114,7 +105,7 @@ pub fn measure(
         scripts,
         &format!("{} pods", args.pods),
     )?;
-    let rss_hwm_kib = agent.pid().map_or(0, rss_hwm_kib);
+    let rss_hwm_kib = agent.peak_rss_kib();
 
     eprintln!("bench: restarting to time the reload");
     agent.stop();
