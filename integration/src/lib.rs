@@ -4,6 +4,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent;
+pub mod bridge;
 pub mod churn;
 pub mod fixtures;
 pub mod http;
@@ -13,6 +14,7 @@ pub mod pod;
 pub mod privilege;
 
 pub use agent::{Agent, AgentOptions};
+pub use bridge::Bridge;
 pub use pod::PodNet;
 
 use std::time::{Duration, Instant};

@@ -1,6 +1,6 @@
-//! The rtnetlink requests that plumb pods: veth pairs, links up,
-//! addresses, routes. Each acts on the namespace of its handle's socket,
-//! which [`crate::netlink`] chooses.
+//! The rtnetlink requests that plumb pods: veth pairs, bridges, links up,
+//! addresses, routes, neighbour and FDB entries. Each acts on the
+//! namespace of its handle's socket, which [`crate::netlink`] chooses.
 
 use std::{
     collections::HashSet,
@@ -12,11 +12,13 @@ use futures::TryStreamExt;
 use rtnetlink::{
     packet_route::{
         address::{AddressAttribute, AddressHeaderFlags, AddressMessage},
-        link::{InfoData, InfoKind, InfoVeth},
+        link::{InfoData, InfoKind, InfoVeth, LinkAttribute},
+        neighbour::{NeighbourFlags, NeighbourMessage, NeighbourState},
         route::{RouteMessage, RouteProtocol, RouteScope},
         AddressFamily,
     },
-    AddressMessageBuilder, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    AddressMessageBuilder, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
 };
 
 use crate::netlink::{Error, Handle};
@@ -126,4 +128,125 @@ pub async fn add_route(h: &Handle, route: RouteMessage) -> Result<(), Error> {
 
 pub async fn del_route(h: &Handle, route: RouteMessage) -> Result<(), Error> {
     Ok(h.route().del(route).execute().await?)
+}
+
+/// `ip link add NAME address MAC type bridge mcast_snooping 0` and up.
+/// A fixed MAC: a bridge otherwise takes the lowest of its ports' MACs,
+/// and changes it as ports come and go, under its neighbours' feet.
+/// Without multicast snooping, neighbour solicitations are flooded
+/// whether or not anyone reported membership.
+pub async fn add_bridge(h: &Handle, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+    let bridge = LinkBridge::new(name)
+        .mcast_snooping(false)
+        .address(mac.to_vec())
+        .build();
+    Ok(h.link().add(bridge).execute().await?)
+}
+
+/// `ip link set NAME master CONTROLLER`.
+pub async fn set_controller(h: &Handle, name: &str, controller: u32) -> Result<(), Error> {
+    let link = LinkUnspec::new_with_name(name)
+        .controller(controller)
+        .build();
+    Ok(h.link().change(link).execute().await?)
+}
+
+/// `ip link set NAME address MAC` (veths change it while up).
+pub async fn set_mac(h: &Handle, name: &str, mac: [u8; 6]) -> Result<(), Error> {
+    let link = LinkUnspec::new_with_name(name)
+        .address(mac.to_vec())
+        .build();
+    Ok(h.link().change(link).execute().await?)
+}
+
+/// The hardware address of link `name`.
+pub async fn link_mac(h: &Handle, name: &str) -> Result<[u8; 6], Error> {
+    let link = h.link().get().match_name(name).execute().try_next().await?;
+    let link = link.ok_or_else(|| Error::NoLink(name.to_owned()))?;
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::Address(mac) => <[u8; 6]>::try_from(&mac[..]).ok(),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Invalid(format!("{name} has no Ethernet address")))
+}
+
+/// `ip route add default via GATEWAY` (the family is the gateway's).
+pub async fn add_default_route(h: &Handle, gateway: IpAddr) -> Result<(), Error> {
+    let any = match gateway {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    };
+    let route = RouteMessageBuilder::<IpAddr>::new()
+        .destination_prefix(any, 0)
+        .and_then(|r| r.gateway(gateway))
+        .map_err(|e| Error::Invalid(e.to_string()))?
+        .build();
+    add_route(h, route).await
+}
+
+/// `ip neigh replace ADDR lladdr MAC dev INDEX nud permanent`: what an
+/// operator pins so that no ARP or neighbour advertisement moves `addr`.
+pub async fn pin_neighbour(
+    h: &Handle,
+    index: u32,
+    addr: IpAddr,
+    mac: [u8; 6],
+) -> Result<(), Error> {
+    Ok(h.neighbours()
+        .add(index, addr)
+        .link_layer_address(&mac)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await?)
+}
+
+/// `bridge fdb replace MAC dev PORT master static sticky`: the bridge
+/// forwards `mac` to `port` only, and never learns it elsewhere (static
+/// alone is moved by learning; sticky is what holds it). `static` is
+/// `NUD_NOARP`: `NUD_PERMANENT` would make the MAC the bridge's own.
+pub async fn pin_fdb(h: &Handle, port: u32, mac: [u8; 6]) -> Result<(), Error> {
+    Ok(h.neighbours()
+        .add_bridge(port, &mac)
+        .state(NeighbourState::Noarp)
+        .flags(NeighbourFlags::Controller | NeighbourFlags::Sticky)
+        .replace()
+        .execute()
+        .await?)
+}
+
+/// Every neighbour entry of `family` (`AddressFamily::Bridge`: the FDB).
+pub async fn neighbours(h: &Handle, family: AddressFamily) -> Result<Vec<NeighbourMessage>, Error> {
+    let mut dump = h.neighbours().get().set_address_family(family).execute();
+    let mut found = Vec::new();
+    while let Some(message) = dump.try_next().await? {
+        found.push(message);
+    }
+    Ok(found)
+}
+
+/// `ip neigh flush dev INDEX` for IPv4 and IPv6: the next packet to a
+/// neighbour asks for it again (ARP request, neighbour solicitation).
+pub async fn flush_neighbours(h: &Handle, index: u32) -> Result<(), Error> {
+    for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+        for entry in neighbours(h, family).await? {
+            let fixed = matches!(
+                entry.header.state,
+                NeighbourState::Permanent | NeighbourState::Noarp
+            );
+            if entry.header.ifindex != index || fixed {
+                continue;
+            }
+            if let Err(e) = h.neighbours().del(entry).execute().await {
+                let e = Error::from(e);
+                // Gone meanwhile (garbage-collected): as good.
+                if e.errno() != Some(nix::errno::Errno::ENOENT as i32) {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }

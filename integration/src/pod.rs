@@ -1,6 +1,8 @@
 //! Pods as network namespaces: a namespace joined to the host by a veth
 //! pair, with an IPv4 /30 from 198.18.0.0/15 and an IPv6 /64 from a
-//! per-process random ULA. Everything is removed on drop, panics included.
+//! per-process random ULA; or, on a [`Bridge`], a port of it with an
+//! address in each of the bridge's subnets. Everything is removed on drop,
+//! panics included.
 
 use std::{
     collections::HashSet,
@@ -19,7 +21,7 @@ use netns::NetnsFile;
 use rtnetlink::packet_route::route::RouteMessage;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{netlink, plumbing};
+use crate::{bridge::Bridge, netlink, plumbing};
 
 /// The pod's end of its veth pair.
 const POD_IF: &str = "eth0";
@@ -48,7 +50,8 @@ pub struct Addressing {
 
 impl Addressing {
     /// A fresh one: unique in this process, and skipping /30s whose host
-    /// side is already on this host (another test process, a leftover).
+    /// side is already on this host (another test process, a leftover)
+    /// and the /30s of the space bridges use.
     pub fn fresh() -> Self {
         let in_use = host_addresses();
         // As many tries as there are /30s.
@@ -58,7 +61,7 @@ impl Addressing {
             let a = Self {
                 index: ((pid % 509) * 64 + n) % 32768,
             };
-            if !in_use.contains(&a.v4(1)) {
+            if !in_use.contains(&a.v4(1)) && !crate::bridge::in_bridge_space(a.v4(0)) {
                 return a;
             }
         }
@@ -78,7 +81,7 @@ impl Addressing {
 }
 
 /// Every IPv4 address configured in the host namespace.
-fn host_addresses() -> HashSet<Ipv4Addr> {
+pub(crate) fn host_addresses() -> HashSet<Ipv4Addr> {
     step(
         "listing the host's addresses",
         netlink::in_own(|h| async move { plumbing::ipv4_addresses(&h).await }),
@@ -87,7 +90,7 @@ fn host_addresses() -> HashSet<Ipv4Addr> {
 
 /// Panics unless `addr/prefix_len` lies inside the ranges tests may use:
 /// 198.18.0.0/15 and this process's ULA /48.
-fn assert_test_range(addr: IpAddr, prefix_len: u8) {
+pub(crate) fn assert_test_range(addr: IpAddr, prefix_len: u8) {
     let inside = match addr {
         IpAddr::V4(a) => {
             (15..=32).contains(&prefix_len)
@@ -104,12 +107,12 @@ fn assert_test_range(addr: IpAddr, prefix_len: u8) {
 }
 
 /// The value of a set-up step, or a panic naming the step.
-fn step<T>(what: impl Display, result: Result<T, netlink::Error>) -> T {
+pub(crate) fn step<T>(what: impl Display, result: Result<T, netlink::Error>) -> T {
     result.unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// `fdXX:XXXX:XXXX::/48`, random per process.
-fn ula_prefix() -> &'static [u16; 3] {
+pub(crate) fn ula_prefix() -> &'static [u16; 3] {
     static PREFIX: OnceLock<[u16; 3]> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let mut b = [0u8; 5];
@@ -128,8 +131,20 @@ fn ula_prefix() -> &'static [u16; 3] {
 pub struct PodNet {
     pub name: String,
     pub host_if: String,
+    /// The /30 and /64 of a routed pod. A bridged pod's addresses are the
+    /// bridge's (see [`PodNet::on_bridge`]): this one is unused.
     pub addressing: Addressing,
     alive: bool,
+    bridged: Option<OnBridge>,
+}
+
+/// A bridged pod's addresses and its gateways (the bridge's addresses).
+#[derive(Clone, Copy, Debug)]
+struct OnBridge {
+    v4: Ipv4Addr,
+    v6: Ipv6Addr,
+    gateway_v4: Ipv4Addr,
+    gateway_v6: Ipv6Addr,
 }
 
 impl PodNet {
@@ -163,6 +178,7 @@ impl PodNet {
             host_if: format!("vm{}x{n}", std::process::id() % 1_000_000),
             addressing,
             alive: true,
+            bridged: None,
         };
         let (ns, peer_ns) = (pod.netns(), pod.netns());
         // The host end: the pair (its pod end born in the pod), addresses.
@@ -201,17 +217,37 @@ impl PodNet {
         NetnsFile::open(self.netns_path()).expect("open pod netns")
     }
 
+    /// The pod's IPv4 address.
     pub fn v4(&self) -> Ipv4Addr {
-        self.addressing.v4(2)
+        match self.bridged {
+            Some(b) => b.v4,
+            None => self.addressing.v4(2),
+        }
     }
+    /// The host's address the pod reaches the host at: its /30's other
+    /// end, or the bridge's address (its gateway).
     pub fn host_v4(&self) -> Ipv4Addr {
-        self.addressing.v4(1)
+        match self.bridged {
+            Some(b) => b.gateway_v4,
+            None => self.addressing.v4(1),
+        }
     }
     pub fn v6(&self) -> Ipv6Addr {
-        self.addressing.v6(2)
+        match self.bridged {
+            Some(b) => b.v6,
+            None => self.addressing.v6(2),
+        }
     }
     pub fn host_v6(&self) -> Ipv6Addr {
-        self.addressing.v6(1)
+        match self.bridged {
+            Some(b) => b.gateway_v6,
+            None => self.addressing.v6(1),
+        }
+    }
+
+    /// Whether the pod is a port of a bridge.
+    pub fn is_bridged(&self) -> bool {
+        self.bridged.is_some()
     }
 
     /// `ip -n <pod> args...`, asserting success: what a tenant does in
@@ -249,12 +285,22 @@ impl PodNet {
     /// A TCP connection made from inside the pod (optionally from a given
     /// source address) to `dst`.
     pub fn connect(&self, src: Option<IpAddr>, dst: SocketAddr) -> std::io::Result<TcpStream> {
+        self.connect_within(src, dst, Duration::from_secs(5))
+    }
+
+    /// [`PodNet::connect`], giving up on the handshake after `limit`.
+    pub fn connect_within(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+        limit: Duration,
+    ) -> std::io::Result<TcpStream> {
         netns::run_in(&self.netns(), move || -> std::io::Result<TcpStream> {
             let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
             if let Some(src) = src {
                 s.bind(&SocketAddr::new(src, 0).into())?;
             }
-            s.connect_timeout(&dst.into(), Duration::from_secs(5))?;
+            s.connect_timeout(&dst.into(), limit)?;
             let s: TcpStream = s.into();
             s.set_read_timeout(Some(Duration::from_secs(20)))?;
             Ok(s)
@@ -553,5 +599,110 @@ impl PodProcess {
 impl Drop for PodProcess {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+impl PodNet {
+    /// A pod whose veth's host end is a port of `bridge`, with the next
+    /// free address of each of the bridge's subnets and default routes
+    /// (IPv4 and IPv6) via the bridge's addresses. Nothing is pinned: the
+    /// bridge learns the pod's MAC, the host its neighbour entries, as
+    /// on any bridge (see [`Bridge::enforce`]).
+    pub fn on_bridge(bridge: &Bridge) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mds-{}-{n}", std::process::id());
+        let (v4, v6) = bridge.next_pod_addresses();
+        let addressing = Addressing::fresh();
+        {
+            let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
+            ip(&["netns", "add", &name]);
+        }
+        // The guard exists before the first step: Drop removes whatever
+        // exists, however far set-up got.
+        let pod = Self {
+            name,
+            host_if: format!("vm{}x{n}", std::process::id() % 1_000_000),
+            addressing,
+            alive: true,
+            bridged: Some(OnBridge {
+                v4,
+                v6,
+                gateway_v4: bridge.v4(),
+                gateway_v6: bridge.v6(),
+            }),
+        };
+        let peer_ns = pod.netns();
+        let (host_if, bridge_name) = (pod.host_if.clone(), bridge.name.clone());
+        step(
+            format!(
+                "joining {} to bridge {bridge_name} by {}",
+                pod.name, pod.host_if
+            ),
+            netlink::in_own(move |h| async move {
+                plumbing::add_veth(&h, &host_if, POD_IF, peer_ns.as_fd().as_raw_fd()).await?;
+                let bridge = plumbing::link_index(&h, &bridge_name).await?;
+                plumbing::set_controller(&h, &host_if, bridge).await
+            }),
+        );
+        let (gw4, gw6) = (bridge.v4().into(), bridge.v6().into());
+        let (len4, len6) = (Bridge::V4_PREFIX_LEN, Bridge::V6_PREFIX_LEN);
+        step(
+            format!("configuring {}'s {POD_IF}", pod.name),
+            netlink::in_netns(&pod.netns(), move |h| async move {
+                plumbing::set_up(&h, "lo").await?;
+                let index = plumbing::link_index(&h, POD_IF).await?;
+                plumbing::add_address(&h, index, v4.into(), len4).await?;
+                plumbing::add_address(&h, index, v6.into(), len6).await?;
+                plumbing::set_up(&h, POD_IF).await?;
+                plumbing::add_default_route(&h, gw4).await?;
+                plumbing::add_default_route(&h, gw6).await
+            }),
+        );
+        pod
+    }
+
+    /// The MAC address of the pod's eth0 now.
+    pub fn mac(&self) -> [u8; 6] {
+        step(
+            format!("reading {}'s {POD_IF} MAC address", self.name),
+            netlink::in_netns(&self.netns(), |h| async move {
+                plumbing::link_mac(&h, POD_IF).await
+            }),
+        )
+    }
+
+    /// Gives the pod's eth0 the MAC address `mac` (what a tenant may do in
+    /// its own namespace: take another pod's MAC, say).
+    pub fn set_mac(&self, mac: [u8; 6]) {
+        step(
+            format!("setting {}'s {POD_IF} MAC address", self.name),
+            netlink::in_netns(&self.netns(), move |h| async move {
+                plumbing::set_mac(&h, POD_IF, mac).await
+            }),
+        );
+    }
+
+    /// Empties the pod's own neighbour cache on eth0 (IPv4 and IPv6): its
+    /// next packet to the host asks for the host's MAC again, from the
+    /// source address it sends from, which on a bridge updates the host's
+    /// entry for that address. A tenant's action.
+    pub fn flush_neighbours(&self) {
+        step(
+            format!("flushing {}'s neighbours", self.name),
+            netlink::in_netns(&self.netns(), |h| async move {
+                let index = plumbing::link_index(&h, POD_IF).await?;
+                plumbing::flush_neighbours(&h, index).await
+            }),
+        );
+    }
+
+    /// The interface index of the veth's host end (a bridged pod: its
+    /// bridge port).
+    pub fn host_index(&self) -> u32 {
+        let name = self.host_if.clone();
+        step(
+            format!("looking up host link {}", self.host_if),
+            netlink::in_own(move |h| async move { plumbing::link_index(&h, &name).await }),
+        )
     }
 }
