@@ -26,6 +26,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start: the size of the serve variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the agent: registration socket for the runtime, public API for pods.
@@ -45,6 +47,9 @@ pub enum Command {
     /// Verify an identity document offline against a JWK Set. Prints the
     /// claims; exit 0 valid, 1 invalid (one line saying why), 2 error.
     VerifyToken(VerifyTokenArgs),
+    /// Print the cluster's trust bundle: the union of every node's JWK Set
+    /// in the etcd cluster directory.
+    Jwks(JwksArgs),
     /// Inside a pod: sign a file's contents as this pod (uses AC_METADATA_URL).
     Sign(SignArgs),
     /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
@@ -149,6 +154,33 @@ pub struct ServeArgs {
     /// How often watched namespace files are checked for deletion.
     #[arg(long, default_value = "500ms", value_parser = parse_duration, value_name = "DURATION")]
     pub liveness_interval: Duration,
+    /// Publish this node to the cluster directory in etcd: its record (the
+    /// JWK Set of its identity documents) and each pod's `GET /pods`
+    /// entry, under a lease kept alive. Comma-separated http://host:port.
+    /// Off by default: without it nothing connects to etcd. etcd being
+    /// down never stops local service.
+    #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
+    pub etcd: Option<Endpoints>,
+    #[command(flatten)]
+    pub etcd_prefix: EtcdPrefixArg,
+    /// The lease of this node's keys in etcd: they vanish this long after
+    /// the agent stops renewing it (a crash, a lost host). Its record is
+    /// rewritten every half of it.
+    #[arg(long, default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
+    pub etcd_lease_ttl: Duration,
+}
+
+/// `--etcd ENDPOINTS`: etcd client URLs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints(pub Vec<String>);
+
+#[derive(Args, Debug, Clone)]
+pub struct EtcdPrefixArg {
+    /// Where the cluster directory lives in etcd: PREFIX nodes/NODE and
+    /// PREFIX pods/NODE/UUID. The agent needs read and write access to
+    /// this prefix, readers read access.
+    #[arg(long = "etcd-prefix", default_value = crate::cluster::DEFAULT_PREFIX, value_name = "PREFIX")]
+    pub prefix: String,
 }
 
 #[derive(Args, Debug)]
@@ -195,11 +227,33 @@ pub struct AuditArgs {
     #[arg(long)]
     pub check: bool,
     /// With --check: how old a netns-unknown entry must be to count
-    /// (default: the agent's --gc-grace).
+    /// (default: the agent's --gc-grace; with --etcd, they count only
+    /// when this is given).
     #[arg(long, value_parser = parse_duration, value_name = "DURATION")]
     pub grace: Option<Duration>,
     #[command(flatten)]
     pub socket: SocketArg,
+    /// Audit the whole cluster from the etcd cluster directory instead of
+    /// one agent (comma-separated http://host:port): a NODE column, and an
+    /// address held by pods on two nodes is a conflict. With --check, a
+    /// node whose record is older than 3 lease TTLs counts too.
+    #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
+    pub etcd: Option<Endpoints>,
+    #[command(flatten)]
+    pub etcd_prefix: EtcdPrefixArg,
+    /// With --etcd --check: the agents' --etcd-lease-ttl; a node record
+    /// older than 3 of these is stale.
+    #[arg(long, default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
+    pub etcd_lease_ttl: Duration,
+}
+
+#[derive(Args, Debug)]
+pub struct JwksArgs {
+    /// The etcd cluster directory (comma-separated http://host:port).
+    #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
+    pub etcd: Endpoints,
+    #[command(flatten)]
+    pub etcd_prefix: EtcdPrefixArg,
 }
 
 #[derive(Args, Debug)]
@@ -245,7 +299,7 @@ pub struct TokenArgs {
 }
 
 #[derive(Args, Debug)]
-#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks", "socket"])))]
+#[command(group(clap::ArgGroup::new("keys").required(true).args(["jwks", "socket", "etcd"])))]
 pub struct VerifyTokenArgs {
     /// The audience the document must be for.
     #[arg(long)]
@@ -256,6 +310,13 @@ pub struct VerifyTokenArgs {
     /// The JWK Set, from the agent's registration socket.
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// The cluster's trust bundle (every node's JWK Set), from the etcd
+    /// cluster directory (comma-separated http://host:port): a document
+    /// from any node of the cluster verifies.
+    #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
+    pub etcd: Option<Endpoints>,
+    #[command(flatten)]
+    pub etcd_prefix: EtcdPrefixArg,
     /// The token, or @FILE to read it from a file.
     pub token: String,
 }
@@ -300,9 +361,71 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `http://host:port[,http://host:port...]`.
+pub fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
+    let mut out = Vec::new();
+    for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        if e.starts_with("https://") {
+            return Err(format!(
+                "{e}: TLS is not built in; reach etcd through a local proxy (etcd grpc-proxy) that holds the client certificate"
+            ));
+        }
+        let Some(authority) = e.strip_prefix("http://") else {
+            return Err(format!("{e}: an endpoint is http://host:port"));
+        };
+        let authority = authority.trim_end_matches('/');
+        let port = authority
+            .rsplit_once(':')
+            .map(|(host, port)| (host, port.parse::<u16>()));
+        match port {
+            Some((host, Ok(p))) if !host.is_empty() && p != 0 && !host.contains('/') => {}
+            _ => return Err(format!("{e}: an endpoint is http://host:port")),
+        }
+        out.push(format!("http://{authority}"));
+    }
+    if out.is_empty() {
+        return Err("no endpoint: give http://host:port[,http://host:port...]".into());
+    }
+    Ok(Endpoints(out))
+}
+
+/// A lease TTL: whole seconds, at least 1 s (etcd may raise it to its
+/// minimum), at most a day.
+fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_secs(1) || d > Duration::from_secs(86_400) {
+        return Err(format!("{s:?}: a lease TTL is 1s to 24h"));
+    }
+    Ok(Duration::from_secs(d.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints() {
+        assert_eq!(
+            parse_endpoints("http://127.0.0.1:2379, http://[::1]:2379/"),
+            Ok(Endpoints(vec![
+                "http://127.0.0.1:2379".into(),
+                "http://[::1]:2379".into()
+            ]))
+        );
+        for bad in [
+            "",
+            ",",
+            "127.0.0.1:2379",
+            "http://host",
+            "https://h:1",
+            "http://:1",
+            "http://h:0",
+        ] {
+            assert!(parse_endpoints(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_lease_ttl("2s"), Ok(Duration::from_secs(2)));
+        assert!(parse_lease_ttl("500ms").is_err());
+    }
     use clap::CommandFactory;
 
     #[test]

@@ -6,6 +6,7 @@ pub mod api;
 pub mod appc;
 pub mod cli;
 pub mod client;
+pub mod cluster;
 pub mod deadline;
 pub mod fd_limit;
 pub mod identity;

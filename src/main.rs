@@ -38,6 +38,7 @@ fn main() {
             Command::Verify(args) => commands::verify::run(args).await,
             Command::Token(args) => commands::token::run(args).await.map(|()| 0),
             Command::VerifyToken(args) => commands::verify_token::run(args).await,
+            Command::Jwks(args) => commands::jwks::run(args).await.map(|()| 0),
         }
     });
     drop(runtime);

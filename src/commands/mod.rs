@@ -4,6 +4,8 @@
 
 pub mod agent;
 pub mod audit;
+pub mod cluster;
+pub mod jwks;
 pub mod keys;
 pub mod register;
 pub mod serve;

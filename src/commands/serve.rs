@@ -7,7 +7,7 @@ use netns::{WatchConfig, WatchSet};
 
 use rkt_mds::{
     cli::ServeArgs,
-    fd_limit, identity,
+    cluster, fd_limit, identity,
     jwt::{DocConfig, IdentityDocs, JwtKeyring},
     keys::Keyring,
     listen::{self, Activation, Plan},
@@ -127,9 +127,23 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         idle_timeout: args.idle_timeout,
         ..Limits::default()
     };
-    server::run(state, listeners, limits, shutdown_signal())
-        .await
-        .context("serving failed")?;
+    // The cluster directory only reads the state: nothing else knows.
+    let directory = args.etcd.map(|endpoints| {
+        cluster::start(
+            cluster::Config {
+                endpoints: endpoints.0,
+                prefix: args.etcd_prefix.prefix.clone(),
+                lease_ttl: args.etcd_lease_ttl,
+                node: node.clone(),
+            },
+            state.clone(),
+        )
+    });
+    let served = server::run(state, listeners, limits, shutdown_signal()).await;
+    if let Some(directory) = directory {
+        directory.stop().await;
+    }
+    served.context("serving failed")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! `rkt-mds verify-token`: check an identity document offline against a
-//! JWK Set, as any relying party would. Exit 0 valid, 1 invalid, 2 error.
+//! JWK Set (a file, one agent's, or the cluster's trust bundle in etcd), as
+//! any relying party would. Exit 0 valid, 1 invalid, 2 error.
 
 use anyhow::{Context, Result};
 use hyper::Method;
@@ -42,19 +43,29 @@ async fn load(args: &VerifyTokenArgs) -> Result<(String, JwkSet)> {
         }
         None => args.token.clone(),
     };
-    let keys = match (&args.jwks, &args.socket) {
-        (Some(file), _) => std::fs::read(file)
+    let keys = match (&args.jwks, &args.socket, &args.etcd) {
+        (Some(file), _, _) => std::fs::read(file)
             .with_context(|| format!("cannot read {}", file.display()))
             .and_then(|b| {
                 serde_json::from_slice(&b)
                     .with_context(|| format!("{} is not a JWK Set", file.display()))
             })?,
-        (None, Some(socket)) => {
+        (None, Some(socket), _) => {
             let reply = call(socket, Method::GET, "/.well-known/jwks.json", None).await?;
             expect_ok(&reply, "reading the agent's JWK Set")?;
             serde_json::from_slice(&reply.body).context("the agent's JWK Set is not valid")?
         }
-        (None, None) => anyhow::bail!("give --jwks FILE or --socket PATH"),
+        (None, None, Some(etcd)) => {
+            let d = super::cluster::read(etcd, &args.etcd_prefix).await?;
+            if d.nodes.is_empty() {
+                anyhow::bail!(
+                    "no node has published under {:?}: the cluster's trust bundle is empty",
+                    args.etcd_prefix.prefix
+                );
+            }
+            d.trust_bundle()
+        }
+        (None, None, None) => anyhow::bail!("give --jwks FILE, --socket PATH or --etcd ENDPOINTS"),
     };
     Ok((token.trim().to_owned(), keys))
 }

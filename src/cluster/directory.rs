@@ -1,0 +1,267 @@
+//! The readers' side: the whole cluster directory read from etcd, the
+//! addresses held on two nodes, stale nodes, and the cluster's trust
+//! bundle (the union of every node's JWK Set).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use super::{
+    etcd::EtcdStore,
+    layout::{Key, Layout, NodeRecord},
+    rfc3339,
+    store::StoreError,
+};
+use crate::jwt::JwkSet;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read the cluster directory under {prefix:?}")]
+    Store {
+        prefix: String,
+        #[source]
+        source: StoreError,
+    },
+}
+
+/// One node's record.
+#[derive(Clone, Debug)]
+pub struct NodeEntry {
+    pub record: NodeRecord,
+    /// `updated`, in seconds since the epoch (`None`: not RFC 3339).
+    pub updated: Option<u64>,
+}
+
+/// One pod's entry, as its node published it.
+#[derive(Clone, Debug)]
+pub struct PodEntry {
+    pub node: String,
+    pub uuid: String,
+    /// The node's `GET /pods` entry of the pod.
+    pub entry: serde_json::Value,
+}
+
+impl PodEntry {
+    /// The pod's addresses that identify it beyond its link (neither
+    /// loopback nor link-local).
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.entry["addresses"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str()?.parse::<IpAddr>().ok())
+                    .filter(|a| !a.is_loopback() && !netns::is_link_local(a))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    pub fn state(&self) -> &str {
+        self.entry["state"].as_str().unwrap_or("")
+    }
+}
+
+/// The cluster directory at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Directory {
+    /// By node name.
+    pub nodes: BTreeMap<String, NodeEntry>,
+    /// By node, then UUID.
+    pub pods: Vec<PodEntry>,
+    /// Keys of our shapes that could not be read, and why.
+    pub unreadable: Vec<(String, String)>,
+}
+
+/// Reads the directory under `prefix` from `endpoints`.
+pub async fn read(
+    endpoints: &[String],
+    prefix: &str,
+    timeout: Duration,
+) -> Result<Directory, ReadError> {
+    let layout = Layout::new(prefix);
+    let wrap = |source| ReadError::Store {
+        prefix: layout.prefix().to_owned(),
+        source,
+    };
+    let mut store = EtcdStore::connect(endpoints, timeout).await.map_err(wrap)?;
+    let kvs = store.range(layout.prefix()).await.map_err(wrap)?;
+    Ok(Directory::parse(&layout, kvs))
+}
+
+impl Directory {
+    /// The directory from the key-values under `layout`'s prefix.
+    pub fn parse(layout: &Layout, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+        let mut d = Directory::default();
+        for (key, value) in kvs {
+            let Ok(key) = String::from_utf8(key) else {
+                continue;
+            };
+            match layout.parse(&key) {
+                Some(Key::Node(node)) => match serde_json::from_slice::<NodeRecord>(&value) {
+                    Ok(record) if record.node == node => {
+                        let updated = rfc3339::parse(&record.updated);
+                        d.nodes
+                            .insert(node.to_owned(), NodeEntry { record, updated });
+                    }
+                    Ok(record) => d.unreadable.push((
+                        key.clone(),
+                        format!("the record names node {:?}", record.node),
+                    )),
+                    Err(e) => d.unreadable.push((key.clone(), e.to_string())),
+                },
+                Some(Key::Pod { node, uuid }) => {
+                    match serde_json::from_slice::<serde_json::Value>(&value) {
+                        Ok(entry) if entry.is_object() => d.pods.push(PodEntry {
+                            node: node.to_owned(),
+                            uuid: uuid.to_owned(),
+                            entry,
+                        }),
+                        Ok(_) => d.unreadable.push((key.clone(), "not a JSON object".into())),
+                        Err(e) => d.unreadable.push((key.clone(), e.to_string())),
+                    }
+                }
+                // Not one of ours: somebody else's key under the prefix.
+                None => {}
+            }
+        }
+        d.pods
+            .sort_by(|a, b| (&a.node, &a.uuid).cmp(&(&b.node, &b.uuid)));
+        d
+    }
+
+    /// Addresses held by pods on more than one node, each with the pods
+    /// (node, UUID) that hold it.
+    pub fn cross_node_conflicts(&self) -> BTreeMap<IpAddr, Vec<(String, String)>> {
+        let mut holders: BTreeMap<IpAddr, Vec<(String, String)>> = BTreeMap::new();
+        for p in &self.pods {
+            for a in p.addresses() {
+                holders
+                    .entry(a)
+                    .or_default()
+                    .push((p.node.clone(), p.uuid.clone()));
+            }
+        }
+        holders.retain(|_, pods| pods.iter().map(|(n, _)| n).collect::<BTreeSet<_>>().len() > 1);
+        holders
+    }
+
+    /// Nodes whose record was last written more than `max_age` before
+    /// `now` (or whose time stamp cannot be read).
+    pub fn stale_nodes(&self, now: u64, max_age: Duration) -> Vec<&str> {
+        self.nodes
+            .iter()
+            .filter(|(_, n)| {
+                n.updated
+                    .is_none_or(|t| now.saturating_sub(t) > max_age.as_secs())
+            })
+            .map(|(name, _)| name.as_str())
+            .collect()
+    }
+
+    /// The cluster's trust bundle: every node's keys, each once.
+    pub fn trust_bundle(&self) -> JwkSet {
+        let mut seen = BTreeSet::new();
+        let mut bundle = JwkSet::default();
+        for n in self.nodes.values() {
+            for k in &n.record.jwks.keys {
+                if seen.insert(k.kid.clone()) {
+                    bundle.keys.push(k.clone());
+                }
+            }
+        }
+        bundle
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::Jwk;
+    use serde_json::json;
+
+    fn jwk(seed: u8) -> Jwk {
+        let mut point = vec![0x04];
+        point.extend((0..64).map(|i| i as u8 ^ seed));
+        Jwk::p256(&point).unwrap()
+    }
+
+    fn node(name: &str, keys: Vec<Jwk>, updated: &str) -> (Vec<u8>, Vec<u8>) {
+        let l = Layout::new(DEFAULT);
+        let record = NodeRecord {
+            node: name.into(),
+            jwks: JwkSet { keys },
+            updated: updated.into(),
+        };
+        (
+            l.node(name).into_bytes(),
+            serde_json::to_vec(&record).unwrap(),
+        )
+    }
+
+    fn pod(node: &str, uuid: &str, addresses: &[&str]) -> (Vec<u8>, Vec<u8>) {
+        let l = Layout::new(DEFAULT);
+        let entry = json!({"uuid": uuid, "addresses": addresses, "state": "verified"});
+        (
+            l.pod(node, uuid).into_bytes(),
+            serde_json::to_vec(&entry).unwrap(),
+        )
+    }
+
+    const DEFAULT: &str = super::super::DEFAULT_PREFIX;
+
+    #[test]
+    fn conflicts_are_across_nodes_only() {
+        let kvs = vec![
+            node("n1", vec![jwk(1)], "2026-01-01T00:00:00Z"),
+            node("n2", vec![jwk(2), jwk(1)], "2026-01-01T00:00:00Z"),
+            pod("n1", "a", &["198.18.0.2", "fe80::1", "127.0.0.1"]),
+            pod("n1", "b", &["198.18.0.6"]),
+            pod("n2", "c", &["198.18.0.2", "fe80::1"]),
+            // The same address twice on one node is the node's own business.
+            pod("n2", "d", &["198.18.0.10"]),
+            pod("n2", "e", &["198.18.0.10"]),
+            (b"/rkt-mds/pods/n3/x".to_vec(), b"not json".to_vec()),
+            (b"/rkt-mds/other".to_vec(), b"ignored".to_vec()),
+        ];
+        let d = Directory::parse(&Layout::new(DEFAULT), kvs);
+        assert_eq!(d.nodes.len(), 2);
+        assert_eq!(d.pods.len(), 5);
+        assert_eq!(d.unreadable.len(), 1);
+        let c = d.cross_node_conflicts();
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(
+            c[&"198.18.0.2".parse::<IpAddr>().unwrap()],
+            vec![("n1".into(), "a".into()), ("n2".into(), "c".into())]
+        );
+        let bundle = d.trust_bundle();
+        assert_eq!(bundle.keys.len(), 2, "the shared key once");
+    }
+
+    #[test]
+    fn stale_nodes() {
+        let kvs = vec![
+            node("fresh", vec![], "2026-01-01T00:01:00Z"),
+            node("old", vec![], "2026-01-01T00:00:00Z"),
+            node("garbled", vec![], "yesterday"),
+        ];
+        let d = Directory::parse(&Layout::new(DEFAULT), kvs);
+        let now = rfc3339::parse("2026-01-01T00:01:30Z").unwrap();
+        assert_eq!(
+            d.stale_nodes(now, Duration::from_secs(60)),
+            vec!["garbled", "old"]
+        );
+    }
+
+    #[test]
+    fn a_record_under_another_name_is_unreadable() {
+        let (_, value) = node("n1", vec![], "2026-01-01T00:00:00Z");
+        let d = Directory::parse(
+            &Layout::new(DEFAULT),
+            vec![(b"/rkt-mds/nodes/n2".to_vec(), value)],
+        );
+        assert!(d.nodes.is_empty());
+        assert_eq!(d.unreadable.len(), 1);
+    }
+}

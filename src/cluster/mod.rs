@@ -1,0 +1,92 @@
+//! Many hosts (SPEC §8): with `--etcd`, the agent publishes its node
+//! record (the JWK Set of its identity documents) and one key per pod (its
+//! `GET /pods` entry) under one lease it keeps alive; operators and
+//! relying parties read the whole cluster from there.
+//!
+//! The publisher only reads the agent's state (generation counters and
+//! views), so neither the server nor the pods service knows that etcd
+//! exists; without `--etcd` nothing here runs or connects.
+//!
+//! - `layout`: key names and the node record
+//! - `source`: what is published, read from the agent's state
+//! - `plan`: what changed since the last write
+//! - `store`: what the publisher needs of a store; `etcd`: etcd's
+//! - `publisher`: sessions, leases, claims, backoff
+//! - `directory`: the readers' side (audit, trust bundle)
+
+mod backoff;
+pub mod directory;
+pub mod etcd;
+#[cfg(test)]
+mod fake;
+pub mod layout;
+pub mod plan;
+pub mod publisher;
+pub mod rfc3339;
+pub mod source;
+pub mod store;
+
+pub use directory::{Directory, ReadError};
+pub use layout::{Layout, NodeRecord, DEFAULT_PREFIX};
+pub use publisher::{Settings, Timing};
+pub use source::Source;
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::{sync::watch, task::JoinHandle};
+
+/// How long a stopping agent waits for the publisher to revoke its lease.
+const STOP_LIMIT: Duration = Duration::from_secs(3);
+
+/// `--etcd`, `--etcd-prefix`, `--etcd-lease-ttl`, and the node's name.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub endpoints: Vec<String>,
+    pub prefix: String,
+    pub lease_ttl: Duration,
+    pub node: String,
+}
+
+/// The time bound of one etcd call: long enough for a batch on a busy
+/// etcd, short enough that a lease of `ttl` is renewed in time.
+pub fn call_timeout(ttl: Duration) -> Duration {
+    (ttl / 2).clamp(Duration::from_secs(1), Duration::from_secs(5))
+}
+
+/// The running publisher.
+pub struct Handle {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Handle {
+    /// Stops publishing and revokes the lease (the node's keys vanish
+    /// now rather than at expiry), bounded in time.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if tokio::time::timeout(STOP_LIMIT, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Starts publishing `source` to etcd. Returns at once: etcd being down
+/// delays nothing.
+pub fn start<S: Source>(config: Config, source: Arc<S>) -> Handle {
+    let timeout = call_timeout(config.lease_ttl);
+    let endpoints = config.endpoints.clone();
+    let settings = Settings {
+        layout: Layout::new(&config.prefix),
+        node: config.node,
+        lease_ttl: config.lease_ttl,
+        timing: Timing::default(),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let connect = move || {
+        let endpoints = endpoints.clone();
+        async move { etcd::EtcdStore::connect(&endpoints, timeout).await }
+    };
+    let task = tokio::spawn(publisher::run(settings, source, connect, stopped));
+    Handle { stop, task }
+}

@@ -1,0 +1,784 @@
+//! The publishing loop. One session per lease: claim the node's name,
+//! write everything under the new lease and delete whatever else etcd
+//! holds under the node's pods, then follow local changes until the
+//! store fails, the lease is lost or the agent stops; then back off and
+//! start a new session. Local service never waits on any of it.
+
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{sync::watch, time::Instant};
+
+use super::{
+    backoff::Backoff,
+    layout::{Layout, NodeRecord},
+    plan::{Plan, Published},
+    rfc3339,
+    source::Source,
+    store::{Claim, Fence, Lease, Op, Store, StoreError},
+};
+use crate::jwt::JwkSet;
+
+/// Writes per transaction (etcd's default `--max-txn-ops` is 128).
+const MAX_OPS: usize = 100;
+/// Bytes of keys and values per transaction (etcd's default
+/// `--max-request-bytes` is 1.5 MiB).
+const MAX_TXN_BYTES: usize = 1 << 20;
+/// Earlier leases remembered as ours (to take our node key back from).
+const MAX_OURS: usize = 16;
+
+/// How often and how fast the loop acts.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    /// How often the local generation and JWK Set are read.
+    pub poll: Duration,
+    /// The longest pause between two passes (the debounce of a long
+    /// burst of changes); a pass is at least `poll` after the previous.
+    pub max_gap: Duration,
+    /// The first and the longest wait between two sessions.
+    pub backoff_first: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Self {
+            poll: Duration::from_millis(50),
+            max_gap: Duration::from_millis(500),
+            backoff_first: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub layout: Layout,
+    pub node: String,
+    pub lease_ttl: Duration,
+    pub timing: Timing,
+}
+
+/// Why a session ended.
+enum End {
+    Stopped,
+    /// The store failed (down, unreachable, too slow, lease lost).
+    Failed(String),
+    /// Another live lease holds the node's name.
+    Refused {
+        holder: i64,
+    },
+    /// A write found the node key no longer attached to our lease.
+    Fenced,
+}
+
+impl From<StoreError> for End {
+    fn from(e: StoreError) -> Self {
+        End::Failed(e.to_string())
+    }
+}
+
+/// What was last said in the log, so that an outage is one line.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Said {
+    Nothing,
+    Publishing,
+    Unreachable,
+    Refused,
+}
+
+/// One session's lease and its renewal clock.
+struct Session {
+    lease: Lease,
+    fence: Fence,
+    renew_every: Duration,
+    next_renew: Instant,
+}
+
+struct Publisher<S: Source> {
+    settings: Settings,
+    source: Arc<S>,
+    published: Published,
+    /// The JWK Set in the node record etcd has.
+    jwks: Option<JwkSet>,
+    /// Leases this agent was granted that may still hold its keys.
+    ours: Vec<i64>,
+    /// Pods whose entry is too large for one etcd request, with the size
+    /// that was warned about.
+    oversize: HashMap<String, usize>,
+    said: Said,
+}
+
+/// Runs until `stop` turns true (or its sender goes), then revokes the
+/// lease so that the node's keys vanish at once. `connect` makes a new
+/// store connection for each session.
+pub async fn run<S, St, C, F>(
+    settings: Settings,
+    source: Arc<S>,
+    mut connect: C,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: Source,
+    St: Store,
+    C: FnMut() -> F + Send,
+    F: Future<Output = Result<St, StoreError>> + Send,
+{
+    let mut backoff = Backoff::new(settings.timing.backoff_first, settings.timing.backoff_cap);
+    let mut p = Publisher {
+        settings,
+        source,
+        published: Published::default(),
+        jwks: None,
+        ours: Vec::new(),
+        oversize: HashMap::new(),
+        said: Said::Nothing,
+    };
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let end = match connect().await {
+            Ok(mut store) => p.session(&mut store, &mut stop, &mut backoff).await,
+            Err(e) => e.into(),
+        };
+        p.report(&end);
+        if matches!(end, End::Stopped) {
+            return;
+        }
+        let delay = backoff.next_delay();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl<S: Source> Publisher<S> {
+    fn node(&self) -> &str {
+        &self.settings.node
+    }
+
+    /// One line per change of condition, not per retry.
+    fn report(&mut self, end: &End) {
+        let node = self.settings.node.as_str();
+        match end {
+            End::Stopped => {}
+            End::Failed(error) if self.said != Said::Unreachable => {
+                tracing::warn!(
+                    node,
+                    error = %error,
+                    "etcd unreachable: not publishing the cluster directory (local service goes on); retrying with backoff"
+                );
+                self.said = Said::Unreachable;
+            }
+            End::Failed(error) => tracing::debug!(node, error = %error, "etcd still unreachable"),
+            End::Refused { holder } if self.said != Said::Refused => {
+                tracing::error!(
+                    node,
+                    holder = format!("{holder:x}"),
+                    "another live agent holds this node name in etcd: not publishing (local service goes on); use a distinct --node-name"
+                );
+                self.said = Said::Refused;
+            }
+            End::Refused { .. } => tracing::debug!(node, "the node name is still held"),
+            End::Fenced => {
+                tracing::warn!(
+                    node,
+                    "the node key is no longer attached to this agent's lease: claiming it again"
+                );
+                self.said = Said::Unreachable;
+            }
+        }
+    }
+
+    async fn session<St: Store>(
+        &mut self,
+        store: &mut St,
+        stop: &mut watch::Receiver<bool>,
+        backoff: &mut Backoff,
+    ) -> End {
+        let lease = match store.grant(self.settings.lease_ttl).await {
+            Ok(lease) => lease,
+            Err(e) => return e.into(),
+        };
+        // From now on the lease may hold our keys, until revoked.
+        self.ours.push(lease.id);
+        if self.ours.len() > MAX_OURS {
+            self.ours.remove(0);
+        }
+        let jwks = self.source.jwks();
+        let node_key = self.settings.layout.node(self.node());
+        let previous: Vec<i64> = self.ours.clone();
+        match store
+            .claim(&node_key, self.node_record(&jwks), lease.id, &previous)
+            .await
+        {
+            Ok(Claim::Claimed) => {}
+            Ok(Claim::Held { lease: holder }) => {
+                self.ours.retain(|l| *l != lease.id);
+                if let Err(e) = store.revoke(lease.id).await {
+                    tracing::debug!(error = %e, "cannot revoke an unused lease (it will expire)");
+                }
+                return End::Refused { holder };
+            }
+            Err(e) => return e.into(),
+        }
+        self.jwks = Some(jwks);
+        let renew_every = (lease.ttl / 3).max(Duration::from_millis(200));
+        let mut s = Session {
+            lease,
+            fence: Fence {
+                key: node_key,
+                lease: lease.id,
+            },
+            renew_every,
+            next_renew: Instant::now() + renew_every,
+        };
+        match self.republish(store, &mut s).await {
+            Ok(()) => {}
+            Err(end) => return end,
+        }
+        backoff.reset();
+        self.follow(store, &mut s, stop).await
+    }
+
+    /// Everything under the new lease; whatever else etcd has under the
+    /// node's pods goes (pods dropped while etcd was away, a write left
+    /// half done by an earlier session). Then the older leases are
+    /// revoked: nothing of ours is attached to them any more.
+    async fn republish<St: Store>(&mut self, store: &mut St, s: &mut Session) -> Result<(), End> {
+        let started = Instant::now();
+        let listed = store
+            .keys(&self.settings.layout.pods_of(self.node()))
+            .await?;
+        self.published.clear();
+        self.oversize.clear();
+        let plan = self.plan().await?;
+        let layout = &self.settings.layout;
+        let wanted: HashSet<Vec<u8>> = plan
+            .puts
+            .iter()
+            .map(|(uuid, _)| layout.pod(&self.settings.node, uuid).into_bytes())
+            .collect();
+        let stale: Vec<Vec<u8>> = listed.into_iter().filter(|k| !wanted.contains(k)).collect();
+        let (pods, removed) = (plan.puts.len(), stale.len());
+        self.write(store, s, plan, stale).await?;
+        for old in self.ours.clone() {
+            if old != s.lease.id {
+                if let Err(e) = store.revoke(old).await {
+                    tracing::debug!(lease = format!("{old:x}"), error = %e, "cannot revoke an earlier lease (it will expire)");
+                }
+            }
+        }
+        self.ours = vec![s.lease.id];
+        let node = self.settings.node.as_str();
+        let lease = format!("{:x}", s.lease.id);
+        let millis = started.elapsed().as_millis() as u64;
+        match self.said {
+            Said::Nothing | Said::Publishing => {
+                tracing::info!(node, lease, pods, removed, millis, "publishing to etcd")
+            }
+            Said::Unreachable | Said::Refused => tracing::info!(
+                node,
+                lease,
+                pods,
+                removed,
+                millis,
+                "etcd reachable: re-published everything under a new lease"
+            ),
+        }
+        self.said = Said::Publishing;
+        Ok(())
+    }
+
+    /// Follows local changes until something ends the session.
+    async fn follow<St: Store>(
+        &mut self,
+        store: &mut St,
+        s: &mut Session,
+        stop: &mut watch::Receiver<bool>,
+    ) -> End {
+        let timing = self.settings.timing.clone();
+        let mut poll = tokio::time::interval(timing.poll);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let refresh_every = (s.lease.ttl / 2).max(Duration::from_secs(1));
+        let mut next_refresh = Instant::now() + refresh_every;
+        let mut generation = self.source.generation();
+        let mut next_pass = Instant::now();
+        // The re-publish read the source after this generation.
+        let mut dirty = false;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => {
+                    // Leaving: the node's keys go now, not at expiry.
+                    if let Err(e) = store.revoke(s.lease.id).await {
+                        tracing::warn!(error = %e, "cannot revoke the lease: the node's keys stay in etcd until it expires");
+                    }
+                    return End::Stopped;
+                }
+                _ = poll.tick() => {}
+            }
+            let result = async {
+                self.renew_if_due(store, s).await?;
+                let now = Instant::now();
+                let current = self.source.generation();
+                if current != generation {
+                    generation = current;
+                    dirty = true;
+                }
+                let refresh = now >= next_refresh;
+                if (dirty && now >= next_pass) || refresh {
+                    dirty = false;
+                    let started = Instant::now();
+                    let plan = self.plan().await?;
+                    if !plan.is_empty() {
+                        let (puts, deletes) = (plan.puts.len(), plan.deletes.len());
+                        self.write(store, s, plan, Vec::new()).await?;
+                        tracing::debug!(
+                            puts,
+                            deletes,
+                            micros = started.elapsed().as_micros() as u64,
+                            "published changes"
+                        );
+                    }
+                    // A pass that cost much spaces the next ones.
+                    let gap = (started.elapsed() * 3).clamp(timing.poll, timing.max_gap);
+                    next_pass = Instant::now() + gap;
+                }
+                let jwks = self.source.jwks();
+                if refresh || self.jwks.as_ref() != Some(&jwks) {
+                    let record = (s.fence.key.clone(), self.node_record(&jwks));
+                    self.apply(store, s, vec![Op::Put(record.0, record.1)])
+                        .await?;
+                    self.jwks = Some(jwks);
+                }
+                if refresh {
+                    self.heal(store, s).await?;
+                    next_refresh = Instant::now() + refresh_every;
+                }
+                Ok::<(), End>(())
+            }
+            .await;
+            if let Err(end) = result {
+                return end;
+            }
+        }
+    }
+
+    /// Renews the lease when its time has come (also between the batches
+    /// of a long write).
+    async fn renew_if_due<St: Store>(&self, store: &mut St, s: &mut Session) -> Result<(), End> {
+        if Instant::now() < s.next_renew {
+            return Ok(());
+        }
+        store.renew(s.lease.id).await?;
+        s.next_renew = Instant::now() + s.renew_every;
+        Ok(())
+    }
+
+    /// Compares etcd's keys with what was published: a key nobody wrote
+    /// goes, a key that vanished is written again. Guards against hands
+    /// on etcd (an operator's delete).
+    async fn heal<St: Store>(&mut self, store: &mut St, s: &mut Session) -> Result<(), End> {
+        let prefix = self.settings.layout.pods_of(self.node());
+        let listed = store.keys(&prefix).await?;
+        let mut in_etcd = HashSet::with_capacity(listed.len());
+        let mut strays = Vec::new();
+        for key in listed {
+            let uuid = String::from_utf8(key.clone())
+                .ok()
+                .and_then(|k| k.strip_prefix(prefix.as_str()).map(str::to_owned));
+            match uuid {
+                Some(uuid)
+                    if self.published.contains(&uuid) && !self.oversize.contains_key(&uuid) =>
+                {
+                    in_etcd.insert(uuid);
+                }
+                _ => strays.push(key),
+            }
+        }
+        let missing: Vec<String> = self
+            .published
+            .uuids()
+            .filter(|u| !in_etcd.contains(*u) && !self.oversize.contains_key(*u))
+            .map(str::to_owned)
+            .collect();
+        if !strays.is_empty() || !missing.is_empty() {
+            tracing::warn!(
+                strays = strays.len(),
+                missing = missing.len(),
+                "etcd differed from what this agent published (changed by hand?): repairing"
+            );
+        }
+        for uuid in &missing {
+            self.published.forget(uuid);
+        }
+        if !strays.is_empty() {
+            self.write(store, s, Plan::default(), strays).await?;
+        }
+        if !missing.is_empty() {
+            let plan = self.plan().await?;
+            self.write(store, s, plan, Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// The plan of the source against what was published, computed on a
+    /// blocking thread (a view of 10,000 pods takes milliseconds).
+    async fn plan(&mut self) -> Result<Plan, End> {
+        let source = self.source.clone();
+        let mut published = std::mem::take(&mut self.published);
+        let (published, plan) = tokio::task::spawn_blocking(move || {
+            let plan = published.plan(&*source);
+            (published, plan)
+        })
+        .await
+        // What was published is unknown now: a new session lists etcd.
+        .map_err(|e| End::Failed(format!("computing the directory failed: {e}")))?;
+        self.published = published;
+        Ok(plan)
+    }
+
+    /// Writes `plan` (and deletes the raw `extra` keys) in fenced
+    /// batches, recording what etcd acknowledged.
+    async fn write<St: Store>(
+        &mut self,
+        store: &mut St,
+        s: &mut Session,
+        plan: Plan,
+        extra: Vec<Vec<u8>>,
+    ) -> Result<(), End> {
+        let layout = self.settings.layout.clone();
+        let node = self.settings.node.clone();
+        // Each op, with what to record once it is acknowledged.
+        let mut ops: Vec<(Op, Record)> = Vec::new();
+        for key in extra {
+            ops.push((Op::Delete(key), Record::Nothing));
+        }
+        for uuid in plan.deletes {
+            let key = layout.pod(&node, &uuid).into_bytes();
+            ops.push((Op::Delete(key), Record::Forget(uuid)));
+        }
+        for (uuid, value) in plan.puts {
+            let key = layout.pod(&node, &uuid);
+            if key.len() + value.len() > MAX_TXN_BYTES {
+                // One tenant's thousands of addresses must not stall the
+                // node's directory: its entry goes, the rest goes on.
+                if self.oversize.insert(uuid.clone(), value.len()).is_none() {
+                    tracing::warn!(pod = %uuid, bytes = value.len(), "a pod's entry is too large for etcd: not published");
+                }
+                ops.push((Op::Delete(key.into_bytes()), Record::Put(uuid, value)));
+                continue;
+            }
+            self.oversize.remove(&uuid);
+            ops.push((Op::Put(key, value.clone()), Record::Put(uuid, value)));
+        }
+        let mut batch = Vec::new();
+        let mut records = Vec::new();
+        let mut bytes = 0;
+        let mut ops = ops.into_iter().peekable();
+        while let Some((op, record)) = ops.next() {
+            bytes += op_size(&op);
+            batch.push(op);
+            records.push(record);
+            let full = batch.len() >= MAX_OPS
+                || ops
+                    .peek()
+                    .is_some_and(|(next, _)| bytes + op_size(next) > MAX_TXN_BYTES);
+            if full || ops.peek().is_none() {
+                self.apply(store, s, std::mem::take(&mut batch)).await?;
+                bytes = 0;
+                for r in records.drain(..) {
+                    match r {
+                        Record::Nothing => {}
+                        Record::Forget(uuid) => {
+                            self.oversize.remove(&uuid);
+                            self.published.forget(&uuid);
+                        }
+                        Record::Put(uuid, value) => self.published.put(uuid, value),
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One fenced transaction, renewing the lease first when due.
+    async fn apply<St: Store>(
+        &self,
+        store: &mut St,
+        s: &mut Session,
+        ops: Vec<Op>,
+    ) -> Result<(), End> {
+        self.renew_if_due(store, s).await?;
+        if store.apply(&s.fence, ops).await? {
+            Ok(())
+        } else {
+            Err(End::Fenced)
+        }
+    }
+
+    fn node_record(&self, jwks: &JwkSet) -> Vec<u8> {
+        let record = NodeRecord {
+            node: self.settings.node.clone(),
+            jwks: jwks.clone(),
+            updated: rfc3339::format(crate::jwt::now()),
+        };
+        serde_json::to_vec(&record).unwrap_or_default()
+    }
+}
+
+/// What an acknowledged op changes in [`Published`].
+enum Record {
+    Nothing,
+    Forget(String),
+    Put(String, Vec<u8>),
+}
+
+fn op_size(op: &Op) -> usize {
+    match op {
+        Op::Put(k, v) => k.len() + v.len() + 16,
+        Op::Delete(k) => k.len() + 16,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use parking_lot::Mutex;
+
+    use super::*;
+    use crate::cluster::fake::{Entries, Etcd, FakeStore};
+
+    const NODE: &str = "n1";
+
+    struct Running {
+        etcd: Arc<Mutex<Etcd>>,
+        source: Arc<Entries>,
+        stop: watch::Sender<bool>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start(etcd: Arc<Mutex<Etcd>>, source: Arc<Entries>) -> Running {
+        let settings = Settings {
+            layout: Layout::new("/t/"),
+            node: NODE.into(),
+            lease_ttl: Duration::from_secs(2),
+            timing: Timing {
+                poll: Duration::from_millis(5),
+                max_gap: Duration::from_millis(20),
+                backoff_first: Duration::from_millis(5),
+                backoff_cap: Duration::from_millis(20),
+            },
+        };
+        let (stop, stopped) = watch::channel(false);
+        let connect = {
+            let etcd = etcd.clone();
+            move || {
+                let etcd = etcd.clone();
+                async move { Ok(FakeStore(etcd)) }
+            }
+        };
+        let task = tokio::spawn(run(settings, source.clone(), connect, stopped));
+        Running {
+            etcd,
+            source,
+            stop,
+            task,
+        }
+    }
+
+    /// Polls `cond` every 5 ms for at most 5 s.
+    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The pods etcd has for the node: UUID → (entry, lease).
+    fn pods(etcd: &Mutex<Etcd>) -> BTreeMap<String, (String, i64)> {
+        etcd.lock()
+            .under("/t/pods/n1/")
+            .into_iter()
+            .map(|(k, v)| (k.trim_start_matches("/t/pods/n1/").to_owned(), v))
+            .collect()
+    }
+
+    fn matches(r: &Running) -> bool {
+        let want = r.source.snapshot();
+        let have = pods(&r.etcd);
+        let node_lease = r
+            .etcd
+            .lock()
+            .under("/t/nodes/n1")
+            .values()
+            .next()
+            .map(|v| v.1);
+        have.len() == want.len()
+            && have
+                .iter()
+                .all(|(k, (v, l))| want.get(k) == Some(v) && Some(*l) == node_lease)
+    }
+
+    impl Running {
+        async fn stop(self) {
+            let _ = self.stop.send(true);
+            tokio::time::timeout(Duration::from_secs(5), self.task)
+                .await
+                .expect("the publisher stops")
+                .expect("the publisher does not panic");
+        }
+    }
+
+    #[tokio::test]
+    async fn publishes_follows_and_leaves() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        source.set("b", "2");
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        let record = etcd.lock().under("/t/nodes/n1");
+        let record: NodeRecord = serde_json::from_str(&record.values().next().unwrap().0).unwrap();
+        assert_eq!(record.node, NODE);
+        assert!(rfc3339::parse(&record.updated).is_some());
+
+        source.set("b", "3");
+        source.remove("a");
+        source.set("c", "4");
+        until("the changes", || matches(&r)).await;
+        r.stop().await;
+        assert!(
+            etcd.lock().kv.is_empty(),
+            "a stopping agent revokes its lease"
+        );
+    }
+
+    #[tokio::test]
+    async fn etcd_down_at_start_then_everything() {
+        let etcd = Arc::new(Mutex::new(Etcd {
+            down: true,
+            ..Etcd::default()
+        }));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start(etcd.clone(), source.clone());
+        until("a few refused attempts", || etcd.lock().refused >= 3).await;
+        etcd.lock().down = false;
+        until("the publication", || matches(&r)).await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn after_an_outage_etcd_matches_exactly_under_a_new_lease() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        for i in 0..250 {
+            source.set(&format!("p{i:03}"), "v");
+        }
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        let first = pods(&etcd)["p000"].1;
+
+        // etcd goes away (its data and our lease survive, as on a
+        // restart on the same data dir); pods are dropped and changed.
+        let refused = {
+            let mut e = etcd.lock();
+            e.down = true;
+            e.refused
+        };
+        for i in 0..100 {
+            source.remove(&format!("p{i:03}"));
+        }
+        source.set("p200", "changed");
+        source.set("new", "v");
+        until("a refused attempt", || etcd.lock().refused > refused).await;
+        // On return, the re-publish breaks after its first batch.
+        {
+            let mut e = etcd.lock();
+            e.fail_apply_after = Some(1);
+            e.down = false;
+        }
+        until("the re-publish to be broken", || etcd.lock().down).await;
+        etcd.lock().down = false;
+        until("etcd to match the agent", || matches(&r)).await;
+        {
+            let e = etcd.lock();
+            assert!(!e.leases.contains(&first), "the old lease is revoked");
+            assert!(e.under("/t/").values().all(|(_, l)| *l != first));
+        }
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_held_node_name_is_not_published_until_it_is_free() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let other = {
+            let mut e = etcd.lock();
+            let other = e.grant();
+            e.kv.insert(b"/t/nodes/n1".to_vec(), (b"{}".to_vec(), other));
+            other
+        };
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start(etcd.clone(), source.clone());
+        until("a few refused claims", || etcd.lock().held >= 3).await;
+        assert!(
+            pods(&etcd).is_empty(),
+            "nothing published under a held name"
+        );
+        assert_eq!(
+            etcd.lock().under("/t/nodes/n1").values().next().unwrap().1,
+            other
+        );
+        assert_eq!(etcd.lock().leases.len(), 1, "unused leases are revoked");
+
+        etcd.lock().expire(other);
+        until("the publication once the name is free", || matches(&r)).await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_lost_lease_means_a_full_publication_under_a_new_one() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        let first = pods(&etcd)["a"].1;
+        // The lease expires (the agent was stalled past its TTL).
+        etcd.lock().expire(first);
+        until("the re-publication", || {
+            matches(&r) && pods(&etcd).get("a").is_some_and(|(_, l)| *l != first)
+        })
+        .await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn keys_changed_by_hand_are_repaired() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        source.set("b", "2");
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        {
+            let mut e = etcd.lock();
+            let lease = e.kv[b"/t/pods/n1/a".as_slice()].1;
+            e.kv.remove(b"/t/pods/n1/a".as_slice());
+            e.kv.insert(b"/t/pods/n1/stray".to_vec(), (b"x".to_vec(), lease));
+        }
+        // Repaired at the next refresh (TTL/2, at least 1 s).
+        until("the repair", || matches(&r)).await;
+        r.stop().await;
+    }
+}

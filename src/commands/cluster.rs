@@ -1,0 +1,26 @@
+//! Reading the etcd cluster directory, for the readers (`audit --etcd`,
+//! `jwks --etcd`, `verify-token --etcd`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use rkt_mds::{
+    cli::{Endpoints, EtcdPrefixArg},
+    cluster::{directory, Directory},
+};
+
+/// The bound of each etcd call of a reader.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The directory under the prefix; entries that cannot be read are named
+/// on stderr.
+pub async fn read(endpoints: &Endpoints, prefix: &EtcdPrefixArg) -> Result<Directory> {
+    let d = directory::read(&endpoints.0, &prefix.prefix, CALL_TIMEOUT)
+        .await
+        .with_context(|| format!("etcd at {}", endpoints.0.join(",")))?;
+    for (key, why) in &d.unreadable {
+        eprintln!("rkt-mds: cannot read {key}: {why}");
+    }
+    Ok(d)
+}
