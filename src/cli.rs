@@ -95,10 +95,11 @@ pub struct ServeArgs {
     /// Refuse public requests without `Metadata-Flavor: AppContainer` (403).
     #[arg(long)]
     pub require_metadata_flavor: bool,
-    /// In `--identity netns`, identify bridged pods by address alone even
-    /// when the bridge does not enforce source addresses (no permanent
-    /// neighbour entry and static sticky FDB entry): a pod on the same
-    /// bridge could then take another's address. Off by default.
+    /// Identify bridged pods by their source address (with their token,
+    /// and tokenless in `--identity netns`) even when the bridge does not
+    /// enforce source addresses (no permanent neighbour entry and static
+    /// sticky FDB entry): another port can then take a pod's MAC and
+    /// address, and with a stolen token act as it. Off by default.
     #[arg(long)]
     pub allow_unenforced_bridge: bool,
     /// Besides root, peers of this group id may use the registration socket.

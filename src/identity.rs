@@ -100,7 +100,7 @@ impl fmt::Display for Refusal {
                 "the host and the pod's namespace disagree about the source address"
             }
             Refusal::BridgeNotEnforced => {
-                "the pod's bridge does not enforce source addresses: tokenless identity is off (--allow-unenforced-bridge)"
+                "the pod's bridge does not enforce source addresses: identity by address is off (--allow-unenforced-bridge)"
             }
         })
     }
@@ -161,8 +161,9 @@ impl Source<'_> {
 /// Operator choices that relax the policy.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Options {
-    /// Tokenless identity for bridged pods whose bridge does not enforce
-    /// source addresses (`--allow-unenforced-bridge`).
+    /// Identity by address for bridged pods whose bridge does not enforce
+    /// source addresses (`--allow-unenforced-bridge`): their tokens, and
+    /// tokenless requests in `netns` mode.
     pub allow_unenforced_bridge: bool,
 }
 
@@ -182,6 +183,12 @@ pub fn decide(
         (Mode::Token, Claim::Pod(uuid, _)) => Verdict::Accept(uuid),
         (Mode::TokenNetns | Mode::Netns, Claim::Pod(uuid, binding)) => match binding {
             Binding::Netns(c) => match source.instance() {
+                // On a bridge that does not enforce, another port can take
+                // the pod's MAC and address (the FDB follows the last frame):
+                // the attribution proves nothing, even with a token.
+                Some((host, false)) if host == c && !options.allow_unenforced_bridge => {
+                    Verdict::Refuse(Refusal::BridgeNotEnforced)
+                }
                 Some((host, _)) if host == c => agree(uuid, c, source.holders, may_refresh),
                 _ if source.on_host => Verdict::Refuse(Refusal::NotInNetns),
                 _ if may_refresh => Verdict::RefreshThenRetry(Some(c)),
@@ -312,7 +319,19 @@ mod tests {
         for m in [Mode::TokenNetns, Mode::Netns] {
             assert_eq!(a(m, c, routed(1, &[ns(1)]), true), Verdict::Accept(uuid(1)));
             assert_eq!(
+                a(m, c, bridged(1, true, &[ns(1)]), true),
+                Verdict::Accept(uuid(1))
+            );
+            // An unenforced bridge proves nothing, even with the token.
+            assert_eq!(
                 a(m, c, bridged(1, false, &[ns(1)]), true),
+                refuse(Refusal::BridgeNotEnforced)
+            );
+            let opted_in = Options {
+                allow_unenforced_bridge: true,
+            };
+            assert_eq!(
+                decide(m, opted_in, c, bridged(1, false, &[ns(1)]), pods_in, true),
                 Verdict::Accept(uuid(1))
             );
             // Another pod also claims it: the host's view decides.

@@ -64,6 +64,8 @@ fn a_bridged_pod_stays_attributed_after_its_port_settles() {
     let bridge = Bridge::new();
     let v = PodNet::on_bridge(&bridge);
     let joined = Instant::now();
+    // Enforced: an unenforced bridge proves nothing, whatever its ports say.
+    bridge.enforce(&v);
     register(&agent, &v, U_V, T_V);
     // Past the default forward delay, with a margin; one request from
     // each family every 500 ms.
@@ -98,10 +100,10 @@ fn a_bridged_pod_stays_attributed_after_its_port_settles() {
 /// last, at every frame; the agent must never answer the stranger as the
 /// victim, however the flips fall between its look-up and its reply.
 ///
-/// Each run lasts 8 s, within 15 s of the ports joining: past that, the
-/// agent refuses everyone on the bridge (see
-/// `a_bridged_pod_stays_attributed_after_its_port_settles`), which would
-/// hide the outcome until its next re-dump.
+/// Each run lasts 8 s. The agent refuses every bridged attribution that is
+/// not enforced: the stranger never gets the victim's UUID (and neither,
+/// by address, does the victim, until the bridge enforces or the operator
+/// opts in).
 #[test]
 fn a_stranger_with_the_victim_s_mac_address_and_token_is_never_served_as_the_victim() {
     if !require_root("a_stranger_with_the_victim_s_mac_address_and_token") {

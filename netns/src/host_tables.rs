@@ -132,6 +132,15 @@ impl HostTables {
     /// Idempotent, so the same fact from a dump and an event is harmless.
     pub(crate) fn apply(&mut self, msg: &RouteNetlinkMessage) -> bool {
         match msg {
+            // A bridge reports its ports again in the bridge family (at the
+            // end of the forward delay, on carrier changes, on leaving),
+            // without kind or peer namespace: news about the port, not
+            // about the link.
+            RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m)
+                if m.header.interface_family == AddressFamily::Bridge =>
+            {
+                false
+            }
             RouteNetlinkMessage::NewLink(m) => self.set_link(m),
             RouteNetlinkMessage::DelLink(m) => self.forget_link(m.header.index),
             RouteNetlinkMessage::NewRoute(m) => self.route(m, true),
@@ -726,6 +735,15 @@ mod tests {
                 enforced: false
             }
         );
+        // A port's bridge-family news (the forward delay ended) changes
+        // nothing about the veth behind it, nor does its leaving the bridge.
+        let mut port_news = LinkMessage::default();
+        port_news.header.index = port_a;
+        port_news.header.interface_family = AddressFamily::Bridge;
+        port_news.header.flags = LinkFlags::Up;
+        assert!(!t.apply(&RouteNetlinkMessage::NewLink(port_news.clone())));
+        assert!(!t.apply(&RouteNetlinkMessage::DelLink(port_news)));
+        assert!(matches!(t.attribute(a, &n), Attribution::Bridged { .. }));
         // Enforced: permanent neighbour, static sticky FDB entry.
         t.apply(&neigh(
             AddressFamily::Inet,

@@ -169,7 +169,7 @@ impl Pods {
                         let c = lease.cookie();
                         lease.is_live()
                             && !self.on_host(&peer)
-                            && attributed_to(self.watches.attribute(peer), c)
+                            && self.proves(self.watches.attribute(peer), c)
                             && self.watches.index().holds(&peer, c)
                     }
                     None => self.on_host(&peer),
@@ -237,7 +237,17 @@ impl Pods {
     }
 }
 
-/// Whether the host's attribution names instance `c`.
-fn attributed_to(a: Attribution, c: NetnsCookie) -> bool {
-    matches!(a, Attribution::Routed(x) | Attribution::Bridged { cookie: x, .. } if x == c)
+impl Pods {
+    /// Whether the host's attribution names instance `c` in a way that
+    /// proves it: routed, or bridged where the bridge enforces (or the
+    /// operator accepted that it does not).
+    fn proves(&self, a: Attribution, c: NetnsCookie) -> bool {
+        match a {
+            Attribution::Routed(x) => x == c,
+            Attribution::Bridged { cookie, enforced } => {
+                cookie == c && (enforced || self.options.allow_unenforced_bridge)
+            }
+            Attribution::Unwatched | Attribution::Elsewhere(_) => false,
+        }
+    }
 }
