@@ -30,6 +30,9 @@ const MAX_OPS: usize = 100;
 const MAX_TXN_BYTES: usize = 1 << 20;
 /// Earlier leases remembered as ours (to take our node key back from).
 const MAX_OURS: usize = 16;
+/// The longest time between two renewals (a third of the TTL if shorter):
+/// how long an idle agent may take to notice that etcd went away.
+const RENEW_MAX: Duration = Duration::from_secs(2);
 
 /// How often and how fast the loop acts.
 #[derive(Clone, Debug)]
@@ -180,7 +183,7 @@ impl<S: Source> Publisher<S> {
                 tracing::error!(
                     node,
                     holder = format!("{holder:x}"),
-                    "another live agent holds this node name in etcd: not publishing (local service goes on); use a distinct --node-name"
+                    "this node name is held in etcd under another live lease (another agent with the same --node-name, or this agent's previous run until its lease expires): not publishing; local service goes on; the claim is retried"
                 );
                 self.said = Said::Refused;
             }
@@ -228,7 +231,8 @@ impl<S: Source> Publisher<S> {
             Err(e) => return e.into(),
         }
         self.jwks = Some(jwks);
-        let renew_every = (lease.ttl / 3).max(Duration::from_millis(200));
+        // Often enough to notice a lost etcd within seconds, whatever the TTL.
+        let renew_every = (lease.ttl / 3).clamp(Duration::from_millis(200), RENEW_MAX);
         let mut s = Session {
             lease,
             fence: Fence {
