@@ -6,6 +6,7 @@
 pub mod agent;
 pub mod bridge;
 pub mod churn;
+pub mod etcd;
 pub mod fixtures;
 pub mod http;
 pub mod netlink;
