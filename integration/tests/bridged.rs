@@ -219,3 +219,185 @@ fn a_stranger_with_the_victim_s_mac_address_and_token_is_never_served_as_the_vic
     // Every case has run: the failure says which ones let the stranger in.
     assert!(served.is_empty(), "{}", served.join("\n"));
 }
+
+/// One request from inside `pod` to the bridge (its gateway).
+fn from_pod(
+    agent: &Agent,
+    pod: &PodNet,
+    src: Option<IpAddr>,
+    v6: bool,
+    token: &str,
+) -> Option<(u16, String)> {
+    let (_, gateway) = addresses(pod, v6);
+    let stream = pod
+        .connect_within(
+            src,
+            SocketAddr::new(gateway, agent.port),
+            Duration::from_millis(500),
+        )
+        .ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let r = Conn::new(stream).send(&get(token, "pod/uuid")).ok()?;
+    Some((r.status, r.text()))
+}
+
+const NOT_ENFORCED: &str =
+    "the pod's bridge does not enforce source addresses: identity by address is off (--allow-unenforced-bridge)";
+
+/// GET /pods says how a bridged pod is attributed and whether the bridge
+/// enforces; until it does, the pod's address proves nothing, token or not.
+#[test]
+fn a_bridged_pods_attribution_and_enforcement_are_reported_and_decide() {
+    if !require_root("a_bridged_pods_attribution_and_enforcement") {
+        return;
+    }
+    for (mode, flag) in [("token+netns", false), ("netns", false), ("netns", true)] {
+        let mut options = AgentOptions::identity(mode);
+        if flag {
+            options = options.arg("--allow-unenforced-bridge");
+        }
+        let agent = Agent::start(options);
+        let bridge = Bridge::new();
+        let v = PodNet::on_bridge(&bridge);
+        register(&agent, &v, U_V, T_V);
+        let tokens: &[&str] = if mode == "netns" { &[T_V, ""] } else { &[T_V] };
+        for v6 in [false, true] {
+            for t in tokens {
+                let got = from_pod(&agent, &v, None, v6, t).expect("an answer");
+                if flag {
+                    assert_eq!(got, (200, U_V.to_owned()), "{mode} opted in v6={v6}");
+                } else {
+                    assert_eq!(
+                        got,
+                        (403, NOT_ENFORCED.to_owned()),
+                        "{mode} v6={v6} token={t:?}"
+                    );
+                }
+            }
+        }
+        // The host has neighbour entries for the pod now (its traffic
+        // made them): the view names the path and that it is not enforced.
+        let e = agent.pod_entry(U_V).unwrap();
+        assert_eq!(e["state"], "verified", "{e}");
+        assert_eq!(e["attribution"]["path"], "bridged", "{e}");
+        assert_eq!(e["attribution"]["enforced"], false, "{e}");
+        assert!(
+            e["attribution"]["note"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("not enforced"),
+            "{e}"
+        );
+        // The operator enforces: permanent neighbour, static sticky FDB.
+        bridge.enforce(&v);
+        integration::wait_for("enforcement to show", Duration::from_secs(5), || {
+            (agent.pod_entry(U_V).unwrap()["attribution"]["enforced"] == true).then_some(())
+        });
+        for v6 in [false, true] {
+            for t in tokens {
+                let got = from_pod(&agent, &v, None, v6, t).expect("an answer");
+                assert_eq!(
+                    got,
+                    (200, U_V.to_owned()),
+                    "{mode} enforced v6={v6} token={t:?}"
+                );
+            }
+        }
+    }
+}
+
+/// On an enforced bridge, a takeover of a pod's address, by a namespace
+/// nobody registered (with the pod's MAC too) or by a registered pod,
+/// gains nothing, and the rightful pod keeps its identity; a pod claiming
+/// the bridge's (the host's) address changes nothing for host-network
+/// tokens.
+#[test]
+fn takeovers_on_an_enforced_bridge_gain_nothing() {
+    if !require_root("takeovers_on_an_enforced_bridge_gain_nothing") {
+        return;
+    }
+    const T_B: &str = "bbbb56789abcdef0123456789abcdef0";
+    const U_B: &str = "0000000b-a507-4694-aabf-edbe4fc5266f";
+    const T_H: &str = "hhhh56789abcdef0123456789abcdef0";
+    const U_H: &str = "0000000c-a507-4694-aabf-edbe4fc5266f";
+    for mode in ["token+netns", "netns"] {
+        let agent = Agent::start(AgentOptions::identity(mode));
+        let bridge = Bridge::new();
+        let (v, b, stranger) = (
+            PodNet::on_bridge(&bridge),
+            PodNet::on_bridge(&bridge),
+            PodNet::on_bridge(&bridge),
+        );
+        bridge.enforce(&v);
+        bridge.enforce(&b);
+        register(&agent, &v, U_V, T_V);
+        register(&agent, &b, U_B, T_B);
+        let r = agent.register(U_H, T_H, &fixtures::read("pods/bare-pod.json"), "");
+        assert_eq!(r.status, 200);
+        let tokens: &[&str] = if mode == "netns" { &[T_V, ""] } else { &[T_V] };
+        for v6 in [false, true] {
+            let (victim_addr, _) = addresses(&v, v6);
+            let len = if v6 { 128 } else { 32 };
+            // (a) A stranger with the victim's MAC and address.
+            stranger.set_mac(v.mac());
+            stranger.add_address(victim_addr, len);
+            for t in tokens {
+                for _ in 0..5 {
+                    let got = from_pod(&agent, &stranger, Some(victim_addr), v6, t);
+                    assert!(
+                        got.as_ref().is_none_or(|(s, _)| *s != 200),
+                        "{mode} v6={v6}: the stranger was answered {got:?}"
+                    );
+                }
+            }
+            stranger.del_address(victim_addr, len);
+            // (b) A registered pod claims the victim's address.
+            b.add_address(victim_addr, len);
+            integration::wait_for("B's conflict", Duration::from_secs(5), || {
+                (agent.pod_entry(U_B).unwrap()["state"] == "conflict").then_some(())
+            });
+            let got = from_pod(&agent, &b, Some(victim_addr), v6, T_B);
+            assert!(
+                got.as_ref().is_none_or(|(s, _)| *s != 200),
+                "{mode} v6={v6}: B from V's address: {got:?}"
+            );
+            // The victim keeps its identity throughout.
+            for t in tokens {
+                let got = integration::wait_for(
+                    "the victim to be answered",
+                    Duration::from_secs(10),
+                    || from_pod(&agent, &v, None, v6, t),
+                );
+                assert_eq!(got, (200, U_V.to_owned()), "{mode} v6={v6} token={t:?}");
+            }
+            assert_eq!(agent.pod_entry(U_V).unwrap()["state"], "verified");
+            b.del_address(victim_addr, len);
+        }
+        // (c) A pod claims the bridge's address, the host's own: the
+        // host keeps it (a packet from outside with a local source is a
+        // martian), host-network tokens are still answered on the host,
+        // and the claim is reported as B's conflict.
+        let gateway = IpAddr::V4(bridge.v4());
+        b.add_address(gateway, 32);
+        integration::wait_for(
+            "B's conflict on the host's address",
+            Duration::from_secs(5),
+            || {
+                let e = agent.pod_entry(U_B).unwrap();
+                (e["state"] == "conflict"
+                    && e["conflicts"].to_string().contains(&gateway.to_string()))
+                .then_some(())
+            },
+        );
+        let host = SocketAddr::new(gateway, agent.port);
+        let r = integration::http::tcp(host, &get(T_H, "pod/uuid")).unwrap();
+        assert_eq!((r.status, r.text()), (200, U_H.to_owned()), "{mode}");
+        let got = from_pod(&agent, &b, Some(gateway), false, T_H);
+        assert!(
+            got.as_ref().is_none_or(|(s, _)| *s != 200),
+            "{mode}: B holding the host's address was answered {got:?}"
+        );
+        assert_eq!(agent.pod_entry(U_V).unwrap()["state"], "verified");
+        b.del_address(gateway, 32);
+    }
+}
