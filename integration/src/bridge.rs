@@ -11,7 +11,10 @@
 
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc,
+    },
 };
 
 use rtnetlink::packet_route::{
@@ -24,6 +27,7 @@ use rtnetlink::packet_route::{
 use crate::{
     netlink, plumbing,
     pod::{self, PodNet},
+    shield::{self, Shield},
 };
 
 /// Bridges take their /24s from 198.19.240.0/20: 16 of them.
@@ -50,6 +54,8 @@ pub struct Bridge {
     /// The host number the next pod gets.
     next_host: AtomicU32,
     alive: bool,
+    /// Dropped after the bridge is removed.
+    _shield: Arc<Shield>,
 }
 
 /// A host neighbour entry on a bridge.
@@ -121,6 +127,7 @@ impl Bridge {
             ],
             next_host: AtomicU32::new(2),
             alive: true,
+            _shield: shield::hold(),
         };
         let (name, mac) = (bridge.name.clone(), bridge.mac);
         let (v4, v6) = (IpAddr::V4(bridge.v4()), IpAddr::V6(bridge.v6()));

@@ -13,6 +13,7 @@ pub mod netlink;
 mod plumbing;
 pub mod pod;
 pub mod privilege;
+mod shield;
 
 pub use agent::{Agent, AgentOptions};
 pub use bridge::Bridge;

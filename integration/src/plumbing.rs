@@ -126,6 +126,12 @@ pub async fn add_route(h: &Handle, route: RouteMessage) -> Result<(), Error> {
     Ok(h.route().add(route).execute().await?)
 }
 
+/// `ip route replace`: adds, or replaces an equal route (same
+/// destination, table, metric).
+pub async fn replace_route(h: &Handle, route: RouteMessage) -> Result<(), Error> {
+    Ok(h.route().add(route).replace().execute().await?)
+}
+
 pub async fn del_route(h: &Handle, route: RouteMessage) -> Result<(), Error> {
     Ok(h.route().del(route).execute().await?)
 }

@@ -12,7 +12,7 @@ use std::{
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        OnceLock,
+        Arc, OnceLock,
     },
     time::Duration,
 };
@@ -21,7 +21,11 @@ use netns::NetnsFile;
 use rtnetlink::packet_route::route::RouteMessage;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::{bridge::Bridge, netlink, plumbing};
+use crate::{
+    bridge::Bridge,
+    netlink, plumbing,
+    shield::{self, Shield},
+};
 
 /// The pod's end of its veth pair.
 const POD_IF: &str = "eth0";
@@ -136,6 +140,8 @@ pub struct PodNet {
     pub addressing: Addressing,
     alive: bool,
     bridged: Option<OnBridge>,
+    /// Dropped after the pod is removed (fields drop after `Drop::drop`).
+    _shield: Arc<Shield>,
 }
 
 /// A bridged pod's addresses and its gateways (the bridge's addresses).
@@ -179,6 +185,7 @@ impl PodNet {
             addressing,
             alive: true,
             bridged: None,
+            _shield: shield::hold(),
         };
         let (ns, peer_ns) = (pod.netns(), pod.netns());
         // The host end: the pair (its pod end born in the pod), addresses.
@@ -624,6 +631,7 @@ impl PodNet {
             host_if: format!("vm{}x{n}", std::process::id() % 1_000_000),
             addressing,
             alive: true,
+            _shield: shield::hold(),
             bridged: Some(OnBridge {
                 v4,
                 v6,
