@@ -133,6 +133,8 @@ impl Bridge {
         let (v4, v6) = (IpAddr::V4(bridge.v4()), IpAddr::V6(bridge.v6()));
         pod::assert_test_range(v4, Self::V4_PREFIX_LEN);
         pod::assert_test_range(v6, Self::V6_PREFIX_LEN);
+        // A device takes a proc inode number (see `pod::shared_creation`).
+        let _shared = pod::shared_creation();
         pod::step(
             format!("creating bridge {name} ({v4}/24, {v6}/64)"),
             netlink::in_own(move |h| async move {
@@ -182,7 +184,16 @@ impl Bridge {
     pub(crate) fn next_pod_addresses(&self) -> (Ipv4Addr, Ipv6Addr) {
         let n = self.next_host.fetch_add(1, Ordering::Relaxed);
         assert!(n <= 254, "bridge {} has no address left", self.name);
-        (self.host_v4(n as u8), self.host_v6(n as u16))
+        self.pod_addresses(n as u8)
+    }
+
+    /// The addresses of host number `n` (2 to 254) on the bridge, for a
+    /// caller that manages them itself (reusing a dead pod's, say) with
+    /// [`PodNet::on_bridge_at`]; don't mix with [`PodNet::on_bridge`] on
+    /// one bridge.
+    pub fn pod_addresses(&self, n: u8) -> (Ipv4Addr, Ipv6Addr) {
+        assert!((2..=254).contains(&n), "host number {n} is not a pod's");
+        (self.host_v4(n), self.host_v6(n as u16))
     }
 
     /// Makes the bridge enforce `pod`'s addresses the way an operator

@@ -32,11 +32,19 @@ const POD_IF: &str = "eth0";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// Namespace creation in this process takes this shared; a test that makes
+/// Whatever draws inode numbers from the kernel's proc allocator takes
+/// this shared: a namespace, and a network device too (each device gets a
+/// `/proc/net/dev_snmp6` entry, which takes a number). A test that makes
 /// the kernel recycle an inode number takes it exclusively, from before the
 /// old namespace dies until the new one has the number, so that no other
-/// test's namespace takes the number first.
+/// test's namespace or veth takes the number first.
 static CREATION: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Holds off [`exclusive_namespace_creation`] while this thread creates
+/// namespaces or network devices.
+pub(crate) fn shared_creation() -> std::sync::RwLockReadGuard<'static, ()> {
+    CREATION.read().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Holds off every other namespace creation of this process (see
 /// [`PodNet::recycling`]). Create no namespace on this thread meanwhile
@@ -166,15 +174,14 @@ impl PodNet {
     /// A pod whose namespace is called `name` (a name a dead pod used, for
     /// instance).
     pub fn named(name: &str, addressing: Addressing) -> Self {
-        {
-            let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
-            ip(&["netns", "add", name]);
-        }
+        let _shared = shared_creation();
+        ip(&["netns", "add", name]);
         Self::plumb(name, addressing)
     }
 
     /// Joins the existing namespace `name` to the host: veth pair,
-    /// addresses, links up.
+    /// addresses, links up. Call it holding [`shared_creation`] (or the
+    /// exclusive lock).
     fn plumb(name: &str, addressing: Addressing) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         // The guard exists before the first step: Drop removes whatever
@@ -403,7 +410,7 @@ impl PodNet {
     /// killed on drop.
     pub fn spawn_process(&self) -> PodProcess {
         // `ip netns exec` makes a mount namespace: an inode number too.
-        let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
+        let _shared = shared_creation();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.name, "sleep", "600"])
             .stdin(Stdio::null())
@@ -616,14 +623,19 @@ impl PodNet {
     /// bridge learns the pod's MAC, the host its neighbour entries, as
     /// on any bridge (see [`Bridge::enforce`]).
     pub fn on_bridge(bridge: &Bridge) -> Self {
+        let (v4, v6) = bridge.next_pod_addresses();
+        Self::on_bridge_at(bridge, v4, v6)
+    }
+
+    /// [`PodNet::on_bridge`] with the addresses `v4` and `v6` (see
+    /// [`Bridge::pod_addresses`]).
+    pub fn on_bridge_at(bridge: &Bridge, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("mds-{}-{n}", std::process::id());
-        let (v4, v6) = bridge.next_pod_addresses();
         let addressing = Addressing::fresh();
-        {
-            let _shared = CREATION.read().unwrap_or_else(|p| p.into_inner());
-            ip(&["netns", "add", &name]);
-        }
+        // Until the veth exists (see `CREATION`).
+        let _shared = shared_creation();
+        ip(&["netns", "add", &name]);
         // The guard exists before the first step: Drop removes whatever
         // exists, however far set-up got.
         let pod = Self {

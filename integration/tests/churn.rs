@@ -2,7 +2,7 @@
 //! parallel): see `integration::churn`. A misattribution fails at once
 //! with the seed and the last operations; `CHURN_SEED=N` replays a run.
 //! Needs root; runs in CI. The long form is `integration/bench.sh
-//! --churn`.
+//! --only churn`.
 
 use std::{io::Write, time::Duration};
 
@@ -26,7 +26,7 @@ fn churn(mode: &'static str) {
     let _ = writeln!(std::io::stderr(), "{}", report.summary());
     assert!(report.clean(), "{}", report.details());
     assert!(
-        report.requests > 100 && report.lifecycles > 5,
+        report.requests > 100 && report.lifecycles > 5 && report.bridged > 0,
         "{}",
         report.summary()
     );

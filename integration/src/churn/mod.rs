@@ -1,10 +1,13 @@
 //! The churn test: a seeded, randomized run of everything a busy host does
-//! to the agent (namespaces come and go and come back under a dead one's
-//! name with its inode, pods register in every form and leave, addresses
-//! move between pods, tenants claim addresses that are not theirs, the
-//! agent is restarted or killed, registrations race), interleaved with
-//! requests from random actors with their own token, another pod's, a dead
-//! pod's, or none, each judged by an oracle (see [`oracle`]).
+//! to the agent (namespaces come and go, as routed veths or as ports of a
+//! bridge that the operator pinned or not, and come back under a dead
+//! one's name with its inode or on a dead one's addresses; pods register
+//! in every form and leave, addresses move between pods, tenants take
+//! addresses that are not theirs (another pod's, with its MAC address on
+//! the bridge; nobody's; the host's), the agent is restarted or killed,
+//! registrations race), interleaved with requests from random actors with
+//! their own token, another pod's, a dead pod's, or none, each judged by
+//! an oracle (see [`oracle`]).
 //!
 //! `CHURN_SEED` replays a run: the same seed gives the same operations.
 
@@ -62,6 +65,10 @@ pub struct Report {
     /// False refusals outside the window: each one a failure.
     pub false_refusals: Vec<String>,
     pub lifecycles: usize,
+    /// Namespaces created as ports of the bridge.
+    pub bridged: usize,
+    /// Requests from bridge ports that were served.
+    pub bridged_served: usize,
     pub registrations: usize,
     pub restarts: usize,
     pub recycled_inodes: usize,
@@ -94,7 +101,7 @@ impl Report {
     /// One paragraph for a failure message or a log.
     pub fn summary(&self) -> String {
         format!(
-            "churn {mode} CHURN_SEED={seed}: {req} requests ({served} served, {refused} refused, {cf} connections refused by the network), {life} namespace lifecycles, {regs} registrations, {restarts} restarts, {recycled} recycled inodes, {take} takeovers, {races} races in {secs:.1} s; misattributions {mis}, false refusals {fr_in} in window + {fr_out} outside ({rate:.4}%), peak RSS {rss} KiB, all freed: {freed} (in {fw} ms)",
+            "churn {mode} CHURN_SEED={seed}: {req} requests ({served} served, {refused} refused, {cf} connections refused by the network), {life} namespace lifecycles ({bridged} bridged, {bridged_served} answers to bridge ports), {regs} registrations, {restarts} restarts, {recycled} recycled inodes, {take} takeovers, {races} races in {secs:.1} s; misattributions {mis}, false refusals {fr_in} in window + {fr_out} outside ({rate:.4}%), peak RSS {rss} KiB, all freed: {freed} (in {fw} ms)",
             mode = self.mode,
             seed = self.seed,
             req = self.requests,
@@ -102,6 +109,8 @@ impl Report {
             refused = self.refused,
             cf = self.connect_failures,
             life = self.lifecycles,
+            bridged = self.bridged,
+            bridged_served = self.bridged_served,
             regs = self.registrations,
             restarts = self.restarts,
             recycled = self.recycled_inodes,

@@ -63,9 +63,14 @@ pub struct Case<'a> {
     pub owner: Option<&'a Reg>,
     /// For a tokenless request: the live registrations bound to the actor.
     pub bound_to_actor: Vec<&'a Reg>,
-    /// The source address is routed by the host to the actor (a base
-    /// address, or a pool address assigned to it).
+    /// The host's tables attribute the source address to the actor, in a
+    /// way that proves it: routed to its veth (a base address, or a pool
+    /// address assigned to it), or pinned to its bridge port (neighbour
+    /// and FDB entries fixed, and the pod wears its own MAC address).
     pub source_routed: bool,
+    /// The actor is on a bridge port its operator did not pin: its
+    /// address proves nothing, whatever the tables say now.
+    pub unpinned_bridge_port: bool,
     /// The latest change touching this request.
     pub last_change: Instant,
     /// How long a dead registration may linger before the agent's GC.
@@ -124,6 +129,12 @@ fn judge_200(case: &Case<'_>, uuid: &str) -> Judgement {
     };
     if case.mode == "token" {
         return Judgement::Fine;
+    }
+    if case.unpinned_bridge_port {
+        return bad(format!(
+            "{uuid} answered in {} to {:?}, on a bridge port nobody pinned",
+            case.mode, case.actor
+        ));
     }
     let ok = match (reg.binding, case.actor) {
         (Binding::Instance(i), Actor::Ns(a)) => i == a,
@@ -201,6 +212,7 @@ mod tests {
             owner,
             bound_to_actor: bound,
             source_routed: true,
+            unpinned_bridge_port: false,
             last_change: Instant::now() - Duration::from_secs(60),
             gc_grace: Duration::from_secs(3),
         }
@@ -244,6 +256,25 @@ mod tests {
             judge(&c, Some("h"), now),
             Judgement::Misattribution(_)
         ));
+    }
+
+    #[test]
+    fn nothing_is_served_from_an_unpinned_bridge_port_in_checking_modes() {
+        let now = Instant::now();
+        let a = reg("a", Binding::Instance(1));
+        for mode in ["token+netns", "netns"] {
+            let mut c = case(mode, Actor::Ns(1), Some(&a), vec![&a]);
+            c.unpinned_bridge_port = true;
+            c.source_routed = false;
+            assert!(matches!(
+                judge(&c, Some("a"), now),
+                Judgement::Misattribution(_)
+            ));
+            assert_eq!(judge(&c, None, now), Judgement::Fine);
+        }
+        let mut c = case("token", Actor::Ns(1), Some(&a), vec![]);
+        c.unpinned_bridge_port = true;
+        assert_eq!(judge(&c, Some("a"), now), Judgement::Fine);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::{
     fixtures,
     http::{Conn, Request},
     pod::{exclusive_namespace_creation, HostRoute, PodProcess},
-    PodNet,
+    Bridge, PodNet,
 };
 
 /// How long a dead registration lingers before the agent collects it.
@@ -28,6 +28,10 @@ const GC_GRACE: Duration = Duration::from_secs(3);
 const MAX_HOST_PODS: usize = 3;
 /// Operations kept for a failure's message.
 const KEPT_OPS: usize = 40;
+/// Of new namespaces, how many (percent) are bridged, and of those how
+/// many the operator pins.
+const BRIDGED_PERCENT: u64 = 35;
+const ENFORCED_PERCENT: u64 = 80;
 
 /// A namespace alive now.
 struct Ns {
@@ -38,9 +42,26 @@ struct Ns {
     cookie: u64,
     process: Option<PodProcess>,
     /// Addresses it holds beyond its base ones: assigned pool addresses
-    /// (routed to it) and claimed ones (not routed to it).
+    /// (routed to it) and claimed ones (another pod's, a pool address
+    /// routed elsewhere or nowhere, the host's).
     held: Vec<IpAddr>,
+    /// A port of the churn's bridge, not a routed veth.
+    bridged: Option<OnBridge>,
     changed: Instant,
+}
+
+/// A bridged namespace's place on the bridge.
+#[derive(Clone, Copy)]
+struct OnBridge {
+    /// Its host number: its addresses are the bridge's for it.
+    host: u8,
+    /// Pinned by the operator at creation (permanent neighbour entries,
+    /// static sticky FDB entry), as most are.
+    enforced: bool,
+    /// Its own MAC address.
+    mac: [u8; 6],
+    /// It wears another pod's MAC address now.
+    spoofing: bool,
 }
 
 /// A pool address: at most one pod holds it with the host's route.
@@ -59,7 +80,13 @@ pub struct World {
     /// Deleted namespaces (their guards, dropped at the end) and the host
     /// ends of their veths, which must all vanish.
     dead: Vec<PodNet>,
-    dead_links: Vec<String>,
+    /// Bridged namespaces' bridge: its pods' host numbers are few, so a
+    /// new pod often takes a dead one's addresses (whose pinned neighbour
+    /// entries the operator left behind).
+    bridge: Bridge,
+    /// Host-side veths of deleted namespaces, with the TCP sockets each
+    /// namespace still had when it was deleted (what can outlive a name).
+    dead_links: Vec<(String, String)>,
     regs: Vec<Reg>,
     pool: Vec<Pool>,
     next_id: u64,
@@ -117,6 +144,7 @@ impl World {
             agent,
             slots: (0..cfg.slots).map(|_| None).collect(),
             dead: Vec::new(),
+            bridge: Bridge::new(),
             dead_links: Vec::new(),
             regs: Vec::new(),
             pool,
@@ -184,20 +212,55 @@ impl World {
         })
     }
 
-    fn create(&mut self, _rng: &mut Rng) {
+    fn create(&mut self, rng: &mut Rng) {
         let Some(slot) = self.slots.iter().position(Option::is_none) else {
             return;
         };
-        let net = PodNet::new();
-        self.install(slot, net);
+        if !rng.chance(BRIDGED_PERCENT) {
+            self.install(slot, PodNet::new(), None);
+            return;
+        }
+        // A host number no live pod has: two more than there are slots,
+        // so addresses are reused often.
+        let taken: Vec<u8> = self
+            .live()
+            .filter_map(|ns| ns.bridged.map(|b| b.host))
+            .collect();
+        let free: Vec<u8> = (2..4 + self.slots.len() as u8)
+            .filter(|h| !taken.contains(h))
+            .collect();
+        let host = free[rng.below(free.len())];
+        let (v4, v6) = self.bridge.pod_addresses(host);
+        let net = PodNet::on_bridge_at(&self.bridge, v4, v6);
+        let enforced = rng.chance(ENFORCED_PERCENT);
+        if enforced {
+            self.bridge.enforce(&net);
+        }
+        let mac = net.mac();
+        self.report.bridged += 1;
+        let on_bridge = OnBridge {
+            host,
+            enforced,
+            mac,
+            spoofing: false,
+        };
+        self.install(slot, net, Some(on_bridge));
     }
 
-    fn install(&mut self, slot: usize, net: PodNet) {
+    fn install(&mut self, slot: usize, net: PodNet, bridged: Option<OnBridge>) {
         let id = self.next_id;
         self.next_id += 1;
         let cookie = cookie_of(&net);
+        let topology = match bridged {
+            None => "routed".to_owned(),
+            Some(b) => format!(
+                "bridged as .{}, {}",
+                b.host,
+                if b.enforced { "pinned" } else { "not pinned" }
+            ),
+        };
         self.log(format!(
-            "create ns#{id} {} (cookie {cookie}) in slot {slot}",
+            "create ns#{id} {} (cookie {cookie}, {topology}) in slot {slot}",
             net.name
         ));
         self.slots[slot] = Some(Ns {
@@ -206,8 +269,13 @@ impl World {
             cookie,
             process: None,
             held: Vec::new(),
+            bridged,
             changed: Instant::now(),
         });
+    }
+
+    fn live(&self) -> impl Iterator<Item = &Ns> {
+        self.slots.iter().flatten()
     }
 
     fn fresh_pod(&mut self) -> (String, String) {
@@ -374,7 +442,8 @@ impl World {
             }
         }
         self.report.lifecycles += 1;
-        self.dead_links.push(ns.net.host_if.clone());
+        let sockets = tcp_sockets(&ns.net);
+        self.dead_links.push((ns.net.host_if.clone(), sockets));
         ns.held.clear();
         ns
     }
@@ -411,7 +480,7 @@ impl World {
         let net = PodNet::recycling(&name, inode, addressing);
         drop(exclusive);
         self.report.recycled_inodes += 1;
-        self.install(slot, net);
+        self.install(slot, net, None);
     }
 
     fn assign(&mut self, rng: &mut Rng) {
@@ -427,7 +496,8 @@ impl World {
         let p = free[rng.below(free.len())];
         let addr = self.pool[p].addr;
         let ns = self.slots[slot].as_mut().expect("live");
-        if ns.held.contains(&addr) {
+        // Pool addresses are routed to veths; bridged pods have ports.
+        if ns.held.contains(&addr) || ns.bridged.is_some() {
             return;
         }
         ns.net.add_address(addr, prefix_len(&addr));
@@ -474,31 +544,124 @@ impl World {
         }
     }
 
-    /// A tenant puts a pool address on its own eth0 without the host's
-    /// route (taking another pod's, or an unassigned one), or drops such
-    /// a claim.
+    /// Whether the host routes (or pins) `addr` to `ns`: its base
+    /// addresses and the pool addresses assigned to it.
+    fn owns(&self, ns: &Ns, addr: IpAddr) -> bool {
+        addr == IpAddr::V4(ns.net.v4())
+            || addr == IpAddr::V6(ns.net.v6())
+            || self
+                .pool
+                .iter()
+                .any(|p| p.addr == addr && p.owner == Some(ns.id))
+    }
+
+    /// A tenant drops one of its claims, or puts on its own eth0 an
+    /// address the host does not give it: a pool address (another pod's,
+    /// or nobody's), another namespace's own address (a bridged tenant
+    /// taking a bridged victim's may take its MAC address too), or the
+    /// host's address on its link (its gateway).
     fn claim(&mut self, rng: &mut Rng) {
         let Some(slot) = self.pick_ns(rng) else {
             return;
         };
-        let p = rng.below(self.pool.len());
-        let (addr, owner) = (self.pool[p].addr, self.pool[p].owner);
-        let ns = self.slots[slot].as_mut().expect("live");
-        if owner == Some(ns.id) {
+        let ns = self.slots[slot].as_ref().expect("live");
+        let claims: Vec<IpAddr> = ns
+            .held
+            .iter()
+            .copied()
+            .filter(|a| !self.owns(ns, *a))
+            .collect();
+        if !claims.is_empty() && rng.chance(50) {
+            let addr = claims[rng.below(claims.len())];
+            self.drop_claim(slot, addr);
             return;
         }
-        if ns.held.contains(&addr) {
-            ns.net.del_address(addr, prefix_len(&addr));
-            ns.held.retain(|a| *a != addr);
-            let id = ns.id;
-            self.log(format!("ns#{id} drops its claim of {addr}"));
-        } else {
-            ns.net.add_address(addr, prefix_len(&addr));
-            ns.held.push(addr);
-            let id = ns.id;
-            self.report.takeovers += 1;
-            self.log(format!("ns#{id} claims {addr} (owner ns#{owner:?})"));
+        let id = ns.id;
+        let others: Vec<&Ns> = self.live().filter(|o| o.id != id).collect();
+        let kind = rng.below(10);
+        let (addr, victim) = match kind {
+            0..=4 => {
+                let p = &self.pool[rng.below(self.pool.len())];
+                (p.addr, p.owner.map(|o| format!("ns#{o}")))
+            }
+            5..=7 if !others.is_empty() => {
+                let o = others[rng.below(others.len())];
+                let addr = if rng.chance(50) {
+                    IpAddr::V4(o.net.v4())
+                } else {
+                    IpAddr::V6(o.net.v6())
+                };
+                (addr, Some(format!("ns#{}", o.id)))
+            }
+            _ => {
+                let addr = if rng.chance(50) {
+                    IpAddr::V4(ns.net.host_v4())
+                } else {
+                    IpAddr::V6(ns.net.host_v6())
+                };
+                (addr, Some("the host".to_owned()))
+            }
+        };
+        // The MAC too, when both are on the bridge.
+        let mac = match (kind, ns.bridged) {
+            (5..=7, Some(b)) if !b.spoofing && rng.chance(50) => others
+                .iter()
+                .find(|o| o.net.v4() == addr || o.net.v6() == addr)
+                .and_then(|o| o.bridged.map(|v| v.mac)),
+            _ => None,
+        };
+        if ns.held.contains(&addr) || self.owns(ns, addr) {
+            return;
         }
+        let ns = self.slots[slot].as_mut().expect("live");
+        ns.net.add_address(addr, prefix_len(&addr));
+        ns.held.push(addr);
+        if let (Some(mac), Some(b)) = (mac, ns.bridged.as_mut()) {
+            ns.net.set_mac(mac);
+            b.spoofing = true;
+        }
+        self.report.takeovers += 1;
+        self.log(format!(
+            "ns#{id} claims {addr} (holder {}){}",
+            victim.as_deref().unwrap_or("none"),
+            if mac.is_some() {
+                " and its MAC address"
+            } else {
+                ""
+            }
+        ));
+    }
+
+    /// Namespace `slot` drops its claim of `addr` (and its borrowed MAC
+    /// address, if it wears one). A claim of the bridge's address answered
+    /// the neighbours' queries for it: their caches are flushed, or they
+    /// would send to the claimant for a while yet (what a careful tenant
+    /// whose neighbour poisoned its cache would do).
+    fn drop_claim(&mut self, slot: usize, addr: IpAddr) {
+        let ns = self.slots[slot].as_mut().expect("live");
+        ns.net.del_address(addr, prefix_len(&addr));
+        ns.held.retain(|a| *a != addr);
+        let id = ns.id;
+        let mut restored = false;
+        if let Some(b) = ns.bridged.as_mut().filter(|b| b.spoofing) {
+            ns.net.set_mac(b.mac);
+            b.spoofing = false;
+            restored = true;
+        }
+        let gateway = addr == IpAddr::V4(ns.net.host_v4()) || addr == IpAddr::V6(ns.net.host_v6());
+        if gateway && ns.bridged.is_some() {
+            for other in self.live().filter(|o| o.bridged.is_some() && o.id != id) {
+                other.net.flush_neighbours();
+            }
+        }
+        self.log(format!(
+            "ns#{id} drops its claim of {addr}{}",
+            if restored {
+                ", and its borrowed MAC"
+            } else {
+                ""
+            }
+        ));
     }
 
     /// Racing PUTs and DELETEs of one pod; the model adopts whatever the
@@ -628,12 +791,7 @@ impl World {
                 )
             }
             Actor::Ns(id) => {
-                let ns = self
-                    .slots
-                    .iter()
-                    .flatten()
-                    .find(|ns| ns.id == id)
-                    .expect("actor");
+                let ns = self.live().find(|ns| ns.id == id).expect("actor");
                 let choice = rng.below(ns.held.len() + 2);
                 let mut src: IpAddr = match choice {
                     0 => ns.net.v4().into(),
@@ -641,12 +799,9 @@ impl World {
                     k => ns.held[k - 2],
                 };
                 // A claimed source never completes a connection (the
-                // host answers the address's owner): try it now and then.
-                let claimed = self
-                    .pool
-                    .iter()
-                    .any(|p| p.addr == src && p.owner != Some(id));
-                if claimed && !rng.chance(20) {
+                // host answers the address's holder, or nobody): try it
+                // now and then.
+                if !self.owns(ns, src) && !rng.chance(20) {
                     src = ns.net.v4().into();
                 }
                 let dst: IpAddr = if src.is_ipv4() {
@@ -654,15 +809,26 @@ impl World {
                 } else {
                     ns.net.host_v6().into()
                 };
+                // The host's tables say the source is the actor's, and
+                // that proves it: a routed veth, or a pinned bridge port
+                // whose pod wears its own MAC address.
+                let proven =
+                    self.owns(ns, src) && ns.bridged.is_none_or(|b| b.enforced && !b.spoofing);
                 let pool = self.pool.iter().find(|p| p.addr == src);
-                let routed = pool.is_none_or(|p| p.owner == Some(id));
                 let changed = pool.map_or(ns.changed, |p| p.changed.max(ns.changed));
                 (
                     Some(src),
                     dst,
-                    routed,
+                    proven,
                     changed,
-                    format!("ns#{id} from {src}"),
+                    format!(
+                        "ns#{id}{} from {src}",
+                        match ns.bridged {
+                            Some(b) if b.enforced => " (pinned bridge port)",
+                            Some(_) => " (bridge port, not pinned)",
+                            None => "",
+                        }
+                    ),
                 )
             }
         };
@@ -691,6 +857,12 @@ impl World {
         for r in owner.iter().chain(bound_to_actor.iter()) {
             last_change = last_change.max(r.changed);
         }
+        let unpinned = match actor {
+            Actor::Ns(id) => self
+                .live()
+                .any(|ns| ns.id == id && ns.bridged.is_some_and(|b| !b.enforced)),
+            Actor::Host => false,
+        };
         let case = Case {
             mode: self.cfg.mode,
             actor,
@@ -698,6 +870,7 @@ impl World {
             owner,
             bound_to_actor,
             source_routed,
+            unpinned_bridge_port: unpinned,
             last_change,
             gc_grace: GC_GRACE,
         };
@@ -710,6 +883,11 @@ impl World {
         );
         if status == 200 {
             self.report.served += 1;
+            if let Actor::Ns(id) = actor {
+                if self.live().any(|ns| ns.id == id && ns.bridged.is_some()) {
+                    self.report.bridged_served += 1;
+                }
+            }
         } else {
             self.report.refused += 1;
         }
@@ -765,10 +943,10 @@ impl World {
         }
         let deadline = Instant::now() + Duration::from_secs(90);
         let waited = Instant::now();
-        let remaining = |links: &[String]| {
+        let remaining = |links: &[(String, String)]| {
             links
                 .iter()
-                .filter(|l| std::path::Path::new("/sys/class/net").join(l).exists())
+                .filter(|(l, _)| std::path::Path::new("/sys/class/net").join(l).exists())
                 .count()
         };
         while remaining(&self.dead_links) > 0 && Instant::now() < deadline {
@@ -778,10 +956,11 @@ impl World {
         self.report.free_wait = waited.elapsed();
         self.report.all_freed = left == 0;
         if left > 0 {
-            let names: Vec<&String> = self
+            let names: Vec<String> = self
                 .dead_links
                 .iter()
-                .filter(|l| std::path::Path::new("/sys/class/net").join(l).exists())
+                .filter(|(l, _)| std::path::Path::new("/sys/class/net").join(l).exists())
+                .map(|(l, sockets)| format!("{l} ({sockets} at deletion)"))
                 .collect();
             let watch = self.agent.pods()["watch"].clone();
             self.report
@@ -805,12 +984,30 @@ impl World {
     }
 }
 
+/// The `TCP:` line of the namespace's `sockstat`: sockets still open,
+/// orphaned (closed, still sending) and in TIME_WAIT.
+fn tcp_sockets(net: &PodNet) -> String {
+    netns::run_in(&net.netns(), || {
+        std::fs::read_to_string("/proc/thread-self/net/sockstat").unwrap_or_default()
+    })
+    .ok()
+    .and_then(|s| s.lines().find(|l| l.starts_with("TCP:")).map(str::to_owned))
+    .unwrap_or_else(|| "sockstat unreadable".to_owned())
+}
+
 /// A connection from inside `net`, from `src`: a source the host routes
-/// elsewhere never completes its handshake, so give up soon.
+/// elsewhere never completes its handshake, so give up soon. Dropping it
+/// resets it.
 fn connect_from(net: &PodNet, src: Option<IpAddr>, dst: SocketAddr) -> Option<TcpStream> {
     use socket2::{Domain, Protocol, Socket, Type};
     netns::run_in(&net.netns(), move || -> std::io::Result<TcpStream> {
         let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+        // Closed with a reset, never orphaned: a closed socket whose FIN
+        // or request nobody acknowledges (the host sends the agent's
+        // replies to whoever owns the source address now) keeps
+        // retransmitting for about 100 s, and holds its namespace alive
+        // that long. The freeing check is about the agent's references.
+        s.set_linger(Some(Duration::ZERO))?;
         if let Some(src) = src {
             s.bind(&SocketAddr::new(src, 0).into())?;
         }
