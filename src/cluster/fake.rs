@@ -186,9 +186,9 @@ impl Source for Entries {
         self.jwks.lock().clone()
     }
 
-    fn for_each_entry(&self, f: &mut dyn FnMut(&str, &[u8])) {
+    fn for_each_entry(&self, f: &mut dyn FnMut(&str, &Arc<[u8]>)) {
         for (k, v) in self.entries.lock().iter() {
-            f(k, v.as_bytes());
+            f(k, &Arc::from(v.as_bytes()));
         }
     }
 }

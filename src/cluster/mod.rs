@@ -71,9 +71,14 @@ impl Handle {
     }
 }
 
-/// Starts publishing `source` to etcd. Returns at once: etcd being down
-/// delays nothing.
-pub fn start<S: Source>(config: Config, source: Arc<S>) -> Handle {
+/// Starts publishing the agent's state to etcd. Returns at once: etcd
+/// being down delays nothing.
+pub fn start(config: Config, state: Arc<crate::state::AppState>) -> Handle {
+    start_with(config, Arc::new(source::StateSource::new(state)))
+}
+
+/// Starts publishing `source` to etcd.
+pub fn start_with<S: Source>(config: Config, source: Arc<S>) -> Handle {
     let timeout = call_timeout(config.lease_ttl);
     let endpoints = config.endpoints.clone();
     let settings = Settings {

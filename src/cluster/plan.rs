@@ -2,7 +2,7 @@
 //! published, so that an unchanged pod costs a serialization and a
 //! comparison, never a write.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use super::source::Source;
 
@@ -17,14 +17,14 @@ pub struct Published {
 
 #[derive(Debug)]
 struct Entry {
-    value: Vec<u8>,
+    value: Arc<[u8]>,
     seen: u64,
 }
 
 /// Puts (UUID, entry) and deletes (UUID) that bring etcd to the source.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Plan {
-    pub puts: Vec<(String, Vec<u8>)>,
+    pub puts: Vec<(String, Arc<[u8]>)>,
     pub deletes: Vec<String>,
 }
 
@@ -65,11 +65,13 @@ impl Published {
         source.for_each_entry(&mut |uuid, value| match entries.get_mut(uuid) {
             Some(e) => {
                 e.seen = pass;
-                if e.value != value {
-                    puts.push((uuid.to_owned(), value.to_vec()));
+                // The same buffer (an entry the source kept) or the
+                // same bytes: unchanged.
+                if !Arc::ptr_eq(&e.value, value) && *e.value != **value {
+                    puts.push((uuid.to_owned(), value.clone()));
                 }
             }
-            None => puts.push((uuid.to_owned(), value.to_vec())),
+            None => puts.push((uuid.to_owned(), value.clone())),
         });
         let deletes = self
             .entries
@@ -81,7 +83,7 @@ impl Published {
     }
 
     /// Records a put etcd acknowledged.
-    pub fn put(&mut self, uuid: String, value: Vec<u8>) {
+    pub fn put(&mut self, uuid: String, value: Arc<[u8]>) {
         let seen = self.pass;
         self.entries.insert(uuid, Entry { value, seen });
     }
@@ -108,9 +110,9 @@ mod tests {
         fn jwks(&self) -> JwkSet {
             JwkSet::default()
         }
-        fn for_each_entry(&self, f: &mut dyn FnMut(&str, &[u8])) {
+        fn for_each_entry(&self, f: &mut dyn FnMut(&str, &Arc<[u8]>)) {
             for (k, v) in &self.0 {
-                f(k, v.as_bytes());
+                f(k, &Arc::from(v.as_bytes()));
             }
         }
     }
@@ -140,7 +142,10 @@ mod tests {
         let plan = p.plan(&src);
         assert_eq!(
             plan.puts,
-            vec![("b".into(), b"3".to_vec()), ("c".into(), b"4".to_vec())]
+            vec![
+                ("b".into(), Arc::from(b"3".as_slice())),
+                ("c".into(), Arc::from(b"4".as_slice()))
+            ]
         );
         assert_eq!(plan.deletes, vec!["a".to_string()]);
         apply(&mut p, &plan);

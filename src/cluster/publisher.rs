@@ -28,6 +28,9 @@ const MAX_OPS: usize = 100;
 /// Bytes of keys and values per transaction (etcd's default
 /// `--max-request-bytes` is 1.5 MiB).
 const MAX_TXN_BYTES: usize = 1 << 20;
+/// A pass that cost C is followed by a pause of C times this (at most
+/// `Timing::max_gap`).
+const GAP_FACTOR: u32 = 10;
 /// Earlier leases remembered as ours (to take our node key back from).
 const MAX_OURS: usize = 16;
 /// The longest time between two renewals (a third of the TTL if shorter):
@@ -39,8 +42,11 @@ const RENEW_MAX: Duration = Duration::from_secs(2);
 pub struct Timing {
     /// How often the local generation and JWK Set are read.
     pub poll: Duration,
-    /// The longest pause between two passes (the debounce of a long
-    /// burst of changes); a pass is at least `poll` after the previous.
+    /// The longest pause after a pass before the next: a pass that cost
+    /// C waits 10 C (at most this), so that a long burst of changes (or
+    /// of the host's network events, which move the generation) costs at
+    /// most about a tenth of a core. Changes within one `poll` share a
+    /// pass.
     pub max_gap: Duration,
     /// The first and the longest wait between two sessions.
     pub backoff_first: Duration,
@@ -50,7 +56,7 @@ pub struct Timing {
 impl Default for Timing {
     fn default() -> Self {
         Self {
-            poll: Duration::from_millis(50),
+            poll: Duration::from_millis(20),
             max_gap: Duration::from_millis(500),
             backoff_first: Duration::from_millis(100),
             backoff_cap: Duration::from_secs(10),
@@ -351,7 +357,7 @@ impl<S: Source> Publisher<S> {
                         );
                     }
                     // A pass that cost much spaces the next ones.
-                    let gap = (started.elapsed() * 3).clamp(timing.poll, timing.max_gap);
+                    let gap = (started.elapsed() * GAP_FACTOR).min(timing.max_gap);
                     next_pass = Instant::now() + gap;
                 }
                 let jwks = self.source.jwks();
@@ -480,7 +486,7 @@ impl<S: Source> Publisher<S> {
                 continue;
             }
             self.oversize.remove(&uuid);
-            ops.push((Op::Put(key, value.clone()), Record::Put(uuid, value)));
+            ops.push((Op::Put(key, value.to_vec()), Record::Put(uuid, value)));
         }
         let mut batch = Vec::new();
         let mut records = Vec::new();
@@ -541,7 +547,7 @@ impl<S: Source> Publisher<S> {
 enum Record {
     Nothing,
     Forget(String),
-    Put(String, Vec<u8>),
+    Put(String, Arc<[u8]>),
 }
 
 fn op_size(op: &Op) -> usize {
