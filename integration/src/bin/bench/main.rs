@@ -4,6 +4,7 @@
 //! Needs root and `wrk` (see integration/bench.sh).
 
 mod churn_long;
+mod directory;
 mod documents;
 mod isolation;
 mod loopback;
@@ -66,6 +67,11 @@ pub struct Args {
     /// the other (at most two minutes) and print setups/s. Needs no wrk.
     #[arg(long, value_name = "N")]
     pub setups: Option<u32>,
+    /// Only measure the etcd cluster directory (needs /usr/bin/etcd):
+    /// registration-to-etcd delays, the publication rate at 10,000 pods,
+    /// the agent's CPU with and without --etcd. Needs no wrk.
+    #[arg(long)]
+    pub etcd: bool,
 }
 
 /// The parts of a full run.
@@ -107,6 +113,15 @@ fn main() -> std::process::ExitCode {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     if let Some(n) = args.setups {
         return match setups::measure(n) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.etcd {
+        return match directory::measure() {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench: {e}");
