@@ -26,21 +26,15 @@ use rtnetlink::packet_route::{
 
 use crate::{
     netlink, plumbing,
-    pod::{self, PodNet},
+    pod::{BridgePort, PodNet},
+    setup::{shared_creation, step},
     shield::{self, Shield},
+    space::{assert_test_range, host_addresses, ula_prefix, BRIDGE_SPACE, BRIDGE_SPACE_LEN},
 };
 
-/// Bridges take their /24s from 198.19.240.0/20: 16 of them.
-const SPACE: Ipv4Addr = Ipv4Addr::new(198, 19, 240, 0);
-const SPACE_LEN: u32 = 20;
-const SUBNETS: u32 = 1 << (24 - SPACE_LEN);
+const SUBNETS: u32 = 1 << (24 - BRIDGE_SPACE_LEN);
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Whether `a` lies in the space bridges take their subnets from.
-pub(crate) fn in_bridge_space(a: Ipv4Addr) -> bool {
-    u32::from(a) >> (32 - SPACE_LEN) == u32::from(SPACE) >> (32 - SPACE_LEN)
-}
 
 /// A Linux bridge with the host's addresses on it.
 pub struct Bridge {
@@ -104,14 +98,16 @@ impl Bridge {
     pub fn new() -> Self {
         let pid = std::process::id();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let in_use = pod::host_addresses();
+        let in_use = host_addresses();
         let subnet = (0..SUBNETS)
             .map(|i| (pid.wrapping_add(n).wrapping_add(i)) % SUBNETS)
             .find(|s| {
-                let net = u32::from(SPACE) + (s << 8);
+                let net = u32::from(BRIDGE_SPACE) + (s << 8);
                 !in_use.iter().any(|a| u32::from(*a) >> 8 == net >> 8)
             })
-            .unwrap_or_else(|| panic!("every /24 of {SPACE}/{SPACE_LEN} is in use on this host"));
+            .unwrap_or_else(|| {
+                panic!("every /24 of {BRIDGE_SPACE}/{BRIDGE_SPACE_LEN} is in use on this host")
+            });
         let bridge = Self {
             name: format!("mb{}x{n}", pid % 1_000_000),
             subnet,
@@ -131,11 +127,11 @@ impl Bridge {
         };
         let (name, mac) = (bridge.name.clone(), bridge.mac);
         let (v4, v6) = (IpAddr::V4(bridge.v4()), IpAddr::V6(bridge.v6()));
-        pod::assert_test_range(v4, Self::V4_PREFIX_LEN);
-        pod::assert_test_range(v6, Self::V6_PREFIX_LEN);
-        // A device takes a proc inode number (see `pod::shared_creation`).
-        let _shared = pod::shared_creation();
-        pod::step(
+        assert_test_range(v4, Self::V4_PREFIX_LEN);
+        assert_test_range(v6, Self::V6_PREFIX_LEN);
+        // A device takes a proc inode number (see `setup::CREATION`).
+        let _shared = shared_creation();
+        step(
             format!("creating bridge {name} ({v4}/24, {v6}/64)"),
             netlink::in_own(move |h| async move {
                 plumbing::add_bridge(&h, &name, mac).await?;
@@ -158,11 +154,11 @@ impl Bridge {
     }
 
     fn host_v4(&self, host: u8) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(SPACE) + (self.subnet << 8) + u32::from(host))
+        Ipv4Addr::from(u32::from(BRIDGE_SPACE) + (self.subnet << 8) + u32::from(host))
     }
 
     fn host_v6(&self, host: u16) -> Ipv6Addr {
-        let p = pod::ula_prefix();
+        let p = ula_prefix();
         Ipv6Addr::new(p[0], p[1], p[2], self.v6_net, 0, 0, 0, host)
     }
 
@@ -174,7 +170,7 @@ impl Bridge {
     /// The bridge's interface index.
     pub fn index(&self) -> u32 {
         let name = self.name.clone();
-        pod::step(
+        step(
             format!("looking up bridge {}", self.name),
             netlink::in_own(move |h| async move { plumbing::link_index(&h, &name).await }),
         )
@@ -205,7 +201,7 @@ impl Bridge {
         let mac = pod.mac();
         let (v4, v6) = (IpAddr::V4(pod.v4()), IpAddr::V6(pod.v6()));
         let (bridge, port) = (self.name.clone(), pod.host_if.clone());
-        pod::step(
+        step(
             format!("pinning {}'s addresses and MAC on {}", pod.name, self.name),
             netlink::in_own(move |h| async move {
                 let bridge = plumbing::link_index(&h, &bridge).await?;
@@ -224,7 +220,7 @@ impl Bridge {
             IpAddr::V6(_) => AddressFamily::Inet6,
         };
         let index = self.index();
-        let entries = pod::step(
+        let entries = step(
             format!("dumping the host's neighbours on {}", self.name),
             netlink::in_own(move |h| async move { plumbing::neighbours(&h, family).await }),
         );
@@ -241,7 +237,7 @@ impl Bridge {
     /// The bridge's FDB entries for `mac` (one per VLAN).
     pub fn fdb(&self, mac: [u8; 6]) -> Vec<FdbEntry> {
         let index = self.index();
-        let entries = pod::step(
+        let entries = step(
             format!("dumping {}'s FDB", self.name),
             netlink::in_own(
                 |h| async move { plumbing::neighbours(&h, AddressFamily::Bridge).await },
@@ -313,4 +309,30 @@ pub fn format_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+impl PodNet {
+    /// A pod whose veth's host end is a port of `bridge`, with the next
+    /// free address of each of the bridge's subnets and default routes
+    /// (IPv4 and IPv6) via the bridge's addresses. Nothing is pinned: the
+    /// bridge learns the pod's MAC, the host its neighbour entries, as
+    /// on any bridge (see [`Bridge::enforce`]).
+    pub fn on_bridge(bridge: &Bridge) -> Self {
+        let (v4, v6) = bridge.next_pod_addresses();
+        Self::on_bridge_at(bridge, v4, v6)
+    }
+
+    /// [`PodNet::on_bridge`] with the addresses `v4` and `v6` (see
+    /// [`Bridge::pod_addresses`]).
+    pub fn on_bridge_at(bridge: &Bridge, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+        PodNet::bridged_port(BridgePort {
+            bridge: bridge.name.clone(),
+            v4,
+            v6,
+            gateway_v4: bridge.v4(),
+            gateway_v6: bridge.v6(),
+            v4_prefix_len: Bridge::V4_PREFIX_LEN,
+            v6_prefix_len: Bridge::V6_PREFIX_LEN,
+        })
+    }
 }

@@ -13,7 +13,9 @@ pub mod netlink;
 mod plumbing;
 pub mod pod;
 pub mod privilege;
+pub mod setup;
 mod shield;
+mod space;
 
 pub use agent::{Agent, AgentOptions};
 pub use bridge::Bridge;

@@ -1,18 +1,16 @@
 //! Pods as network namespaces: a namespace joined to the host by a veth
 //! pair, with an IPv4 /30 from 198.18.0.0/15 and an IPv6 /64 from a
-//! per-process random ULA; or, on a [`Bridge`], a port of it with an
+//! per-process random ULA; or, on a bridge, a port of it with an
 //! address in each of the bridge's subnets. Everything is removed on drop,
 //! panics included.
 
 use std::{
-    collections::HashSet,
-    fmt::Display,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     os::fd::{AsFd, AsRawFd},
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicU32, Ordering},
-        Arc, OnceLock,
+        Arc,
     },
     time::Duration,
 };
@@ -21,37 +19,18 @@ use netns::NetnsFile;
 use rtnetlink::packet_route::route::RouteMessage;
 use socket2::{Domain, Protocol, Socket, Type};
 
+pub use crate::setup::exclusive_namespace_creation;
 use crate::{
-    bridge::Bridge,
     netlink, plumbing,
+    setup::{shared_creation, step},
     shield::{self, Shield},
+    space::{assert_test_range, host_addresses, in_bridge_space, ula_prefix},
 };
 
 /// The pod's end of its veth pair.
 const POD_IF: &str = "eth0";
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
-
-/// Whatever draws inode numbers from the kernel's proc allocator takes
-/// this shared: a namespace, and a network device too (each device gets a
-/// `/proc/net/dev_snmp6` entry, which takes a number). A test that makes
-/// the kernel recycle an inode number takes it exclusively, from before the
-/// old namespace dies until the new one has the number, so that no other
-/// test's namespace or veth takes the number first.
-static CREATION: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-/// Holds off [`exclusive_namespace_creation`] while this thread creates
-/// namespaces or network devices.
-pub(crate) fn shared_creation() -> std::sync::RwLockReadGuard<'static, ()> {
-    CREATION.read().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Holds off every other namespace creation of this process (see
-/// [`PodNet::recycling`]). Create no namespace on this thread meanwhile
-/// except through `recycling`.
-pub fn exclusive_namespace_creation() -> std::sync::RwLockWriteGuard<'static, ()> {
-    CREATION.write().unwrap_or_else(|p| p.into_inner())
-}
 
 /// Which /30 and /64 a pod uses; two pods with the same `Addressing`
 /// hold the same addresses (IP reuse, conflicts).
@@ -73,7 +52,7 @@ impl Addressing {
             let a = Self {
                 index: ((pid % 509) * 64 + n) % 32768,
             };
-            if !in_use.contains(&a.v4(1)) && !crate::bridge::in_bridge_space(a.v4(0)) {
+            if !in_use.contains(&a.v4(1)) && !in_bridge_space(a.v4(0)) {
                 return a;
             }
         }
@@ -92,53 +71,6 @@ impl Addressing {
     }
 }
 
-/// Every IPv4 address configured in the host namespace.
-pub(crate) fn host_addresses() -> HashSet<Ipv4Addr> {
-    step(
-        "listing the host's addresses",
-        netlink::in_own(|h| async move { plumbing::ipv4_addresses(&h).await }),
-    )
-}
-
-/// Panics unless `addr/prefix_len` lies inside the ranges tests may use:
-/// 198.18.0.0/15 and this process's ULA /48.
-pub(crate) fn assert_test_range(addr: IpAddr, prefix_len: u8) {
-    let inside = match addr {
-        IpAddr::V4(a) => {
-            (15..=32).contains(&prefix_len)
-                && u32::from(a) >> 17 == u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 17
-        }
-        IpAddr::V6(a) => (48..=128).contains(&prefix_len) && a.segments()[..3] == ula_prefix()[..],
-    };
-    let p = ula_prefix();
-    assert!(
-        inside,
-        "{addr}/{prefix_len} is outside the test ranges 198.18.0.0/15 and {:x}:{:x}:{:x}::/48",
-        p[0], p[1], p[2]
-    );
-}
-
-/// The value of a set-up step, or a panic naming the step.
-pub(crate) fn step<T>(what: impl Display, result: Result<T, netlink::Error>) -> T {
-    result.unwrap_or_else(|e| panic!("{what}: {e}"))
-}
-
-/// `fdXX:XXXX:XXXX::/48`, random per process.
-pub(crate) fn ula_prefix() -> &'static [u16; 3] {
-    static PREFIX: OnceLock<[u16; 3]> = OnceLock::new();
-    PREFIX.get_or_init(|| {
-        let mut b = [0u8; 5];
-        if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-            let _ = std::io::Read::read_exact(&mut f, &mut b);
-        }
-        [
-            0xfd00 | b[0] as u16,
-            u16::from_be_bytes([b[1], b[2]]),
-            u16::from_be_bytes([b[3], b[4]]),
-        ]
-    })
-}
-
 /// A pod's network: namespace + veth pair + addresses.
 pub struct PodNet {
     pub name: String,
@@ -150,6 +82,18 @@ pub struct PodNet {
     bridged: Option<OnBridge>,
     /// Dropped after the pod is removed (fields drop after `Drop::drop`).
     _shield: Arc<Shield>,
+}
+
+/// Where a bridged pod goes: the bridge's name, the pod's addresses,
+/// and the bridge's (its gateways).
+pub(crate) struct BridgePort {
+    pub bridge: String,
+    pub v4: Ipv4Addr,
+    pub v6: Ipv6Addr,
+    pub gateway_v4: Ipv4Addr,
+    pub gateway_v6: Ipv6Addr,
+    pub v4_prefix_len: u8,
+    pub v6_prefix_len: u8,
 }
 
 /// A bridged pod's addresses and its gateways (the bridge's addresses).
@@ -617,25 +561,24 @@ impl Drop for PodProcess {
 }
 
 impl PodNet {
-    /// A pod whose veth's host end is a port of `bridge`, with the next
-    /// free address of each of the bridge's subnets and default routes
-    /// (IPv4 and IPv6) via the bridge's addresses. Nothing is pinned: the
-    /// bridge learns the pod's MAC, the host its neighbour entries, as
-    /// on any bridge (see [`Bridge::enforce`]).
-    pub fn on_bridge(bridge: &Bridge) -> Self {
-        let (v4, v6) = bridge.next_pod_addresses();
-        Self::on_bridge_at(bridge, v4, v6)
-    }
-
-    /// [`PodNet::on_bridge`] with the addresses `v4` and `v6` (see
-    /// [`Bridge::pod_addresses`]).
-    pub fn on_bridge_at(bridge: &Bridge, v4: Ipv4Addr, v6: Ipv6Addr) -> Self {
+    /// A namespace whose veth's host end is a port of the bridge `port`
+    /// describes (see `Bridge`'s `PodNet::on_bridge`).
+    pub(crate) fn bridged_port(port: BridgePort) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("mds-{}-{n}", std::process::id());
         let addressing = Addressing::fresh();
-        // Until the veth exists (see `CREATION`).
+        // Until the veth exists (see `setup::CREATION`).
         let _shared = shared_creation();
         ip(&["netns", "add", &name]);
+        let BridgePort {
+            bridge,
+            v4,
+            v6,
+            gateway_v4,
+            gateway_v6,
+            v4_prefix_len: len4,
+            v6_prefix_len: len6,
+        } = port;
         // The guard exists before the first step: Drop removes whatever
         // exists, however far set-up got.
         let pod = Self {
@@ -647,25 +590,21 @@ impl PodNet {
             bridged: Some(OnBridge {
                 v4,
                 v6,
-                gateway_v4: bridge.v4(),
-                gateway_v6: bridge.v6(),
+                gateway_v4,
+                gateway_v6,
             }),
         };
         let peer_ns = pod.netns();
-        let (host_if, bridge_name) = (pod.host_if.clone(), bridge.name.clone());
+        let host_if = pod.host_if.clone();
         step(
-            format!(
-                "joining {} to bridge {bridge_name} by {}",
-                pod.name, pod.host_if
-            ),
+            format!("joining {} to bridge {bridge} by {}", pod.name, pod.host_if),
             netlink::in_own(move |h| async move {
                 plumbing::add_veth(&h, &host_if, POD_IF, peer_ns.as_fd().as_raw_fd()).await?;
-                let bridge = plumbing::link_index(&h, &bridge_name).await?;
+                let bridge = plumbing::link_index(&h, &bridge).await?;
                 plumbing::set_controller(&h, &host_if, bridge).await
             }),
         );
-        let (gw4, gw6) = (bridge.v4().into(), bridge.v6().into());
-        let (len4, len6) = (Bridge::V4_PREFIX_LEN, Bridge::V6_PREFIX_LEN);
+        let (gw4, gw6) = (gateway_v4.into(), gateway_v6.into());
         step(
             format!("configuring {}'s {POD_IF}", pod.name),
             netlink::in_netns(&pod.netns(), move |h| async move {

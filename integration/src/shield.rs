@@ -21,7 +21,11 @@ use rtnetlink::{
     RouteMessageBuilder,
 };
 
-use crate::{netlink, plumbing, pod};
+use crate::{
+    netlink, plumbing,
+    setup::step,
+    space::{assert_test_range, ula_prefix},
+};
 
 /// Above any metric a real route here uses; unique per process.
 const METRIC_BASE: u32 = 0x4000_0000;
@@ -39,7 +43,7 @@ pub(crate) fn hold() -> Arc<Shield> {
     if let Some(shield) = current.upgrade() {
         return shield;
     }
-    let p = pod::ula_prefix();
+    let p = ula_prefix();
     let prefixes = [
         (IpAddr::V4(Ipv4Addr::new(198, 18, 0, 0)), 15),
         (
@@ -51,8 +55,8 @@ pub(crate) fn hold() -> Arc<Shield> {
     let routes: Vec<RouteMessage> = prefixes
         .iter()
         .map(|&(dst, len)| {
-            pod::assert_test_range(dst, len);
-            pod::step(
+            assert_test_range(dst, len);
+            step(
                 format!("building the blackhole route {dst}/{len}"),
                 RouteMessageBuilder::<IpAddr>::new()
                     .destination_prefix(dst, len)
@@ -65,7 +69,7 @@ pub(crate) fn hold() -> Arc<Shield> {
         })
         .collect();
     let add = routes.clone();
-    pod::step(
+    step(
         format!("adding blackhole routes for the test ranges (metric {metric})"),
         netlink::in_own(move |h| async move {
             for route in add {
