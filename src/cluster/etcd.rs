@@ -50,6 +50,15 @@ impl EtcdStore {
     /// Every key and value starting with `prefix`, read page by page at
     /// one revision (a consistent snapshot).
     pub async fn range(&mut self, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        self.paged(prefix, false).await
+    }
+
+    /// [`EtcdStore::range`], with empty values when `keys_only`.
+    async fn paged(
+        &mut self,
+        prefix: &str,
+        keys_only: bool,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let mut kv = self
             .client
             .kv_client()
@@ -58,9 +67,12 @@ impl EtcdStore {
         let mut start = prefix.as_bytes().to_vec();
         let (mut out, mut revision) = (Vec::new(), 0);
         loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_limit(VALUES_PAGE);
+            let mut options = GetOptions::new().with_range(end.clone());
+            options = if keys_only {
+                options.with_keys_only().with_limit(KEYS_PAGE)
+            } else {
+                options.with_limit(VALUES_PAGE)
+            };
             if revision > 0 {
                 options = options.with_revision(revision);
             }
@@ -200,32 +212,8 @@ impl Store for EtcdStore {
     }
 
     async fn keys(&mut self, prefix: &str) -> Result<Vec<Vec<u8>>, StoreError> {
-        let end = range_end(prefix.as_bytes());
-        let mut start = prefix.as_bytes().to_vec();
-        let (mut out, mut revision) = (Vec::new(), 0);
-        loop {
-            let mut options = GetOptions::new()
-                .with_range(end.clone())
-                .with_keys_only()
-                .with_limit(KEYS_PAGE);
-            if revision > 0 {
-                options = options.with_revision(revision);
-            }
-            let mut page =
-                bounded(self.timeout, self.client.get(start.clone(), Some(options))).await?;
-            if revision == 0 {
-                revision = page.header().map_or(0, |h| h.revision());
-            }
-            let more = page.more();
-            let kvs = page.take_kvs();
-            let Some(last) = kvs.last() else { break };
-            start = next_key(last.key());
-            out.extend(kvs.into_iter().map(|kv| kv.into_key_value().0));
-            if !more {
-                break;
-            }
-        }
-        Ok(out)
+        let keys = self.paged(prefix, true).await?;
+        Ok(keys.into_iter().map(|(key, _)| key).collect())
     }
 
     async fn apply(&mut self, fence: &Fence, ops: Vec<Op>) -> Result<bool, StoreError> {
