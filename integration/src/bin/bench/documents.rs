@@ -33,9 +33,9 @@ impl Documents {
 pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Documents, String> {
     let mut options = AgentOptions::identity("token+netns")
         .arg("--rate-limit")
-        .arg("10000000")
+        .arg(crate::RATE_HEADROOM)
         .arg("--rate-burst")
-        .arg("10000000");
+        .arg(crate::RATE_HEADROOM);
     options.liveness_interval = "500ms";
     let agent = integration::Agent::start(options);
     let pod = PodNet::new();

@@ -193,8 +193,18 @@ impl Drop for Reference {
 }
 
 /// A benchmark agent logging at `log_filter`.
+/// A rate limit and burst far above what any benchmark load reaches:
+/// the limiter runs, and never refuses.
+pub const RATE_HEADROOM: &str = "10000000";
+
 pub fn start_agent(mode: &'static str, log_filter: &str) -> Agent {
-    let mut options = AgentOptions::identity(mode);
+    // The per-pod limit stays on, far above what one load pod can send:
+    // the default (1,000/s) would measure the limit, not the agent.
+    let mut options = AgentOptions::identity(mode)
+        .arg("--rate-limit")
+        .arg(RATE_HEADROOM)
+        .arg("--rate-burst")
+        .arg(RATE_HEADROOM);
     options.log_filter = log_filter.to_owned();
     // The production default, not the tests' quicker one.
     options.liveness_interval = "500ms";
