@@ -67,8 +67,14 @@ impl Published {
                 e.seen = pass;
                 // The same buffer (an entry the source kept) or the
                 // same bytes: unchanged.
-                if !Arc::ptr_eq(&e.value, value) && *e.value != **value {
-                    puts.push((uuid.to_owned(), value.clone()));
+                if !Arc::ptr_eq(&e.value, value) {
+                    if *e.value == **value {
+                        // The same bytes in a new buffer: keep the
+                        // source's, so that the next pass compares pointers.
+                        e.value = value.clone();
+                    } else {
+                        puts.push((uuid.to_owned(), value.clone()));
+                    }
                 }
             }
             None => puts.push((uuid.to_owned(), value.clone())),

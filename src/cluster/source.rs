@@ -6,7 +6,7 @@ use std::{
     collections::{hash_map::Entry, HashMap},
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, Weak,
     },
 };
 
@@ -58,9 +58,10 @@ struct Cache {
 }
 
 struct Cached {
-    /// The registration the entry was computed from (held, so that its
-    /// address cannot be reused by another).
-    pod: Arc<Pod>,
+    /// The registration the entry was computed from. Weak: a removed pod
+    /// (and its namespace lease) is freed even while publishing stalls;
+    /// the allocation stays, so its address cannot be reused by another.
+    pod: Weak<Pod>,
     uuid: Box<str>,
     entry: Arc<[u8]>,
     /// The last pass that saw the pod.
@@ -119,12 +120,12 @@ impl Source for StateSource {
             let cached = match cache.entries.entry(pod.uuid) {
                 Entry::Occupied(o) => {
                     let c = o.into_mut();
-                    if !((valid || !bound) && Arc::ptr_eq(&c.pod, &pod)) {
+                    if !((valid || !bound) && std::ptr::eq(c.pod.as_ptr(), Arc::as_ptr(&pod))) {
                         let Some(entry) = entry_of(state, &pod, &mut buffer) else {
                             continue;
                         };
                         c.entry = entry;
-                        c.pod = pod;
+                        c.pod = Arc::downgrade(&pod);
                     }
                     c
                 }
@@ -134,7 +135,7 @@ impl Source for StateSource {
                     };
                     v.insert(Cached {
                         uuid: pod.uuid.to_string().into_boxed_str(),
-                        pod,
+                        pod: Arc::downgrade(&pod),
                         entry,
                         pass,
                     })
