@@ -257,9 +257,11 @@ impl Inventory {
             tracing::warn!(netns = %self.path.display(), reason = %reason, "namespace watcher failed");
         }
         self.published.live.store(false, Ordering::Release);
-        self.index.touch();
         self.publish(&HashSet::new());
         self.phase.send_replace(end);
+        // Last: whoever reads the state at the new generation sees all of
+        // it, the reason included.
+        self.index.touch();
     }
 }
 
