@@ -192,11 +192,11 @@ impl Drop for Reference {
     }
 }
 
-/// A benchmark agent logging at `log_filter`.
 /// A rate limit and burst far above what any benchmark load reaches:
 /// the limiter runs, and never refuses.
 pub const RATE_HEADROOM: &str = "10000000";
 
+/// A benchmark agent logging at `log_filter`.
 pub fn start_agent(mode: &'static str, log_filter: &str) -> Agent {
     // The per-pod limit stays on, far above what one load pod can send:
     // the default (1,000/s) would measure the limit, not the agent.
