@@ -307,6 +307,34 @@ fn changes_reach_etcd_and_documents_verify_cluster_wide() {
 }
 
 #[test]
+fn an_unregistered_pods_namespace_is_let_go_while_etcd_is_down() {
+    if !require_root("an_unregistered_pods_namespace_is_let_go_while_etcd_is_down") {
+        return;
+    }
+    let mut etcd = Etcd::start();
+    let one = agent(ONE, &etcd);
+    let a = PodNet::new();
+    one.register_in(&uuid(1), &token(1), &bare(), &a);
+    wait_exact(&etcd, &one, ONE, Duration::from_secs(5));
+    let watched = || one.pods()["watch"]["watched"].as_u64().expect("watched");
+    // The agent's own namespace and the pod's.
+    assert_eq!(watched(), 2);
+
+    // Publishing stalls; the pod leaves meanwhile. Nothing the publisher
+    // remembers may keep its namespace watched.
+    etcd.stop();
+    wait_for("the agent to see etcd gone", RECOVERY, || {
+        (log_count(&one, "etcd unreachable") > 0).then_some(())
+    });
+    assert_eq!(one.unregister(&uuid(1)).status, 200);
+    wait_for(
+        "the pod's namespace watcher to stop",
+        Duration::from_secs(10),
+        || (watched() == 1).then_some(()),
+    );
+}
+
+#[test]
 fn a_killed_agent_vanishes_when_its_lease_expires() {
     if !require_root("a_killed_agent_vanishes_when_its_lease_expires") {
         return;
