@@ -148,3 +148,45 @@ fn a_pod_claiming_a_host_address_changes_nothing() {
         );
     }
 }
+
+/// Two watchers of one namespace instance (it was named by two paths: a
+/// `netns=` file and a process's `/proc/PID/ns/net`): the host's id for
+/// the instance belongs to both, and letting one go must not take the
+/// instance's attribution from the other.
+#[test]
+fn a_second_watcher_of_an_instance_leaving_keeps_its_attribution() {
+    if !require_root("a_second_watcher_of_an_instance_leaving_keeps_its_attribution") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions::identity("token+netns"));
+    let v = PodNet::new();
+    let process = v.spawn_process();
+    register(&agent, &v, U_V, T_V);
+    let r = agent.register(
+        U_N,
+        T_N,
+        &fixtures::read(fixtures::WEB.manifest),
+        &format!("&pid={}", process.pid()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        agent.pods()["watch"]["watched"],
+        3,
+        "two paths, two watchers"
+    );
+    for token in [T_V, T_N] {
+        let r = from_pod(&agent, &v, &get(token, "pod/uuid"));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    // The pid-named watcher goes; the netns-named one stays.
+    assert_eq!(agent.unregister(U_N).status, 200);
+    wait_for(
+        "the second watcher to stop",
+        Duration::from_secs(10),
+        || (agent.pods()["watch"]["watched"] == 2).then_some(()),
+    );
+    let r = from_pod(&agent, &v, &get(T_V, "pod/uuid"));
+    assert_eq!((r.status, r.text().as_str()), (200, U_V));
+    assert_eq!(entry(&agent, U_V)["attribution"]["path"], "routed");
+}
