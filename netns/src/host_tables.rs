@@ -109,12 +109,13 @@ struct FdbEntry {
     sticky: bool,
 }
 
-/// An nsid's namespace, while its watcher runs (the watcher pins the
+/// An nsid's namespace, while a watcher of it runs (a watcher pins the
 /// namespace, so the nsid cannot go to another one meanwhile).
 #[derive(Clone, Debug)]
 pub(crate) struct NsidEntry {
     pub(crate) cookie: NetnsCookie,
-    pub(crate) published: Arc<Published>,
+    /// The instance's watchers: one per path it was named by.
+    pub(crate) watchers: Vec<Arc<Published>>,
 }
 
 /// Everything the host's view is made of.
@@ -443,9 +444,9 @@ impl HostTables {
 fn peer_instance(link: &Link, nsids: &HashMap<i32, NsidEntry>) -> Option<NetnsCookie> {
     let entry = nsids.get(&link.peer_netnsid?)?;
     entry
-        .published
-        .live
-        .load(std::sync::atomic::Ordering::Acquire)
+        .watchers
+        .iter()
+        .any(|w| w.live.load(std::sync::atomic::Ordering::Acquire))
         .then_some(entry.cookie)
 }
 
@@ -559,7 +560,7 @@ mod tests {
                     *id,
                     NsidEntry {
                         cookie: NetnsCookie(*c),
-                        published: Arc::new(p),
+                        watchers: vec![Arc::new(p)],
                     },
                 )
             })

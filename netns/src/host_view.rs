@@ -105,20 +105,39 @@ impl HostView {
     }
 
     /// Records that this namespace's id `nsid` names watched instance
-    /// `cookie` (while `published.live` holds).
+    /// `cookie` (while `published.live` holds). An instance named by
+    /// several paths has a watcher per path, each registered here.
     pub(crate) fn register_nsid(&self, nsid: i32, cookie: NetnsCookie, published: Arc<Published>) {
-        self.shared
-            .nsids
-            .write()
-            .insert(nsid, NsidEntry { cookie, published });
+        let mut nsids = self.shared.nsids.write();
+        match nsids.get_mut(&nsid) {
+            Some(entry) if entry.cookie == cookie => {
+                if !entry.watchers.iter().any(|w| Arc::ptr_eq(w, &published)) {
+                    entry.watchers.push(published);
+                }
+            }
+            // A new id, or one a freed namespace had.
+            _ => {
+                nsids.insert(
+                    nsid,
+                    NsidEntry {
+                        cookie,
+                        watchers: vec![published],
+                    },
+                );
+            }
+        }
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
     }
 
-    /// Forgets `nsid` if it still names `cookie`.
-    pub(crate) fn forget_nsid(&self, nsid: i32, cookie: NetnsCookie) {
+    /// Withdraws one watcher of instance `cookie` from `nsid`; the id is
+    /// forgotten with the instance's last watcher.
+    pub(crate) fn forget_nsid(&self, nsid: i32, cookie: NetnsCookie, published: &Arc<Published>) {
         let mut nsids = self.shared.nsids.write();
-        if nsids.get(&nsid).is_some_and(|e| e.cookie == cookie) {
-            nsids.remove(&nsid);
+        if let Some(entry) = nsids.get_mut(&nsid).filter(|e| e.cookie == cookie) {
+            entry.watchers.retain(|w| !Arc::ptr_eq(w, published));
+            if entry.watchers.is_empty() {
+                nsids.remove(&nsid);
+            }
         }
         self.shared.generation.fetch_add(1, Ordering::AcqRel);
     }

@@ -490,7 +490,7 @@ impl Drop for Lease {
         // addresses.
         if let Some(entry) = watches.entries.remove(&self.id) {
             if let (Some(nsid), Some(host)) = (entry.nsid, self.shared.host.get()) {
-                host.forget_nsid(nsid, entry.instance.cookie());
+                host.forget_nsid(nsid, entry.instance.cookie(), &entry.published);
             }
             let key = LiveKey {
                 dev: entry.instance.dev(),
