@@ -17,12 +17,13 @@ impl ChurnLong {
 
     pub fn markdown(&self) -> String {
         let mut s = String::from(
-            "\nChurn, long form (per identity mode; CHURN_SEED replays a run):\n\n| mode | seed | requests | served | refused | namespace lifecycles | recycled inodes | restarts | takeovers | races | misattributions | false refusals (in window + outside) | rate | peak RSS MiB | every deleted namespace freed | time s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
+            "\nChurn, long form (per identity mode; CHURN_SEED replays a run):\n\n| mode | seed | requests | served | refused | namespace lifecycles | bridged (answers to bridge ports) | recycled inodes | restarts | takeovers | races | misattributions | false refusals (in window + outside) | rate | peak RSS MiB | every deleted namespace freed | time s |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |\n",
         );
         for r in &self.reports {
             s += &format!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} + {} | {:.4}% | {:.1} | {} | {:.0} |\n",
-                r.mode, r.seed, r.requests, r.served, r.refused, r.lifecycles, r.recycled_inodes,
+                "| {} | {} | {} | {} | {} | {} | {} ({}) | {} | {} | {} | {} | {} | {} + {} | {:.4}% | {:.1} | {} | {:.0} |\n",
+                r.mode, r.seed, r.requests, r.served, r.refused, r.lifecycles, r.bridged,
+                r.bridged_served, r.recycled_inodes,
                 r.restarts, r.takeovers, r.races, r.misattributions.len(),
                 r.false_refusals_in_window, r.false_refusals.len(),
                 100.0 * r.false_refusal_rate(), r.peak_rss_kib as f64 / 1024.0,
@@ -42,7 +43,8 @@ impl ChurnLong {
             .map(|r| json!({
                 "mode": r.mode, "seed": r.seed, "requests": r.requests, "served": r.served,
                 "refused": r.refused, "connect_failures": r.connect_failures,
-                "lifecycles": r.lifecycles, "registrations": r.registrations,
+                "lifecycles": r.lifecycles, "bridged": r.bridged,
+                "bridged_served": r.bridged_served, "registrations": r.registrations,
                 "recycled_inodes": r.recycled_inodes, "restarts": r.restarts,
                 "takeovers": r.takeovers, "races": r.races,
                 "misattributions": r.misattributions, "false_refusals_in_window": r.false_refusals_in_window,
