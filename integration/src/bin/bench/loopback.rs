@@ -4,16 +4,21 @@
 //! server in the same run, alternating; and the same agent with one
 //! feature off at a time, for what each costs.
 
-use std::time::Duration;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
 use integration::{fixtures, Agent, AgentOptions};
 
 use crate::{
-    check_interrupted, medians,
+    agent_target, medians,
     report::Row,
-    wrk::{self, Figures, Load},
+    wrk::{self, Load},
     Args, Reference, TOKEN, UUID,
 };
+
+const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
 struct Variant {
     label: &'static str,
@@ -108,17 +113,9 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         let reference = Reference::start(size)?;
         let mut targets: Vec<(u32, String)> = agents
             .iter()
-            .map(|a| {
-                (
-                    a.pid().unwrap_or(0),
-                    format!("http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/{path}", a.port),
-                )
-            })
+            .map(|a| agent_target(a, LOOPBACK, path))
             .collect();
-        targets.push((
-            reference.child.id(),
-            format!("http://127.0.0.1:{}/", reference.port),
-        ));
+        targets.push(reference.target(LOOPBACK));
         let load = |(server, url): &(u32, String)| Load {
             pod: None,
             threads: 2,
@@ -129,7 +126,7 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
             duration: secs,
             server: *server,
         };
-        let mut runs = alternate(
+        let mut runs = wrk::alternate(
             args,
             &targets,
             &load,
@@ -152,26 +149,13 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
     // accounting, deadlines) on every request.
     let size = body_size(&agents[0], "pod/uuid", None)?;
     let reference = Reference::start(size)?;
-    let targets = [
-        (
-            agents[0].pid().unwrap_or(0),
-            format!(
-                "http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/pod/uuid",
-                agents[0].port
-            ),
-        ),
-        (
-            agents[2].pid().unwrap_or(0),
-            format!(
-                "http://127.0.0.1:{}/{TOKEN}/acMetadata/v1/pod/uuid",
-                agents[2].port
-            ),
-        ),
-        (
-            reference.child.id(),
-            format!("http://127.0.0.1:{}/", reference.port),
-        ),
-    ];
+    // With the per-source accounting on, and off.
+    let measured = [0, 2];
+    let mut targets: Vec<(u32, String)> = measured
+        .iter()
+        .map(|&i| agent_target(&agents[i], LOOPBACK, "pod/uuid"))
+        .collect();
+    targets.push(reference.target(LOOPBACK));
     let load = |(server, url): &(u32, String)| Load {
         pod: None,
         threads: 2,
@@ -182,13 +166,10 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         duration: secs,
         server: *server,
     };
-    let mut runs = alternate(args, &targets, &load, scripts, "loopback Connection: close")?;
+    let mut runs = wrk::alternate(args, &targets, &load, scripts, "loopback Connection: close")?;
     let reference_runs = runs.pop().unwrap_or_default();
     let reference = medians(&reference_runs);
-    for (label, r) in ["token+netns", "token+netns, per-source accounting off"]
-        .iter()
-        .zip(&runs)
-    {
+    for (label, r) in measured.iter().map(|&i| VARIANTS[i].label).zip(&runs) {
         rows.push(Row::new(
             "loopback Connection: close GET /pod/uuid".into(),
             label,
@@ -198,29 +179,4 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         ));
     }
     Ok(rows)
-}
-
-/// Warms every target up, then runs them in rounds, each round starting
-/// with another target (no one always runs first, or after the same
-/// neighbour). One list of runs per target.
-fn alternate(
-    args: &Args,
-    targets: &[(u32, String)],
-    load: &dyn Fn(&(u32, String)) -> Load<'static>,
-    scripts: &std::path::Path,
-    what: &str,
-) -> Result<Vec<Vec<Figures>>, String> {
-    for t in targets {
-        wrk::warm_up(&load(t), scripts)?;
-    }
-    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
-    for round in 0..args.rounds {
-        check_interrupted()?;
-        eprintln!("bench: {what} round {}", round + 1);
-        for k in 0..targets.len() {
-            let i = (round + k) % targets.len();
-            runs[i].push(wrk::run(&load(&targets[i]), scripts)?);
-        }
-    }
-    Ok(runs)
 }

@@ -183,6 +183,20 @@ impl Reference {
         });
         Ok(Self { child, port })
     }
+
+    /// Its load target, reached at `host`.
+    fn target(&self, host: IpAddr) -> (u32, String) {
+        (self.child.id(), format!("http://{host}:{}/", self.port))
+    }
+}
+
+/// A load target: the server's pid (its CPU time is measured) and the URL
+/// of the public endpoint `path` on `agent`, reached at `host`.
+fn agent_target(agent: &Agent, host: IpAddr, path: &str) -> (u32, String) {
+    (
+        agent.pid().unwrap_or(0),
+        format!("http://{host}:{}/{TOKEN}/acMetadata/v1/{path}", agent.port),
+    )
 }
 
 impl Drop for Reference {
@@ -322,14 +336,7 @@ fn run(args: &Args) -> Result<Report, String> {
         .unwrap_or("")
         .to_owned();
     let host = IpAddr::V4(load_pod.host_v4());
-    // A load target: the server's pid (its CPU time is measured) and a URL.
-    let url = |agent: &Agent, path: &str| {
-        let pid = agent.pid().unwrap_or(0);
-        (
-            pid,
-            format!("http://{host}:{}/{TOKEN}/acMetadata/v1/{path}", agent.port),
-        )
-    };
+    let url = |agent: &Agent, path: &str| agent_target(agent, host, path);
 
     if args.wants(Section::Veth) {
         // Reference servers answer bodies of the agent's sizes.
@@ -352,50 +359,37 @@ fn run(args: &Args) -> Result<Report, String> {
 
         // 1. Keep-alive, both identity modes.
         for (e, (reference, size)) in ENDPOINTS.iter().zip(&references) {
-            let ref_url = (
-                reference.child.id(),
-                format!("http://{host}:{}/", reference.port),
-            );
             // Agents and the reference alternate within each round.
+            let modes = ["token", "token+netns", "token+netns, no access log"];
             let targets = [
-                ("token", url(&token_agent, e.path)),
-                ("token+netns", url(&netns_agent, e.path)),
-                ("token+netns, no access log", url(&quiet_agent, e.path)),
-                ("reference", ref_url.clone()),
+                url(&token_agent, e.path),
+                url(&netns_agent, e.path),
+                url(&quiet_agent, e.path),
+                reference.target(host),
             ];
-            for (_, target) in &targets {
-                wrk::warm_up(&load(target.clone(), e.form, false), scripts.path())?;
-            }
-            let mut runs: [Vec<Figures>; 4] = Default::default();
-            for round in 0..args.rounds {
-                check_interrupted()?;
-                eprintln!("bench: keep-alive {} round {}", e.name, round + 1);
-                // Each round starts with another server: no one always
-                // runs first (or right after the same neighbour).
-                for k in 0..targets.len() {
-                    let i = (round + k) % targets.len();
-                    let target = targets[i].1.clone();
-                    runs[i].push(wrk::run(&load(target, e.form, false), scripts.path())?);
-                }
-            }
-            let reference = medians(&runs[3]);
-            for (i, (mode, _)) in targets.iter().take(3).enumerate() {
+            let mut runs = wrk::alternate(
+                args,
+                &targets,
+                &|t| load(t.clone(), e.form, false),
+                scripts.path(),
+                &format!("keep-alive {}", e.name),
+            )?;
+            let reference_runs = runs.pop().unwrap_or_default();
+            let reference = medians(&reference_runs);
+            for (mode, r) in modes.iter().zip(&runs) {
                 report.rows.push(Row::new(
                     format!("keep-alive {}", e.name),
                     mode,
                     *size,
-                    &runs[i],
-                    Some((&runs[3], reference)),
+                    r,
+                    Some((&reference_runs, reference)),
                 ));
             }
         }
 
         // 2. One request per connection: the identity check on every connection.
         let (reference, size) = &references[0];
-        let ref_url = (
-            reference.child.id(),
-            format!("http://{host}:{}/", reference.port),
-        );
+        let ref_url = reference.target(host);
         let (mut agent_runs, mut ref_runs) = (Vec::new(), Vec::new());
         for target in [url(&netns_agent, "pod/uuid"), ref_url.clone()] {
             wrk::warm_up(&load(target, None, true), scripts.path())?;

@@ -192,6 +192,31 @@ fn millis(v: &str) -> Result<f64, String> {
     })
 }
 
+/// Warms every target up, then runs them in rounds, each round starting
+/// with another target (no one always runs first, or after the same
+/// neighbour). One list of runs per target.
+pub fn alternate<'a>(
+    args: &crate::Args,
+    targets: &[(u32, String)],
+    load: &dyn Fn(&(u32, String)) -> Load<'a>,
+    scripts: &std::path::Path,
+    what: &str,
+) -> Result<Vec<Vec<Figures>>, String> {
+    for t in targets {
+        warm_up(&load(t), scripts)?;
+    }
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
+    for round in 0..args.rounds {
+        crate::check_interrupted()?;
+        eprintln!("bench: {what} round {}", round + 1);
+        for k in 0..targets.len() {
+            let i = (round + k) % targets.len();
+            runs[i].push(run(&load(&targets[i]), scripts)?);
+        }
+    }
+    Ok(runs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
