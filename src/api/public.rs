@@ -228,10 +228,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         if !state.tenancy.rates.allow_source(&conn.source) {
             return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
         }
-        return json(Bytes::from(match doc {
-            WellKnown::Jwks => state.docs.jwks_json(),
+        return json(match doc {
+            WellKnown::Jwks => Bytes::from(state.docs.jwks_json()),
             WellKnown::OpenidConfiguration => state.docs.openid_configuration(),
-        }))
+        })
         .into();
     }
     let Some((token, route)) = route(uri.path()) else {

@@ -94,16 +94,13 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         args.jwt_ttl,
     )
     .map_err(anyhow::Error::msg)?;
-    let docs = IdentityDocs {
-        keys: JwtKeyring::load_or_create(&args.state_dir).with_context(|| {
-            format!(
-                "cannot load the identity document keys in {}",
-                args.state_dir.display()
-            )
-        })?,
-        config,
-        jwks_file: args.jwks_file.clone(),
-    };
+    let jwt_keys = JwtKeyring::load_or_create(&args.state_dir).with_context(|| {
+        format!(
+            "cannot load the identity document keys in {}",
+            args.state_dir.display()
+        )
+    })?;
+    let docs = IdentityDocs::new(jwt_keys, config, args.jwks_file.clone());
     docs.write_jwks_file()
         .context("cannot write the JWK Set file (--jwks-file)")?;
     let state = Arc::new(AppState {

@@ -27,9 +27,30 @@ pub struct IdentityDocs {
     pub config: DocConfig,
     /// `--jwks-file`: where the JWK Set is also written.
     pub jwks_file: Option<std::path::PathBuf>,
+    /// `/.well-known/openid-configuration`: fixed for the agent's life.
+    openid_configuration: bytes::Bytes,
 }
 
 impl IdentityDocs {
+    pub fn new(keys: JwtKeyring, config: DocConfig, jwks_file: Option<std::path::PathBuf>) -> Self {
+        let issuer = &config.issuer;
+        let openid_configuration = serde_json::to_vec(&serde_json::json!({
+            "issuer": issuer,
+            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
+            "id_token_signing_alg_values_supported": ["ES256"],
+            "subject_types_supported": ["public"],
+            "response_types_supported": ["id_token"],
+        }))
+        .unwrap_or_default()
+        .into();
+        Self {
+            keys,
+            config,
+            jwks_file,
+            openid_configuration,
+        }
+    }
+
     /// The JWK Set now, as JSON.
     pub fn jwks_json(&self) -> Vec<u8> {
         serde_json::to_vec(&self.keys.jwk_set(now())).unwrap_or_default()
@@ -43,16 +64,8 @@ impl IdentityDocs {
         }
     }
 
-    /// `/.well-known/openid-configuration`.
-    pub fn openid_configuration(&self) -> Vec<u8> {
-        let issuer = &self.config.issuer;
-        serde_json::to_vec(&serde_json::json!({
-            "issuer": issuer,
-            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-            "id_token_signing_alg_values_supported": ["ES256"],
-            "subject_types_supported": ["public"],
-            "response_types_supported": ["id_token"],
-        }))
-        .unwrap_or_default()
+    /// `/.well-known/openid-configuration` (computed once).
+    pub fn openid_configuration(&self) -> bytes::Bytes {
+        self.openid_configuration.clone()
     }
 }
