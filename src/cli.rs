@@ -117,8 +117,10 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
-    /// IPv6 /64); beyond, closed at accept. Only many sources together can
-    /// fill --max-connections. 0 turns the limit off.
+    /// IPv6 /64); beyond, closed at accept, and then the kernel drops the
+    /// source's new connections (a SYN filter on the listeners) until one
+    /// of its own closes. Only many sources together can fill
+    /// --max-connections. 0 turns the limit off.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_connections_per_source: usize,
     /// Public requests per second per pod (per source address when no pod

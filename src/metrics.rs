@@ -76,7 +76,14 @@ impl Metrics {
             .with(|c| *c.refusals.entry((family, reason)).or_default() += 1);
     }
 
-    pub fn render(&self, registrations: usize, watch: WatchStats) -> String {
+    /// The text of a scrape. `sources_filtered`: sources whose new
+    /// connections the kernel now drops (over their connection share).
+    pub fn render(
+        &self,
+        registrations: usize,
+        sources_filtered: usize,
+        watch: WatchStats,
+    ) -> String {
         let mut requests: BTreeMap<RequestKey, u64> = BTreeMap::new();
         let mut refusals: BTreeMap<(&str, &str), u64> = BTreeMap::new();
         let mut buckets = [0u64; BUCKETS.len()];
@@ -135,6 +142,12 @@ impl Metrics {
                 "rkt_mds_registrations",
                 "Registered pods.",
                 registrations as u64,
+                "gauge",
+            ),
+            (
+                "rkt_mds_sources_filtered",
+                "Sources over their connection share whose new connections the kernel drops.",
+                sources_filtered as u64,
                 "gauge",
             ),
             (
@@ -218,7 +231,7 @@ mod tests {
                 });
             }
         });
-        let text = m.render(1, WatchStats::default());
+        let text = m.render(1, 0, WatchStats::default());
         assert!(
             text.contains(
                 "rkt_mds_requests_total{api=\"public\",endpoint=\"pod/uuid\",status=\"200\"} 20"

@@ -266,6 +266,20 @@ impl PodNet {
         .map_err(std::io::Error::other)?
     }
 
+    /// A non-blocking TCP connection started from inside the pod to `dst`,
+    /// its handshake left to finish (or not) in the background.
+    pub fn connect_started(&self, dst: SocketAddr) -> std::io::Result<Socket> {
+        netns::run_in(&self.netns(), move || -> std::io::Result<Socket> {
+            let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            s.set_nonblocking(true)?;
+            match s.connect(&dst.into()) {
+                Err(e) if e.raw_os_error() != Some(nix::errno::Errno::EINPROGRESS as i32) => Err(e),
+                _ => Ok(s),
+            }
+        })
+        .map_err(std::io::Error::other)?
+    }
+
     /// Deletes the veth pair and the namespace now.
     pub fn teardown(mut self) {
         self.remove();

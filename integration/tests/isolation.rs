@@ -30,12 +30,6 @@ fn connect(agent: &Agent, pod: &PodNet) -> TcpStream {
         .expect("connect from pod")
 }
 
-fn from_pod(agent: &Agent, pod: &PodNet, req: &Request) -> Response {
-    Conn::new(connect(agent, pod))
-        .send(req)
-        .expect("request from pod")
-}
-
 /// Two registered pods, A (the victim) and B (the attacker).
 fn two_pods(options: AgentOptions) -> (Agent, PodNet, PodNet) {
     let agent = Agent::start(options);
@@ -50,14 +44,17 @@ fn count_lines(log: &str, needle: &str) -> usize {
     log.lines().filter(|l| l.contains(needle)).count()
 }
 
-/// B opens far more idle connections, each with a partial head, than its
-/// share: the extra ones are closed at accept, A is served, and the log
-/// says so once.
-#[test]
-fn one_pod_cannot_take_the_connections_of_another() {
-    if !require_root("one_pod_cannot_take_the_connections_of_another") {
-        return;
-    }
+fn metrics(agent: &Agent) -> String {
+    agent.unix(&Request::get("/metrics")).text()
+}
+
+/// B holds its share of connections and tries for more: the first one
+/// beyond is closed at accept (no body), and from then on the kernel drops
+/// B's new connections (their SYNs) before the agent sees them, so a
+/// reconnecting flood costs the agent nothing. B's open connections are
+/// still served, A is served, the log says so once, and once B frees a
+/// slot it may connect again.
+fn a_source_over_its_share(v6: bool) {
     let (agent, a, b) = two_pods(
         AgentOptions::identity("token+netns")
             .arg("--max-connections")
@@ -65,44 +62,53 @@ fn one_pod_cannot_take_the_connections_of_another() {
             .arg("--max-connections-per-source")
             .arg("10"),
     );
-    let mut held = Vec::new();
-    for _ in 0..60 {
-        let mut s = connect(&agent, &b);
-        // A partial head: the connection stays open, waiting.
-        let _ = s.write_all(b"GET /x");
-        held.push(s);
+    let to = |pod: &PodNet| {
+        let ip = if v6 {
+            IpAddr::V6(pod.host_v6())
+        } else {
+            IpAddr::V4(pod.host_v4())
+        };
+        SocketAddr::new(ip, agent.port)
+    };
+    let mut held: Vec<_> = (0..10)
+        .map(|_| Conn::new(b.connect(None, to(&b)).expect("connect within the share")))
+        .collect();
+    for c in &mut held {
+        assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
     }
-    // Beyond its share, B's connections are closed at accept, with no body.
-    let refused = "rkt_mds_connections_refused_total{reason=\"per-source\"} 50";
-    wait_for("50 refusals at accept", Duration::from_secs(10), || {
-        agent
-            .unix(&Request::get("/metrics"))
-            .text()
-            .contains(refused)
+    // One more: accepted, and closed at once with nothing written.
+    let mut extra = b.connect(None, to(&b)).expect("the first one beyond");
+    let mut buf = [0u8; 1];
+    match extra.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("the connection beyond the share was not closed: {other:?}"),
+    }
+    wait_for("B's SYNs filtered", Duration::from_secs(10), || {
+        metrics(&agent)
+            .contains("\nrkt_mds_sources_filtered 1\n")
             .then_some(())
     });
-    let closed = held
-        .iter_mut()
-        .map(|s| {
-            s.set_read_timeout(Some(Duration::from_millis(200)))
-                .unwrap();
-            let mut buf = [0u8; 1];
-            // Closed with our partial head unread: a reset, or an EOF.
-            match s.read(&mut buf) {
-                Ok(0) => true,
-                Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
-                Ok(_) => false,
-            }
-        })
-        .filter(|closed| *closed)
-        .count();
-    assert_eq!(closed, 50, "60 opened, a share of 10 kept");
-    // A still gets its own answers, and the cap has room for other sources.
+    // Now B's new connections never complete, and never reach the agent.
+    for _ in 0..20 {
+        let r = b.connect_within(None, to(&b), Duration::from_millis(300));
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "a connection beyond the share completed: {r:?}"
+        );
+    }
+    let refused = "rkt_mds_connections_refused_total{reason=\"per-source\"} ";
+    let m = metrics(&agent);
+    assert!(m.contains(&format!("{refused}1\n")), "{m}");
+    // B's open connections are untouched, and A is served.
+    for c in &mut held {
+        assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
+    }
     for _ in 0..5 {
-        let r = from_pod(&agent, &a, &Request::get(&uuid_path(T_A)));
+        let mut c = Conn::new(a.connect(None, to(&a)).expect("A connects"));
+        let r = c.send(&Request::get(&uuid_path(T_A))).unwrap();
         assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
     }
-    // 50 refusals, one line (a summary comes when the window closes).
     let log = agent.wait_log("the refusal line", |l| {
         l.contains("connection refused: the source holds its share")
     });
@@ -111,6 +117,31 @@ fn one_pod_cannot_take_the_connections_of_another() {
         1,
         "{log}"
     );
+    // B frees a slot: the filter is lifted and B connects again.
+    drop(held.pop());
+    wait_for("B's SYNs let through", Duration::from_secs(10), || {
+        metrics(&agent)
+            .contains("\nrkt_mds_sources_filtered 0\n")
+            .then_some(())
+    });
+    let mut c = Conn::new(b.connect(None, to(&b)).expect("B connects again"));
+    assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
+}
+
+#[test]
+fn one_pod_cannot_take_the_connections_of_another() {
+    if !require_root("one_pod_cannot_take_the_connections_of_another") {
+        return;
+    }
+    a_source_over_its_share(false);
+}
+
+#[test]
+fn one_pod_cannot_take_the_connections_of_another_over_ipv6() {
+    if !require_root("one_pod_cannot_take_the_connections_of_another_over_ipv6") {
+        return;
+    }
+    a_source_over_its_share(true);
 }
 
 /// B floods its own endpoint far beyond its rate: it gets 429 with

@@ -52,9 +52,11 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
         },
         ["metrics"] => match method {
             Method::GET => {
-                let body = state
-                    .metrics
-                    .render(state.pods.registry().len(), state.pods.watches().stats());
+                let body = state.metrics.render(
+                    state.pods.registry().len(),
+                    state.tenancy.connections.filtered(),
+                    state.pods.watches().stats(),
+                );
                 respond(
                     StatusCode::OK,
                     "text/plain; version=0.0.4",

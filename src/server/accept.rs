@@ -11,7 +11,7 @@ use tokio::{
     sync::{watch, Semaphore},
 };
 
-use super::{connection, warn_refusal, Limits};
+use super::{connection, syn_filter, warn_refusal, Limits};
 use crate::{
     api::registration::Peer,
     state::AppState,
@@ -78,6 +78,8 @@ pub(super) async fn public(
                 "connection refused: the source holds its share of connections",
             );
             // Closed at once, no body: nothing to parse, nothing to hold.
+            // The source's next connections are dropped in the kernel
+            // (`syn_filter`) until it is below its share again.
             drop(stream);
             continue;
         };
@@ -93,6 +95,11 @@ pub(super) async fn public(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        if state.tenancy.connections.filtered() > 0 {
+            // An accepted socket inherits the listener's filter: each would
+            // pin a copy of the program for its lifetime.
+            let _ = syn_filter::detach(&socket2::SockRef::from(&stream));
+        }
         connection::serve_public(&state, &graceful, &limits, stream, peer, (slot, permit));
     }
 }

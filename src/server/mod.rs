@@ -5,6 +5,7 @@
 
 mod accept;
 mod connection;
+mod syn_filter;
 
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
 
@@ -27,7 +28,8 @@ pub struct Limits {
     /// Concurrent public connections; beyond it, 503 and close.
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
-    /// IPv6 /64); beyond it, closed at accept.
+    /// IPv6 /64); beyond it, closed at accept, and the source's new
+    /// connections are dropped by the kernel until a slot of it frees.
     pub max_connections_per_source: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,
@@ -57,6 +59,12 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     let registration = UnixListener::from_std(listeners.registration)?;
+    // Duplicates of the public sockets, for their SYN filter.
+    let filtered = listeners
+        .public
+        .iter()
+        .map(|l| l.try_clone().map(socket2::Socket::from))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let public = listeners
         .public
         .into_iter()
@@ -85,6 +93,11 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    tasks.push(tokio::spawn(syn_filter::keep(
+        state.clone(),
+        filtered,
+        stop_rx.clone(),
+    )));
     let maintenance = tokio::spawn(maintain(state.clone(), limits.maintenance_interval));
     shutdown.await;
     let _ = stop_tx.send(true);

@@ -5,6 +5,7 @@
 mod log_limit;
 mod rate;
 mod source;
+pub mod syn_filter;
 
 pub use log_limit::{LogLimiter, Subject};
 pub use rate::{PodLimiter, Rates};

@@ -1,14 +1,20 @@
 //! Sources: who is on the other end of a public connection, as the
-//! isolation controls count them, and each source's share of connections.
+//! isolation controls count them, each source's share of connections, and
+//! which sources went beyond it (their new connections are then dropped in
+//! the kernel: see `syn_filter`).
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     fmt,
     net::{IpAddr, Ipv6Addr},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
 };
 
 use parking_lot::Mutex;
+use tokio::sync::Notify;
 
 /// An IPv4 address, or an IPv6 /64 (one host or pod usually holds a whole
 /// /64, so counting single IPv6 addresses would be no limit at all).
@@ -41,7 +47,19 @@ impl fmt::Display for SourceKey {
 pub struct SourceConnections {
     /// 0: no per-source limit (and no accounting).
     per_source: usize,
-    open: Mutex<HashMap<SourceKey, usize>>,
+    shares: Mutex<Shares>,
+    /// Wakes whoever keeps the kernel's filter when `over` changes.
+    over_changed: Notify,
+    /// Sources the attached kernel filter drops new connections of.
+    filtered: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Shares {
+    open: HashMap<SourceKey, usize>,
+    /// Sources that tried to go beyond their share and still hold it all.
+    /// Ordered, so that a capped list is the same list every time.
+    over: BTreeSet<SourceKey>,
 }
 
 /// One open connection of a source; the count drops with it.
@@ -57,18 +75,24 @@ impl SourceConnections {
     pub fn new(per_source: usize) -> Arc<Self> {
         Arc::new(Self {
             per_source,
-            open: Mutex::default(),
+            shares: Mutex::default(),
+            over_changed: Notify::new(),
+            filtered: AtomicUsize::new(0),
         })
     }
 
-    /// A slot for one more connection of `key`, unless it holds its share.
+    /// A slot for one more connection of `key`, unless it holds its share
+    /// (it is then marked as over its share until a slot of it frees).
     pub fn try_open(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
         if self.per_source == 0 {
             return Some(SourceSlot { owner: None, key });
         }
-        let mut open = self.open.lock();
-        let n = open.entry(key).or_default();
+        let mut shares = self.shares.lock();
+        let n = shares.open.entry(key).or_default();
         if *n >= self.per_source {
+            if shares.over.insert(key) {
+                self.over_changed.notify_one();
+            }
             return None;
         }
         *n += 1;
@@ -80,7 +104,35 @@ impl SourceConnections {
 
     /// Connections `key` holds open now.
     pub fn open(&self, key: SourceKey) -> usize {
-        self.open.lock().get(&key).copied().unwrap_or(0)
+        self.shares.lock().open.get(&key).copied().unwrap_or(0)
+    }
+
+    /// Up to `limit` of the sources that tried to go beyond their share
+    /// and still hold all of it, in a stable order.
+    pub fn over_share(&self, limit: usize) -> Vec<SourceKey> {
+        self.shares
+            .lock()
+            .over
+            .iter()
+            .take(limit)
+            .copied()
+            .collect()
+    }
+
+    /// Resolves when the set of sources over their share may have changed
+    /// since the last call (changes in between are coalesced).
+    pub async fn over_share_changed(&self) {
+        self.over_changed.notified().await;
+    }
+
+    /// How many sources the kernel filter now drops new connections of
+    /// (set by its keeper, read by `/metrics` and the accept path).
+    pub fn filtered(&self) -> usize {
+        self.filtered.load(Ordering::Relaxed)
+    }
+
+    pub fn set_filtered(&self, n: usize) {
+        self.filtered.store(n, Ordering::Relaxed);
     }
 }
 
@@ -89,12 +141,16 @@ impl Drop for SourceSlot {
         let Some(owner) = &self.owner else {
             return;
         };
-        let mut open = owner.open.lock();
-        if let Some(n) = open.get_mut(&self.key) {
+        let mut shares = owner.shares.lock();
+        if let Some(n) = shares.open.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
-                open.remove(&self.key);
+                shares.open.remove(&self.key);
             }
+        }
+        // Below its share again: its new connections are welcome.
+        if shares.over.remove(&self.key) {
+            owner.over_changed.notify_one();
         }
     }
 }
@@ -127,8 +183,10 @@ mod tests {
             conns.try_open(other).is_some(),
             "another source is unaffected"
         );
+        assert_eq!(conns.over_share(10), vec![k], "it tried to go beyond");
         drop(s1);
         assert_eq!(conns.open(k), 1);
+        assert!(conns.over_share(10).is_empty(), "below its share again");
         assert!(conns.try_open(k).is_some());
         let off = SourceConnections::new(0);
         let slots: Vec<_> = (0..1000).filter_map(|_| off.try_open(k)).collect();

@@ -1,0 +1,258 @@
+//! A classic BPF socket filter for the public listeners that drops a new
+//! connection's first packet (a bare SYN) from sources over their share.
+//!
+//! Why: a source beyond its share of connections used to be accepted and
+//! closed at once. A flooding client reconnects at once, so each refusal
+//! cost the agent a handshake, an accept and a close, and the storm took
+//! half a core from everyone else. A dropped SYN costs the kernel a few
+//! instructions, and the client's TCP stack backs off by itself (SYN
+//! retransmits after 1 s, 3 s, 7 s, ...). Packets of connections already
+//! open are never dropped: only a SYN without ACK matches.
+//!
+//! The program runs from `tcp_v4_rcv`/`tcp_v6_rcv` (`tcp_filter`), where
+//! the packet's data begins at the TCP header; the IP header is reached
+//! through `SKF_NET_OFF`.
+
+use socket2::SockFilter;
+
+use super::SourceKey;
+
+/// At most this many sources in one program (IPv6 entries take 5
+/// instructions, so the program stays far below the kernel's 4096 and its
+/// socket option memory). Sources beyond it are still refused at accept.
+pub const MAX_FILTERED: usize = 128;
+
+const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const AND_K: u16 = (libc::BPF_ALU | libc::BPF_AND | libc::BPF_K) as u16;
+const RSH_K: u16 = (libc::BPF_ALU | libc::BPF_RSH | libc::BPF_K) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JA: u16 = (libc::BPF_JMP | libc::BPF_JA) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
+
+/// Offsets into the network (IP) header, as the kernel's negative
+/// "ancillary" offsets spell them.
+const NET: u32 = libc::SKF_NET_OFF as u32;
+const IP_VERSION: u32 = NET;
+const IPV4_SOURCE: u32 = NET + 12;
+const IPV6_SOURCE_HIGH: u32 = NET + 8;
+const IPV6_SOURCE_LOW: u32 = NET + 12;
+/// The TCP flags byte, from the start of the TCP header.
+const TCP_FLAGS: u32 = 13;
+const SYN: u32 = 0x02;
+const ACK: u32 = 0x10;
+
+/// Return values: the bytes to keep (all of them), or none (drop).
+const KEEP: u32 = u32::MAX;
+const DROP: u32 = 0;
+
+/// One classic BPF instruction (`struct sock_filter`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Insn {
+    code: u16,
+    jt: u8,
+    jf: u8,
+    k: u32,
+}
+
+fn insn(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
+    Insn { code, jt, jf, k }
+}
+
+/// The filter for `SO_ATTACH_FILTER`: see [`program`].
+pub fn socket_filter(sources: &[SourceKey]) -> Vec<SockFilter> {
+    program(sources)
+        .into_iter()
+        .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
+        .collect()
+}
+
+/// The program that drops bare SYNs from `sources` and keeps every other
+/// packet. Every jump is short and forward, so the program is valid for
+/// any number of sources up to [`MAX_FILTERED`].
+fn program(sources: &[SourceKey]) -> Vec<Insn> {
+    let sources = &sources[..sources.len().min(MAX_FILTERED)];
+    let v4: Vec<u32> = sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceKey::V4(a) => Some(u32::from(*a)),
+            SourceKey::V6Prefix(_) => None,
+        })
+        .collect();
+    let v6: Vec<u64> = sources
+        .iter()
+        .filter_map(|s| match s {
+            SourceKey::V6Prefix(p) => Some(*p),
+            SourceKey::V4(_) => None,
+        })
+        .collect();
+    let mut p = vec![
+        // Only a SYN without ACK opens a connection.
+        insn(LD_B_ABS, 0, 0, TCP_FLAGS),
+        insn(AND_K, 0, 0, SYN | ACK),
+        insn(JEQ_K, 1, 0, SYN),
+        insn(RET_K, 0, 0, KEEP),
+        insn(LD_B_ABS, 0, 0, IP_VERSION),
+        insn(RSH_K, 0, 0, 4),
+        insn(JEQ_K, 1, 0, 4),
+    ];
+    // Not IPv4: past the IPv4 section (its load, its entries, its return).
+    let v4_section = 1 + 2 * v4.len() + 1;
+    p.push(insn(JA, 0, 0, v4_section as u32));
+    p.push(insn(LD_W_ABS, 0, 0, IPV4_SOURCE));
+    for addr in v4 {
+        p.push(insn(JEQ_K, 0, 1, addr));
+        p.push(insn(RET_K, 0, 0, DROP));
+    }
+    p.push(insn(RET_K, 0, 0, KEEP));
+    for prefix in v6 {
+        p.push(insn(LD_W_ABS, 0, 0, IPV6_SOURCE_HIGH));
+        p.push(insn(JEQ_K, 0, 3, (prefix >> 32) as u32));
+        p.push(insn(LD_W_ABS, 0, 0, IPV6_SOURCE_LOW));
+        p.push(insn(JEQ_K, 0, 1, prefix as u32));
+        p.push(insn(RET_K, 0, 0, DROP));
+    }
+    p.push(insn(RET_K, 0, 0, KEEP));
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    //! The program run by a small model of the kernel's classic BPF
+    //! interpreter (the instructions it uses only). The integration test
+    //! `isolation.rs` runs it in the real kernel.
+
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+
+    /// A packet as `tcp_filter` sees it: the IP header, then TCP's.
+    struct Packet {
+        ip: Vec<u8>,
+        tcp: Vec<u8>,
+    }
+
+    fn packet(src: IpAddr, flags: u8) -> Packet {
+        let ip = match src {
+            IpAddr::V4(a) => {
+                let mut h = vec![0x45u8; 20];
+                h[12..16].copy_from_slice(&a.octets());
+                h
+            }
+            IpAddr::V6(a) => {
+                let mut h = vec![0x60u8; 40];
+                h[8..24].copy_from_slice(&a.octets());
+                h
+            }
+        };
+        let mut tcp = vec![0u8; 20];
+        tcp[13] = flags;
+        Packet { ip, tcp }
+    }
+
+    fn load(p: &Packet, k: u32, width: usize) -> Option<u32> {
+        let (bytes, at) = if k >= NET {
+            (&p.ip, (k - NET) as usize)
+        } else {
+            (&p.tcp, k as usize)
+        };
+        let b = bytes.get(at..at + width)?;
+        Some(b.iter().fold(0u32, |a, x| (a << 8) | u32::from(*x)))
+    }
+
+    /// What the program returns for `p` (`None`: it ran off its end or
+    /// loaded out of bounds, which the kernel treats as a drop).
+    fn run(prog: &[Insn], p: &Packet) -> Option<u32> {
+        let (mut pc, mut a) = (0usize, 0u32);
+        loop {
+            let i = prog.get(pc)?;
+            pc += 1;
+            match i.code {
+                LD_B_ABS => a = load(p, i.k, 1)?,
+                LD_W_ABS => a = load(p, i.k, 4)?,
+                AND_K => a &= i.k,
+                RSH_K => a >>= i.k,
+                JEQ_K => pc += usize::from(if a == i.k { i.jt } else { i.jf }),
+                JA => pc += i.k as usize,
+                RET_K => return Some(i.k),
+                other => panic!("instruction {other:#x} is not modelled"),
+            }
+        }
+    }
+
+    const SYN_ONLY: u8 = 0x02;
+    const SYN_ACK: u8 = 0x12;
+    const ACK_ONLY: u8 = 0x10;
+    const PSH_ACK: u8 = 0x18;
+
+    fn v4(s: &str) -> IpAddr {
+        IpAddr::V4(s.parse::<Ipv4Addr>().unwrap())
+    }
+    fn v6(s: &str) -> IpAddr {
+        IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
+    }
+
+    #[test]
+    fn only_new_connections_of_listed_sources_are_dropped() {
+        let listed = [
+            v4("198.18.0.2"),
+            v6("fd12:3456:789a:1::5"),
+            v4("198.18.0.10"),
+            v6("fd12:3456:789a:3::1"),
+        ];
+        let keys: Vec<SourceKey> = listed.iter().map(|a| SourceKey::of(*a)).collect();
+        let prog = program(&keys);
+        let verdict = |src: &str, flags| {
+            let ip = src.parse::<IpAddr>().unwrap();
+            run(&prog, &packet(ip, flags))
+        };
+        for src in ["198.18.0.2", "198.18.0.10", "fd12:3456:789a:1::5"] {
+            assert_eq!(verdict(src, SYN_ONLY), Some(DROP), "{src}");
+            for flags in [SYN_ACK, ACK_ONLY, PSH_ACK, 0x04, 0x11] {
+                assert_eq!(verdict(src, flags), Some(KEEP), "{src} {flags:#x}");
+            }
+        }
+        // The whole /64 counts as the source, and nothing else does.
+        assert_eq!(verdict("fd12:3456:789a:1::ffff", SYN_ONLY), Some(DROP));
+        assert_eq!(verdict("fd12:3456:789a:3::9", SYN_ONLY), Some(DROP));
+        for src in [
+            "198.18.0.3",
+            "198.18.0.1",
+            "127.0.0.1",
+            "fd12:3456:789a:2::5",
+            "fd12:3456:789b:1::5",
+            "::1",
+        ] {
+            assert_eq!(verdict(src, SYN_ONLY), Some(KEEP), "{src}");
+        }
+    }
+
+    #[test]
+    fn an_empty_list_and_a_full_one_are_valid_programs() {
+        let empty = program(&[]);
+        for src in ["198.18.0.2", "fd12::1"] {
+            let p = packet(src.parse().unwrap(), SYN_ONLY);
+            assert_eq!(run(&empty, &p), Some(KEEP));
+        }
+        // More than the cap: the first MAX_FILTERED are listed, in order.
+        let keys: Vec<SourceKey> = (0..300u32)
+            .map(|i| {
+                if i % 2 == 0 {
+                    SourceKey::of(IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)))
+                } else {
+                    SourceKey::V6Prefix(0xfd00_0000_0000_0000 + u64::from(i))
+                }
+            })
+            .collect();
+        let prog = program(&keys);
+        assert!(prog.len() < 4096, "{}", prog.len());
+        let addr = |k: &SourceKey| match k {
+            SourceKey::V4(a) => IpAddr::V4(*a),
+            SourceKey::V6Prefix(p) => IpAddr::V6(Ipv6Addr::from(u128::from(*p) << 64 | 7)),
+        };
+        for (i, k) in keys.iter().enumerate() {
+            let want = if i < MAX_FILTERED { DROP } else { KEEP };
+            assert_eq!(run(&prog, &packet(addr(k), SYN_ONLY)), Some(want), "{k}");
+        }
+    }
+}
