@@ -1,41 +1,63 @@
 //! Scale: many pods over many namespaces: registration rate, memory,
 //! throughput against the number of pods, start-up reload time.
 
-use std::time::{Duration, Instant};
+use std::{
+    net::IpAddr,
+    time::{Duration, Instant},
+};
 
 use integration::{fixtures, Agent, PodNet};
+use nix::sys::signal::Signal;
 
 use crate::{check_interrupted, medians, report::Scale, wrk, Args, TOKEN};
 
+/// Keep-alive GET /pod/uuid from the load pod against two agents, one
+/// with 10 pods and one with many, in alternating rounds (medians). The
+/// agent not measured is stopped (SIGSTOP) meanwhile, so that neither's
+/// background work lands in the other's figures, and machine drift falls
+/// on both alike.
 fn throughput(
     args: &Args,
-    agent: &Agent,
+    agents: [&Agent; 2],
     pod: &PodNet,
     scripts: &std::path::Path,
-    label: &str,
-) -> Result<wrk::Figures, String> {
-    let load = wrk::Load {
+) -> Result<[wrk::Figures; 2], String> {
+    let targets: Vec<(u32, String)> = agents
+        .iter()
+        .map(|a| crate::agent_target(a, IpAddr::V4(pod.host_v4()), "pod/uuid"))
+        .collect();
+    let load = |(server, url): &(u32, String)| wrk::Load {
         pod: Some(pod),
         threads: 1,
-        url: format!(
-            "http://{}:{}/{TOKEN}/acMetadata/v1/pod/uuid",
-            pod.host_v4(),
-            agent.port
-        ),
+        url: url.clone(),
         form: None,
         close: false,
         connections: args.connections,
         duration: Duration::from_secs(args.seconds),
-        server: agent.pid().unwrap_or(0),
+        server: *server,
     };
-    wrk::warm_up(&load, scripts)?;
-    let mut runs = Vec::new();
-    for round in 0..args.rounds {
-        check_interrupted()?;
-        eprintln!("bench: scale throughput at {label} round {}", round + 1);
-        runs.push(wrk::run(&load, scripts)?);
+    let pause = |pid: u32, signal| {
+        if let Ok(pid) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    };
+    let turn = |i: usize| {
+        pause(targets[1 - i].0, Signal::SIGSTOP);
+        pause(targets[i].0, Signal::SIGCONT);
+    };
+    let runs = wrk::alternate_with(
+        args,
+        &targets,
+        &load,
+        scripts,
+        "scale throughput (10 pods, then all)",
+        &turn,
+    );
+    for (pid, _) in &targets {
+        pause(*pid, Signal::SIGCONT);
     }
-    Ok(medians(&runs))
+    let runs = runs?;
+    Ok([medians(&runs[0]), medians(&runs[1])])
 }
 
 fn uuid(n: u32) -> String {
@@ -52,9 +74,11 @@ pub fn measure(
     load_pod: &PodNet,
     scripts: &std::path::Path,
 ) -> Result<Scale, String> {
-    // A fresh agent: only the load pod registered so far.
+    // Fresh agents: one that keeps 10 pods, one that gets them all.
     drop(agent);
+    let small = crate::start_agent("token+netns", "info");
     let mut agent = crate::start_agent("token+netns", "info");
+    crate::register_example(&small, load_pod, crate::UUID, TOKEN)?;
     crate::register_example(&agent, load_pod, crate::UUID, TOKEN)?;
 
     let started = Instant::now();
@@ -69,7 +93,7 @@ pub fn measure(
     }
     let setup_secs = started.elapsed().as_secs_f64();
     let manifest = fixtures::read("pods/web-pod.json");
-    let register = |n: u32| -> Result<(), String> {
+    let register = |agent: &Agent, n: u32| -> Result<(), String> {
         let ns = &namespaces[n as usize % namespaces.len().max(1)];
         let r = agent.register(
             &uuid(n),
@@ -82,11 +106,11 @@ pub fn measure(
         }
         Ok(())
     };
-    // Ten pods (the load pod's and nine more).
+    // Ten pods (the load pod's and nine more) in both.
     for n in 1..10 {
-        register(n)?;
+        register(&small, n)?;
+        register(&agent, n)?;
     }
-    let at_10 = throughput(args, &agent, load_pod, scripts, "10 pods")?;
 
     eprintln!("bench: registering up to {} pods", args.pods);
     let started = Instant::now();
@@ -94,17 +118,12 @@ pub fn measure(
         if n % 500 == 0 {
             check_interrupted()?;
         }
-        register(n)?;
+        register(&agent, n)?;
     }
     let registration_per_sec =
         f64::from(args.pods.saturating_sub(10)) / started.elapsed().as_secs_f64();
-    let at_n = throughput(
-        args,
-        &agent,
-        load_pod,
-        scripts,
-        &format!("{} pods", args.pods),
-    )?;
+    let [at_10, at_n] = throughput(args, [&small, &agent], load_pod, scripts)?;
+    drop(small);
     let rss_hwm_kib = agent.peak_rss_kib();
 
     eprintln!("bench: restarting to time the reload");
