@@ -2,6 +2,7 @@
 //! `rkt metadata-service`. See README.md, ../shared/SPEC.md and DESIGN.md.
 #![forbid(unsafe_code)]
 
+pub mod access_log;
 pub mod api;
 pub mod appc;
 pub mod cli;

@@ -45,9 +45,15 @@ where
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC, what tracing prints). The part up
-/// to the second is formatted once per second per thread.
 fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
+    // ASCII digits and separators only.
+    writer.write_str(std::str::from_utf8(&timestamp()).map_err(|_| fmt::Error)?)
+}
+
+/// The time now as `YYYY-MM-DDTHH:MM:SS.uuuuuuZ` (UTC, what tracing
+/// prints). The part up to the second is formatted once per second per
+/// thread.
+pub fn timestamp() -> [u8; 27] {
     thread_local! {
         static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
@@ -64,16 +70,14 @@ fn write_timestamp(writer: &mut Writer<'_>) -> fmt::Result {
         cell.set((secs, text));
         text
     });
-    let mut micros = [b'0'; 6];
+    let mut out = [b'Z'; 27];
+    out[..20].copy_from_slice(&prefix);
     let mut n = now.subsec_micros();
-    for digit in micros.iter_mut().rev() {
+    for digit in out[20..26].iter_mut().rev() {
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // Both are ASCII digits and separators.
-    writer.write_str(std::str::from_utf8(&prefix).map_err(|_| fmt::Error)?)?;
-    writer.write_str(std::str::from_utf8(&micros).map_err(|_| fmt::Error)?)?;
-    writer.write_char('Z')
+    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` for a Unix time (proleptic Gregorian, UTC).

@@ -104,22 +104,44 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
     }
 }
 
-impl Write for &Shared {
-    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+impl Shared {
+    /// Appends what `put` writes to this thread's buffer (dropped, and
+    /// counted, when the buffer is full) and wakes the writer for the
+    /// first line of a batch.
+    fn append(&self, put: impl FnOnce(&mut Vec<u8>)) {
         let was_empty = self.buffers.with(|buffer| {
-            if buffer.len() + line.len() > MAX_BUFFERED {
+            let before = buffer.len();
+            if before >= MAX_BUFFERED {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
                 return false;
             }
-            let was_empty = buffer.is_empty();
-            buffer.extend_from_slice(line);
-            was_empty
+            put(buffer);
+            if buffer.len() > MAX_BUFFERED {
+                buffer.truncate(before);
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            before == 0
         });
         // Only the first line of a thread's batch may wake the writer.
         if was_empty && !self.pending.swap(true, Ordering::AcqRel) {
             let _guard = self.wake.lock();
             self.woken.notify_one();
         }
+    }
+}
+
+impl BatchWriter {
+    /// Writes one whole line (with its newline) with `put`, straight into
+    /// this thread's buffer: for the access log, which formats its own.
+    pub fn append_line(&self, put: impl FnOnce(&mut Vec<u8>)) {
+        self.shared.append(put);
+    }
+}
+
+impl Write for &Shared {
+    fn write(&mut self, line: &[u8]) -> io::Result<usize> {
+        self.append(|buffer| buffer.extend_from_slice(line));
         Ok(line.len())
     }
 

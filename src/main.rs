@@ -61,6 +61,7 @@ fn init_logging(debug: bool) -> rkt_mds::log_writer::FlushGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let (writer, guard) = rkt_mds::log_writer::batch_writer(std::io::stderr());
+    rkt_mds::access_log::install(writer.clone());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .event_format(rkt_mds::log_format::LineFormat)

@@ -5,8 +5,6 @@ pub mod form;
 pub mod public;
 pub mod registration;
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{
@@ -112,38 +110,4 @@ fn too_large(limit: usize) -> Response<Body> {
     r.headers_mut()
         .insert(CONNECTION, HeaderValue::from_static("close"));
     r
-}
-
-/// A pod UUID, or nothing, as a log field (no allocation).
-struct MaybePod(Option<PodUuid>);
-
-impl std::fmt::Display for MaybePod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.0 {
-            Some(p) => p.fmt(f),
-            None => Ok(()),
-        }
-    }
-}
-
-/// One access-log line. `path` must display free of secrets.
-pub fn log_access(
-    api: &'static str,
-    method: &hyper::Method,
-    path: &dyn std::fmt::Display,
-    status: StatusCode,
-    latency: Duration,
-    pod: Option<PodUuid>,
-) {
-    let pod = MaybePod(pod);
-    tracing::info!(
-        target: "access",
-        // Display, not Debug: no quoting and escaping work per line.
-        api = %api,
-        method = %method,
-        path = %path,
-        status = status.as_u16(),
-        latency_us = latency.as_micros() as u64,
-        pod = %pod,
-    );
 }

@@ -19,6 +19,7 @@ use tokio::{
 
 use super::Limits;
 use crate::{
+    access_log,
     api::{self, public, registration, Handled},
     deadline::{DeadlineIo, Timeouts},
     state::AppState,
@@ -132,7 +133,7 @@ fn serve<S, H, F>(
             } else {
                 &uri.path()
             };
-            api::log_access(api.name, &method, path, status, latency, handled.pod);
+            access_log::record(api.name, &method, path, status, latency, handled.pod);
             state
                 .metrics
                 .request(api.name, endpoint, status.as_u16(), latency);
