@@ -13,7 +13,7 @@ use integration::{
     fixtures,
     http::{self, read_response, Conn, Request, Response},
     privilege::require_root,
-    wait_for, Agent, AgentOptions, PodNet,
+    wait_for, Agent, AgentOptions, Bridge, PodNet,
 };
 
 const T_A: &str = "aaaa56789abcdef0123456789abcdef0";
@@ -142,6 +142,111 @@ fn one_pod_cannot_take_the_connections_of_another_over_ipv6() {
         return;
     }
     a_source_over_its_share(true);
+}
+
+/// A connection that completes its handshake and is then closed by the
+/// agent at accept (never served, never dropped unanswered).
+fn closed_at_accept(stream: std::io::Result<TcpStream>) {
+    let mut s = match stream {
+        Ok(s) => s,
+        Err(e) => panic!("the connection did not complete (dropped in the kernel?): {e}"),
+    };
+    let mut buf = [0u8; 1];
+    match s.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        other => panic!("not closed at accept: {other:?}"),
+    }
+}
+
+fn refused_per_source(agent: &Agent) -> u64 {
+    metrics(agent)
+        .lines()
+        .find_map(|l| l.strip_prefix("rkt_mds_connections_refused_total{reason=\"per-source\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Bridged pods share one IPv6 /64, so one connection share. B holding it
+/// all and trying for more must not get A's new connections dropped in
+/// the kernel: A, refused at accept while the share is full, learns so at
+/// once, and is served over IPv4 meanwhile.
+#[test]
+fn a_neighbour_in_the_same_64_is_not_filtered_with_the_flooder() {
+    if !require_root("a_neighbour_in_the_same_64_is_not_filtered_with_the_flooder") {
+        return;
+    }
+    let agent = Agent::start(
+        AgentOptions::identity("token+netns")
+            .arg("--max-connections-per-source")
+            .arg("10"),
+    );
+    let bridge = Bridge::new();
+    let (a, b) = (PodNet::on_bridge(&bridge), PodNet::on_bridge(&bridge));
+    let manifest = fixtures::read(fixtures::WEB.manifest);
+    for (pod, uuid, token) in [(&a, U_A, T_A), (&b, U_B, T_B)] {
+        bridge.enforce(pod);
+        agent.register_in(uuid, token, &manifest, pod);
+    }
+    let v6 = SocketAddr::new(IpAddr::V6(bridge.v6()), agent.port);
+    let mut held: Vec<_> = (0..10)
+        .map(|_| Conn::new(b.connect(None, v6).expect("B within the share")))
+        .collect();
+    for c in &mut held {
+        assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
+    }
+    closed_at_accept(b.connect(None, v6));
+    wait_for("B's SYNs filtered", Duration::from_secs(10), || {
+        metrics(&agent)
+            .contains("\nrkt_mds_sources_filtered 1\n")
+            .then_some(())
+    });
+    for _ in 0..5 {
+        closed_at_accept(a.connect_within(None, v6, Duration::from_secs(2)));
+    }
+    let r = b.connect_within(None, v6, Duration::from_millis(300));
+    assert!(
+        r.is_err(),
+        "B's own new connections are still dropped: {r:?}"
+    );
+    let v4 = SocketAddr::new(IpAddr::V4(bridge.v4()), agent.port);
+    let r = Conn::new(a.connect(None, v4).expect("A over IPv4"))
+        .send(&Request::get(&uuid_path(T_A)))
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
+}
+
+/// Host processes (and host-network pods) share the loopback and host
+/// addresses: one of them over the share must never get the others' new
+/// connections dropped. Each is closed at accept instead, at once.
+#[test]
+fn loopback_and_host_addresses_are_never_filtered() {
+    if !require_root("loopback_and_host_addresses_are_never_filtered") {
+        return;
+    }
+    let agent = Agent::start(
+        AgentOptions::identity("token+netns")
+            .arg("--max-connections-per-source")
+            .arg("5"),
+    );
+    let pod = PodNet::new();
+    let host_address = IpAddr::V4(pod.host_v4());
+    for src in [IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), host_address] {
+        let to = SocketAddr::new(src, agent.port);
+        let before = refused_per_source(&agent);
+        let held: Vec<_> = (0..5)
+            .map(|_| TcpStream::connect(to).expect("within the share"))
+            .collect();
+        for i in 1..=5u64 {
+            closed_at_accept(TcpStream::connect_timeout(&to, Duration::from_secs(2)));
+            wait_for("the refusal counted", Duration::from_secs(5), || {
+                (refused_per_source(&agent) == before + i).then_some(())
+            });
+        }
+        let m = metrics(&agent);
+        assert!(m.contains("\nrkt_mds_sources_filtered 0\n"), "{m}");
+        drop(held);
+    }
 }
 
 /// B floods its own endpoint far beyond its rate: it gets 429 with
