@@ -117,8 +117,9 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
-    /// IPv6 /64); beyond, closed at accept, and then the kernel drops the
-    /// source's new connections (a SYN filter on the listeners) until one
+    /// IPv6 /64); beyond, closed at accept. An address that holds the
+    /// whole share by itself then has its new connections dropped by the
+    /// kernel (a SYN filter on the listeners; its connects wait) until one
     /// of its own closes. Only many sources together can fill
     /// --max-connections. 0 turns the limit off.
     #[arg(long, default_value_t = 64, value_name = "N")]

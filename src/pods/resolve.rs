@@ -118,6 +118,12 @@ impl Pods {
             .map_err(|reason| Refused { reason, claimed })
     }
 
+    /// Whether `peer` is one of the host's own addresses (loopback
+    /// included): shared by every host process and host-network pod.
+    pub fn is_host_address(&self, peer: &IpAddr) -> bool {
+        self.on_host(&peer.to_canonical())
+    }
+
     /// Whether `peer` is one of the host's own addresses.
     fn on_host(&self, peer: &IpAddr) -> bool {
         // Loopback never crosses a namespace boundary: a loopback peer is

@@ -67,9 +67,9 @@ pub(super) async fn public(
                 continue;
             }
         };
-        let source = SourceKey::of(peer.ip());
         // The source's share first: one source cannot fill the cap.
-        let Some(slot) = state.tenancy.connections.try_open(source) else {
+        let Some(slot) = state.tenancy.connections.try_open(peer.ip()) else {
+            let source = SourceKey::of(peer.ip());
             state.metrics.refused("connection", "per-source");
             warn_refusal(
                 &state,
@@ -78,8 +78,9 @@ pub(super) async fn public(
                 "connection refused: the source holds its share of connections",
             );
             // Closed at once, no body: nothing to parse, nothing to hold.
-            // The source's next connections are dropped in the kernel
-            // (`syn_filter`) until it is below its share again.
+            // If this address holds the whole share itself, its next
+            // connections are dropped in the kernel (`syn_filter`) until
+            // its source is below its share again.
             drop(stream);
             continue;
         };
@@ -95,9 +96,9 @@ pub(super) async fn public(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        if state.tenancy.connections.filtered() > 0 {
+        if state.tenancy.connections.may_inherit() {
             // An accepted socket inherits the listener's filter: each would
-            // pin a copy of the program for its lifetime.
+            // keep a version of the program alive for its lifetime.
             let _ = syn_filter::detach(&socket2::SockRef::from(&stream));
         }
         connection::serve_public(&state, &graceful, &limits, stream, peer, (slot, permit));

@@ -1,7 +1,7 @@
 //! Keeps the public listeners' SYN filter (`tenant::syn_filter`) in step
-//! with the sources that went beyond their connection share.
+//! with the addresses that went beyond their source's connection share.
 
-use std::{io, sync::Arc, time::Duration};
+use std::{io, net::IpAddr, sync::Arc, time::Duration};
 
 use socket2::Socket;
 use tokio::sync::watch;
@@ -10,8 +10,8 @@ use super::warn_refusal;
 use crate::{
     state::AppState,
     tenant::{
-        syn_filter::{socket_filter, MAX_FILTERED},
-        SourceKey, Subject,
+        syn_filter::{filterable, socket_filter, MAX_FILTERED},
+        Subject,
     },
 };
 
@@ -19,6 +19,10 @@ use crate::{
 /// of its share cannot make the kernel compile a filter per connection.
 /// Between changes, an over-share connection is still closed at accept.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
+
+/// How long after the filter is lifted an accepted connection may still
+/// carry it, inherited while it waited in the accept queue.
+const INHERIT_GRACE: Duration = Duration::from_secs(5);
 
 /// Runs until `stop`. `listeners` are duplicates of the public listening
 /// sockets (a filter set through one fd applies to the socket).
@@ -29,55 +33,90 @@ pub(super) async fn keep(
 ) {
     let connections = state.tenancy.connections.clone();
     // Under socket activation the sockets outlive us: a filter a previous
-    // agent left must not keep refusing sources that are no longer over.
-    let _ = apply(&listeners, &[]);
-    let mut attached: Vec<SourceKey> = Vec::new();
+    // agent left must not keep refusing addresses that are no longer over.
+    if let Err(e) = detach_all(&listeners) {
+        tracing::warn!(error = %e, "cannot clear the listeners' SYN filter");
+    }
+    let mut wanted: Vec<IpAddr> = Vec::new();
     loop {
+        let grace = connections.may_inherit() && connections.filtered() == 0;
         tokio::select! {
             () = connections.over_share_changed() => {}
+            () = tokio::time::sleep(INHERIT_GRACE), if grace => {
+                connections.set_may_inherit(false);
+                continue;
+            }
             _ = stop.wait_for(|s| *s) => break,
         }
-        let over = connections.over_share(MAX_FILTERED);
-        if over != attached {
-            let applied = apply(&listeners, &over);
-            if let Err(e) = &applied {
+        let over: Vec<IpAddr> = connections
+            .over_share(usize::MAX)
+            .into_iter()
+            .filter(|a| filterable(*a) && !state.pods.is_host_address(a))
+            .take(MAX_FILTERED)
+            .collect();
+        if over != wanted {
+            if !over.is_empty() {
+                connections.set_may_inherit(true);
+            }
+            let (attached, error) = apply(&listeners, &over);
+            if let Some(e) = &error {
                 warn_refusal(
                     &state,
                     Subject::Agent,
                     "syn-filter-failed",
-                    &format!("cannot set the listeners' SYN filter (over-share connections are still closed at accept): {e}"),
+                    &format!(
+                        "the listeners' SYN filter holds {attached} of {} addresses (the rest are still closed at accept): {e}",
+                        over.len()
+                    ),
                 );
             }
-            tracing::debug!(
-                sources = over.len(),
-                ok = applied.is_ok(),
-                "SYN filter updated"
-            );
-            connections.set_filtered(if applied.is_ok() { over.len() } else { 0 });
-            attached = over;
+            tracing::debug!(addresses = attached, "SYN filter updated");
+            connections.set_filtered(attached);
+            // After a failure, the next change tries again.
+            wanted = if error.is_none() { over } else { Vec::new() };
         }
         tokio::select! {
             () = tokio::time::sleep(MIN_INTERVAL) => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    let _ = apply(&listeners, &[]);
+    let _ = detach_all(&listeners);
     connections.set_filtered(0);
 }
 
-fn apply(listeners: &[Socket], sources: &[SourceKey]) -> io::Result<()> {
-    let program = (!sources.is_empty()).then(|| socket_filter(sources));
-    let mut result = Ok(());
-    for l in listeners {
-        let r = match &program {
-            Some(p) => l.attach_filter(p),
-            None => detach(l),
-        };
-        if r.is_err() {
-            result = r;
+/// Sets the program for `addrs` on every listener; returns how many
+/// addresses it holds, and the error that made it hold fewer. A program
+/// that does not fit the socket's option memory is retried with half the
+/// addresses; on any other failure no listener keeps a filter (the refusal
+/// at accept still holds).
+fn apply(listeners: &[Socket], addrs: &[IpAddr]) -> (usize, Option<io::Error>) {
+    // Detach first: the kernel charges a replacement before it frees the
+    // program it replaces.
+    if let Err(e) = detach_all(listeners) {
+        return (0, Some(e));
+    }
+    let mut n = addrs.len();
+    let mut error = None;
+    while n > 0 {
+        let program = socket_filter(&addrs[..n]);
+        match listeners.iter().try_for_each(|l| l.attach_filter(&program)) {
+            Ok(()) => return (n, error),
+            Err(e) => {
+                let _ = detach_all(listeners);
+                let fits_fewer = e.raw_os_error() == Some(libc::ENOMEM);
+                error = Some(e);
+                if !fits_fewer {
+                    return (0, error);
+                }
+                n /= 2;
+            }
         }
     }
-    result
+    (0, error)
+}
+
+fn detach_all(listeners: &[Socket]) -> io::Result<()> {
+    listeners.iter().try_for_each(detach)
 }
 
 /// Detaching when there is no filter is not an error.
@@ -93,7 +132,7 @@ mod tests {
     //! The filter in the real kernel, on loopback (no privilege needed).
 
     use std::{
-        net::{IpAddr, SocketAddr, TcpListener},
+        net::{SocketAddr, TcpListener},
         time::Duration,
     };
 
@@ -109,19 +148,20 @@ mod tests {
     }
 
     #[test]
-    fn the_kernel_drops_new_connections_of_listed_sources_until_lifted() {
+    fn the_kernel_drops_new_connections_of_listed_addresses_until_lifted() {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let to = listener.local_addr().unwrap();
         let filtered = vec![Socket::from(listener.try_clone().unwrap())];
         let open = connect_from("127.0.0.3", to).expect("before the filter");
-        let listed = SourceKey::of("127.0.0.3".parse().unwrap());
-        apply(&filtered, &[listed]).unwrap();
+        // (Loopback is never filtered by the agent; the kernel doesn't mind.)
+        let listed: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(apply(&filtered, &[listed]).0, 1);
         let r = connect_from("127.0.0.3", to);
         assert!(
             matches!(&r, Err(e) if e.kind() == io::ErrorKind::TimedOut),
             "{r:?}"
         );
-        assert!(connect_from("127.0.0.4", to).is_ok(), "another source");
+        assert!(connect_from("127.0.0.4", to).is_ok(), "another address");
         // A connection opened before is untouched.
         let (accepted, _) = listener.accept().unwrap();
         open.send(b"x").unwrap();
@@ -131,9 +171,38 @@ mod tests {
             1,
             "data of an open connection passes"
         );
-        // What `keep` does at start and at stop, and twice is no error.
-        apply(&filtered, &[]).unwrap();
-        apply(&filtered, &[]).unwrap();
+        // Replacing, then what `keep` does at start and at stop (twice is
+        // no error).
+        let other: IpAddr = "127.0.0.5".parse().unwrap();
+        assert_eq!(apply(&filtered, &[other, listed]).0, 2);
+        assert_eq!(apply(&filtered, &[]).0, 0);
+        detach_all(&filtered).unwrap();
         assert!(connect_from("127.0.0.3", to).is_ok(), "lifted");
+    }
+
+    /// However little option memory the socket has (`optmem_max` is 20 KiB
+    /// on older kernels), a long list ends up attached in part, and says
+    /// why, rather than not at all.
+    #[test]
+    fn a_list_too_big_for_the_socket_is_shrunk_until_it_fits() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let filtered = vec![Socket::from(listener.try_clone().unwrap())];
+        let addrs: Vec<IpAddr> = (0..MAX_FILTERED as u128)
+            .map(|i| IpAddr::V6(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | i)))
+            .collect();
+        let (attached, error) = apply(&filtered, &addrs);
+        assert!(attached >= 1, "{error:?}");
+        assert_eq!(
+            attached < addrs.len(),
+            error.is_some(),
+            "{attached} {error:?}"
+        );
+        let optmem = std::fs::read_to_string("/proc/sys/net/core/optmem_max").unwrap_or_default();
+        eprintln!(
+            "optmem_max {}: {attached} of {} attached",
+            optmem.trim(),
+            addrs.len()
+        );
+        detach_all(&filtered).unwrap();
     }
 }

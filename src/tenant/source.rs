@@ -4,11 +4,11 @@
 //! the kernel: see `syn_filter`).
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, HashMap},
     fmt,
     net::{IpAddr, Ipv6Addr},
     sync::{
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
         Arc,
     },
 };
@@ -43,23 +43,33 @@ impl fmt::Display for SourceKey {
     }
 }
 
-/// Open public connections per source, bounded per source.
+/// Open public connections per source, bounded per source, and the
+/// addresses that hold their source's whole share and try for more (their
+/// new connections are then dropped in the kernel: see `syn_filter`).
 pub struct SourceConnections {
     /// 0: no per-source limit (and no accounting).
     per_source: usize,
     shares: Mutex<Shares>,
     /// Wakes whoever keeps the kernel's filter when `over` changes.
     over_changed: Notify,
-    /// Sources the attached kernel filter drops new connections of.
+    /// Addresses the attached kernel filter drops new connections of.
     filtered: AtomicUsize,
+    /// Whether a connection accepted now may carry a filter inherited from
+    /// its listener.
+    may_inherit: AtomicBool,
 }
 
 #[derive(Default)]
 struct Shares {
     open: HashMap<SourceKey, usize>,
-    /// Sources that tried to go beyond their share and still hold it all.
-    /// Ordered, so that a capped list is the same list every time.
-    over: BTreeSet<SourceKey>,
+    /// Open connections per IPv6 address (an IPv4 address is its own
+    /// source).
+    open_v6: HashMap<Ipv6Addr, usize>,
+    /// Per source, the address that holds the source's whole share by
+    /// itself and tried for more. Not a neighbour in the same /64 that
+    /// finds the share full: it is not the one flooding. Ordered, so that
+    /// a capped list is the same list every time.
+    over: BTreeMap<SourceKey, IpAddr>,
 }
 
 /// One open connection of a source; the count drops with it.
@@ -67,6 +77,7 @@ pub struct SourceSlot {
     /// `None` when limits are off.
     owner: Option<Arc<SourceConnections>>,
     key: SourceKey,
+    addr: IpAddr,
 }
 
 impl SourceConnections {
@@ -78,61 +89,89 @@ impl SourceConnections {
             shares: Mutex::default(),
             over_changed: Notify::new(),
             filtered: AtomicUsize::new(0),
+            may_inherit: AtomicBool::new(false),
         })
     }
 
-    /// A slot for one more connection of `key`, unless it holds its share
-    /// (it is then marked as over its share until a slot of it frees).
-    pub fn try_open(self: &Arc<Self>, key: SourceKey) -> Option<SourceSlot> {
+    /// A slot for one more connection from `peer`, unless its source holds
+    /// its share. When `peer` alone holds all of it, `peer` is marked as
+    /// over its share until a slot of the source frees.
+    pub fn try_open(self: &Arc<Self>, peer: IpAddr) -> Option<SourceSlot> {
+        let addr = peer.to_canonical();
+        let key = SourceKey::of(addr);
         if self.per_source == 0 {
-            return Some(SourceSlot { owner: None, key });
+            return Some(SourceSlot {
+                owner: None,
+                key,
+                addr,
+            });
         }
         let mut shares = self.shares.lock();
+        let shares = &mut *shares;
         let n = shares.open.entry(key).or_default();
         if *n >= self.per_source {
-            if shares.over.insert(key) {
+            let alone = match addr {
+                IpAddr::V4(_) => true,
+                IpAddr::V6(a) => shares.open_v6.get(&a).copied().unwrap_or(0) >= self.per_source,
+            };
+            if alone && shares.over.insert(key, addr) != Some(addr) {
                 self.over_changed.notify_one();
             }
             return None;
         }
         *n += 1;
+        if let IpAddr::V6(a) = addr {
+            *shares.open_v6.entry(a).or_default() += 1;
+        }
         Some(SourceSlot {
             owner: Some(self.clone()),
             key,
+            addr,
         })
     }
 
-    /// Connections `key` holds open now.
-    pub fn open(&self, key: SourceKey) -> usize {
+    /// Connections `peer`'s source holds open now.
+    pub fn open(&self, peer: IpAddr) -> usize {
+        let key = SourceKey::of(peer);
         self.shares.lock().open.get(&key).copied().unwrap_or(0)
     }
 
-    /// Up to `limit` of the sources that tried to go beyond their share
-    /// and still hold all of it, in a stable order.
-    pub fn over_share(&self, limit: usize) -> Vec<SourceKey> {
+    /// Up to `limit` of the addresses over their source's share (see
+    /// [`SourceConnections::try_open`]), in a stable order.
+    pub fn over_share(&self, limit: usize) -> Vec<IpAddr> {
         self.shares
             .lock()
             .over
-            .iter()
+            .values()
             .take(limit)
             .copied()
             .collect()
     }
 
-    /// Resolves when the set of sources over their share may have changed
-    /// since the last call (changes in between are coalesced).
+    /// Resolves when the set of addresses over their share may have
+    /// changed since the last call (changes in between are coalesced).
     pub async fn over_share_changed(&self) {
         self.over_changed.notified().await;
     }
 
-    /// How many sources the kernel filter now drops new connections of
-    /// (set by its keeper, read by `/metrics` and the accept path).
+    /// How many addresses the kernel filter now drops new connections of
+    /// (set by its keeper, read by `/metrics`).
     pub fn filtered(&self) -> usize {
         self.filtered.load(Ordering::Relaxed)
     }
 
     pub fn set_filtered(&self, n: usize) {
         self.filtered.store(n, Ordering::Relaxed);
+    }
+
+    /// Whether a connection accepted now may have inherited a filter from
+    /// its listener (set by the filter's keeper, read at accept).
+    pub fn may_inherit(&self) -> bool {
+        self.may_inherit.load(Ordering::Relaxed)
+    }
+
+    pub fn set_may_inherit(&self, may: bool) {
+        self.may_inherit.store(may, Ordering::Relaxed);
     }
 }
 
@@ -148,8 +187,16 @@ impl Drop for SourceSlot {
                 shares.open.remove(&self.key);
             }
         }
+        if let IpAddr::V6(a) = self.addr {
+            if let Some(n) = shares.open_v6.get_mut(&a) {
+                *n -= 1;
+                if *n == 0 {
+                    shares.open_v6.remove(&a);
+                }
+            }
+        }
         // Below its share again: its new connections are welcome.
-        if shares.over.remove(&self.key) {
+        if shares.over.remove(&self.key).is_some() {
             owner.over_changed.notify_one();
         }
     }
@@ -171,11 +218,14 @@ mod tests {
         assert_eq!(SourceKey::of(mapped).to_string(), "198.18.0.2");
     }
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
     #[test]
     fn a_source_gets_its_share_and_slots_come_back() {
         let conns = SourceConnections::new(2);
-        let k = SourceKey::of("198.18.0.2".parse().unwrap());
-        let other = SourceKey::of("198.18.0.6".parse().unwrap());
+        let (k, other) = (ip("198.18.0.2"), ip("198.18.0.6"));
         let s1 = conns.try_open(k).unwrap();
         let _s2 = conns.try_open(k).unwrap();
         assert!(conns.try_open(k).is_none());
@@ -191,5 +241,31 @@ mod tests {
         let off = SourceConnections::new(0);
         let slots: Vec<_> = (0..1000).filter_map(|_| off.try_open(k)).collect();
         assert_eq!((slots.len(), off.open(k)), (1000, 0));
+    }
+
+    #[test]
+    fn only_the_address_holding_a_64s_whole_share_is_over_it() {
+        let conns = SourceConnections::new(2);
+        let (a, b) = (ip("fd12:3456:789a:1::5"), ip("fd12:3456:789a:1::9"));
+        let held = [conns.try_open(b).unwrap(), conns.try_open(b).unwrap()];
+        // A finds the /64's share full: refused, but not the one flooding.
+        assert!(conns.try_open(a).is_none());
+        assert!(conns.over_share(10).is_empty());
+        assert!(conns.try_open(b).is_none());
+        assert_eq!(conns.over_share(10), vec![b]);
+        drop(held);
+        assert!(conns.over_share(10).is_empty());
+        // Split between two addresses, nobody holds it alone.
+        let _split = [conns.try_open(a).unwrap(), conns.try_open(b).unwrap()];
+        assert!(conns.try_open(a).is_none() && conns.try_open(b).is_none());
+        assert!(conns.over_share(10).is_empty());
+        // IPv4-mapped IPv6 is the IPv4 address.
+        let v4 = ip("198.18.0.2");
+        let _m = [
+            conns.try_open(ip("::ffff:198.18.0.2")).unwrap(),
+            conns.try_open(v4).unwrap(),
+        ];
+        assert!(conns.try_open(ip("::ffff:198.18.0.2")).is_none());
+        assert_eq!(conns.over_share(10), vec![v4]);
     }
 }

@@ -1,5 +1,6 @@
 //! A classic BPF socket filter for the public listeners that drops a new
-//! connection's first packet (a bare SYN) from sources over their share.
+//! connection's first packet (a bare SYN) from addresses over their
+//! source's connection share.
 //!
 //! Why: a source beyond its share of connections used to be accepted and
 //! closed at once. A flooding client reconnects at once, so each refusal
@@ -12,15 +13,32 @@
 //! The program runs from `tcp_v4_rcv`/`tcp_v6_rcv` (`tcp_filter`), where
 //! the packet's data begins at the TCP header; the IP header is reached
 //! through `SKF_NET_OFF`.
+//!
+//! Addresses, not sources: bridged pods share a /64, and only the one
+//! address that floods is dropped (see `SourceConnections::try_open`).
+//! Addresses that many tenants share never are (see [`filterable`]).
+
+use std::net::IpAddr;
 
 use socket2::SockFilter;
 
-use super::SourceKey;
-
-/// At most this many sources in one program (IPv6 entries take 5
-/// instructions, so the program stays far below the kernel's 4096 and its
-/// socket option memory). Sources beyond it are still refused at accept.
+/// At most this many addresses in one program (an IPv6 one takes 9
+/// instructions: far below the kernel's 4096). The kernel also charges a
+/// program to the socket's option memory (`net.core.optmem_max`, 20 KiB
+/// on older kernels): the keeper shrinks the list when it does not fit.
+/// Addresses left out are still refused at accept.
 pub const MAX_FILTERED: usize = 128;
+
+/// Whether new connections from `addr` may be dropped in the kernel. Not
+/// loopback, link-local or unspecified addresses: host processes and
+/// host-network pods share them (as they share the host's own addresses,
+/// which the caller checks).
+pub fn filterable(addr: IpAddr) -> bool {
+    match addr.to_canonical() {
+        IpAddr::V4(a) => !(a.is_loopback() || a.is_link_local() || a.is_unspecified()),
+        IpAddr::V6(a) => !(a.is_loopback() || a.is_unicast_link_local() || a.is_unspecified()),
+    }
+}
 
 const LD_B_ABS: u16 = (libc::BPF_LD | libc::BPF_B | libc::BPF_ABS) as u16;
 const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
@@ -35,8 +53,7 @@ const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const NET: u32 = libc::SKF_NET_OFF as u32;
 const IP_VERSION: u32 = NET;
 const IPV4_SOURCE: u32 = NET + 12;
-const IPV6_SOURCE_HIGH: u32 = NET + 8;
-const IPV6_SOURCE_LOW: u32 = NET + 12;
+const IPV6_SOURCE: u32 = NET + 8;
 /// The TCP flags byte, from the start of the TCP header.
 const TCP_FLAGS: u32 = 13;
 const SYN: u32 = 0x02;
@@ -60,30 +77,30 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
 }
 
 /// The filter for `SO_ATTACH_FILTER`: see [`program`].
-pub fn socket_filter(sources: &[SourceKey]) -> Vec<SockFilter> {
-    program(sources)
+pub fn socket_filter(addrs: &[IpAddr]) -> Vec<SockFilter> {
+    program(addrs)
         .into_iter()
         .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
         .collect()
 }
 
-/// The program that drops bare SYNs from `sources` and keeps every other
+/// The program that drops bare SYNs from `addrs` and keeps every other
 /// packet. Every jump is short and forward, so the program is valid for
-/// any number of sources up to [`MAX_FILTERED`].
-fn program(sources: &[SourceKey]) -> Vec<Insn> {
-    let sources = &sources[..sources.len().min(MAX_FILTERED)];
-    let v4: Vec<u32> = sources
+/// any number of addresses up to [`MAX_FILTERED`].
+fn program(addrs: &[IpAddr]) -> Vec<Insn> {
+    let addrs = &addrs[..addrs.len().min(MAX_FILTERED)];
+    let v4: Vec<u32> = addrs
         .iter()
-        .filter_map(|s| match s {
-            SourceKey::V4(a) => Some(u32::from(*a)),
-            SourceKey::V6Prefix(_) => None,
+        .filter_map(|a| match a.to_canonical() {
+            IpAddr::V4(a) => Some(u32::from(a)),
+            IpAddr::V6(_) => None,
         })
         .collect();
-    let v6: Vec<u64> = sources
+    let v6: Vec<u128> = addrs
         .iter()
-        .filter_map(|s| match s {
-            SourceKey::V6Prefix(p) => Some(*p),
-            SourceKey::V4(_) => None,
+        .filter_map(|a| match a.to_canonical() {
+            IpAddr::V6(a) => Some(u128::from(a)),
+            IpAddr::V4(_) => None,
         })
         .collect();
     let mut p = vec![
@@ -105,11 +122,14 @@ fn program(sources: &[SourceKey]) -> Vec<Insn> {
         p.push(insn(RET_K, 0, 0, DROP));
     }
     p.push(insn(RET_K, 0, 0, KEEP));
-    for prefix in v6 {
-        p.push(insn(LD_W_ABS, 0, 0, IPV6_SOURCE_HIGH));
-        p.push(insn(JEQ_K, 0, 3, (prefix >> 32) as u32));
-        p.push(insn(LD_W_ABS, 0, 0, IPV6_SOURCE_LOW));
-        p.push(insn(JEQ_K, 0, 1, prefix as u32));
+    for addr in v6 {
+        // Word by word; a mismatch skips to the next entry (whose first
+        // instruction reloads).
+        for word in 0..4u8 {
+            let value = (addr >> (96 - 32 * u32::from(word))) as u32;
+            p.push(insn(LD_W_ABS, 0, 0, IPV6_SOURCE + 4 * u32::from(word)));
+            p.push(insn(JEQ_K, 0, 7 - 2 * word, value));
+        }
         p.push(insn(RET_K, 0, 0, DROP));
     }
     p.push(insn(RET_K, 0, 0, KEEP));
@@ -193,34 +213,40 @@ mod tests {
     }
 
     #[test]
-    fn only_new_connections_of_listed_sources_are_dropped() {
+    fn only_new_connections_of_listed_addresses_are_dropped() {
         let listed = [
             v4("198.18.0.2"),
             v6("fd12:3456:789a:1::5"),
             v4("198.18.0.10"),
             v6("fd12:3456:789a:3::1"),
         ];
-        let keys: Vec<SourceKey> = listed.iter().map(|a| SourceKey::of(*a)).collect();
-        let prog = program(&keys);
+        let prog = program(&listed);
         let verdict = |src: &str, flags| {
             let ip = src.parse::<IpAddr>().unwrap();
             run(&prog, &packet(ip, flags))
         };
-        for src in ["198.18.0.2", "198.18.0.10", "fd12:3456:789a:1::5"] {
+        for src in [
+            "198.18.0.2",
+            "198.18.0.10",
+            "fd12:3456:789a:1::5",
+            "fd12:3456:789a:3::1",
+        ] {
             assert_eq!(verdict(src, SYN_ONLY), Some(DROP), "{src}");
             for flags in [SYN_ACK, ACK_ONLY, PSH_ACK, 0x04, 0x11] {
                 assert_eq!(verdict(src, flags), Some(KEEP), "{src} {flags:#x}");
             }
         }
-        // The whole /64 counts as the source, and nothing else does.
-        assert_eq!(verdict("fd12:3456:789a:1::ffff", SYN_ONLY), Some(DROP));
-        assert_eq!(verdict("fd12:3456:789a:3::9", SYN_ONLY), Some(DROP));
+        // Exact addresses: a neighbour in the same /64 passes, and so do
+        // addresses that differ in any one word.
         for src in [
             "198.18.0.3",
             "198.18.0.1",
             "127.0.0.1",
-            "fd12:3456:789a:2::5",
+            "fd12:3456:789a:1::6",
+            "fd12:3456:789a:1:1::5",
             "fd12:3456:789b:1::5",
+            "fd13:3456:789a:1::5",
+            "fd12:3456:789a:2::5",
             "::1",
         ] {
             assert_eq!(verdict(src, SYN_ONLY), Some(KEEP), "{src}");
@@ -235,24 +261,39 @@ mod tests {
             assert_eq!(run(&empty, &p), Some(KEEP));
         }
         // More than the cap: the first MAX_FILTERED are listed, in order.
-        let keys: Vec<SourceKey> = (0..300u32)
+        let addrs: Vec<IpAddr> = (0..300u32)
             .map(|i| {
                 if i % 2 == 0 {
-                    SourceKey::of(IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i)))
+                    IpAddr::V4(Ipv4Addr::from(0xc612_0000 + i))
                 } else {
-                    SourceKey::V6Prefix(0xfd00_0000_0000_0000 + u64::from(i))
+                    IpAddr::V6(Ipv6Addr::from(0xfd00_u128 << 112 | u128::from(i)))
                 }
             })
             .collect();
-        let prog = program(&keys);
+        let prog = program(&addrs);
         assert!(prog.len() < 4096, "{}", prog.len());
-        let addr = |k: &SourceKey| match k {
-            SourceKey::V4(a) => IpAddr::V4(*a),
-            SourceKey::V6Prefix(p) => IpAddr::V6(Ipv6Addr::from(u128::from(*p) << 64 | 7)),
-        };
-        for (i, k) in keys.iter().enumerate() {
+        for (i, a) in addrs.iter().enumerate() {
             let want = if i < MAX_FILTERED { DROP } else { KEEP };
-            assert_eq!(run(&prog, &packet(addr(k), SYN_ONLY)), Some(want), "{k}");
+            assert_eq!(run(&prog, &packet(*a, SYN_ONLY)), Some(want), "{a}");
+        }
+    }
+
+    #[test]
+    fn shared_addresses_are_not_filterable() {
+        for a in [
+            "127.0.0.1",
+            "127.1.2.3",
+            "::1",
+            "fe80::1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "::",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!filterable(a.parse().unwrap()), "{a}");
+        }
+        for a in ["198.18.0.2", "fd12::5", "::ffff:198.18.0.2"] {
+            assert!(filterable(a.parse().unwrap()), "{a}");
         }
     }
 }
