@@ -29,8 +29,9 @@ const VICTIM_REQUESTS: usize = 2_000;
 
 pub struct Isolation {
     pub alone: Victim,
-    /// Under floods of 64 connections (the attacker's whole share) and of
-    /// 128 (the other 64 refused at accept, and reconnecting at once).
+    /// Under floods of 64 connections (the attacker's whole share), of 128
+    /// and of 1024 (beyond it: the first extra one closed at accept, the
+    /// rest dropped by the kernel's SYN filter).
     pub floods: Vec<Flood>,
     pub rss_idle_kib: u64,
     pub rss_connection_flood_kib: u64,
@@ -227,7 +228,7 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
     let alone = victim(&agent, &v)?;
     check_interrupted()?;
     let mut floods = Vec::new();
-    for connections in [64, 128] {
+    for connections in [64, 128, 1024] {
         eprintln!(
             "bench: isolation, the victim while another pod floods with {connections} connections"
         );
