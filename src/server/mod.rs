@@ -28,8 +28,9 @@ pub struct Limits {
     /// Concurrent public connections; beyond it, 503 and close.
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
-    /// IPv6 /64); beyond it, closed at accept, and the source's new
-    /// connections are dropped by the kernel until a slot of it frees.
+    /// IPv6 /64); beyond it, closed at accept. An address holding the whole
+    /// share by itself then has its new connections dropped by the kernel
+    /// until a slot of its source frees.
     pub max_connections_per_source: usize,
     /// How long in-flight requests may take to finish at shutdown.
     pub drain_timeout: Duration,

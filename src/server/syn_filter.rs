@@ -37,7 +37,9 @@ pub(super) async fn keep(
     if let Err(e) = detach_all(&listeners) {
         tracing::warn!(error = %e, "cannot clear the listeners' SYN filter");
     }
-    let mut wanted: Vec<IpAddr> = Vec::new();
+    // What the listeners hold; `None` after a failure or a shrink, so
+    // that the next change applies again, down to an empty list.
+    let mut holding: Option<Vec<IpAddr>> = Some(Vec::new());
     loop {
         let grace = connections.may_inherit() && connections.filtered() == 0;
         tokio::select! {
@@ -54,26 +56,23 @@ pub(super) async fn keep(
             .filter(|a| filterable(*a) && !state.pods.is_host_address(a))
             .take(MAX_FILTERED)
             .collect();
-        if over != wanted {
-            if !over.is_empty() {
-                connections.set_may_inherit(true);
-            }
-            let (attached, error) = apply(&listeners, &over);
+        if !over.is_empty() {
+            connections.set_may_inherit(true);
+        }
+        let wanted = over.len();
+        if let Some((attached, error)) = reconcile(&mut holding, over, |a| apply(&listeners, a)) {
             if let Some(e) = &error {
                 warn_refusal(
                     &state,
                     Subject::Agent,
                     "syn-filter-failed",
                     &format!(
-                        "the listeners' SYN filter holds {attached} of {} addresses (the rest are still closed at accept): {e}",
-                        over.len()
+                        "the listeners' SYN filter holds {attached} of {wanted} addresses (the rest are still closed at accept): {e}"
                     ),
                 );
             }
             tracing::debug!(addresses = attached, "SYN filter updated");
             connections.set_filtered(attached);
-            // After a failure, the next change tries again.
-            wanted = if error.is_none() { over } else { Vec::new() };
         }
         tokio::select! {
             () = tokio::time::sleep(MIN_INTERVAL) => {}
@@ -82,6 +81,22 @@ pub(super) async fn keep(
     }
     let _ = detach_all(&listeners);
     connections.set_filtered(0);
+}
+
+/// Applies `over` unless the listeners hold it already; returns what
+/// `apply` said. After a failure or a shrink what they hold is unknown, and
+/// the next call applies again, even an empty list.
+fn reconcile(
+    holding: &mut Option<Vec<IpAddr>>,
+    over: Vec<IpAddr>,
+    apply: impl FnOnce(&[IpAddr]) -> (usize, Option<io::Error>),
+) -> Option<(usize, Option<io::Error>)> {
+    if holding.as_ref() == Some(&over) {
+        return None;
+    }
+    let (attached, error) = apply(&over);
+    *holding = error.is_none().then_some(over);
+    Some((attached, error))
 }
 
 /// Sets the program for `addrs` on every listener; returns how many
@@ -204,5 +219,35 @@ mod tests {
             addrs.len()
         );
         detach_all(&filtered).unwrap();
+    }
+
+    /// A list that had to shrink is applied again at the next change, and
+    /// an empty list after it lifts the filter.
+    #[test]
+    fn after_a_shrink_the_next_change_applies_even_an_empty_list() {
+        let a: IpAddr = "198.18.0.2".parse().unwrap();
+        let b: IpAddr = "198.18.0.3".parse().unwrap();
+        let mut holding = Some(Vec::new());
+        let mut calls = Vec::new();
+        let mut step = |holding: &mut Option<Vec<IpAddr>>, over: Vec<IpAddr>, shrink: bool| {
+            reconcile(holding, over, |l| {
+                calls.push(l.to_vec());
+                if shrink {
+                    (
+                        l.len() / 2,
+                        Some(io::Error::from_raw_os_error(libc::ENOMEM)),
+                    )
+                } else {
+                    (l.len(), None)
+                }
+            })
+        };
+        assert!(step(&mut holding, vec![], false).is_none(), "nothing to do");
+        assert_eq!(step(&mut holding, vec![a, b], true).map(|r| r.0), Some(1));
+        assert_eq!(step(&mut holding, vec![], false).map(|r| r.0), Some(0));
+        assert!(step(&mut holding, vec![], false).is_none(), "held now");
+        assert_eq!(step(&mut holding, vec![a], false).map(|r| r.0), Some(1));
+        assert!(step(&mut holding, vec![a], false).is_none());
+        assert_eq!(calls, vec![vec![a, b], vec![], vec![a]]);
     }
 }
