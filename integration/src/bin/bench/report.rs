@@ -205,7 +205,7 @@ impl Report {
         if let Some(s) = &self.scale {
             out += &format!(
                 "\nScale: {} pods over {} namespaces (setup {:.1} s). Registration {:.0} pods/s (sequential, one connection each, fsync'd). \
-                 Peak RSS (VmHWM) {:.1} MiB. GET /pod/uuid keep-alive, in alternating rounds against two agents (the one not measured stopped), at 10 pods {:.0} req/s ({:.2} CPU µs/req), at {} pods {:.0} req/s ({:.2} CPU µs/req): ratio {:.3} by req/s, {:.3} by CPU. \
+                 Peak RSS (VmHWM) {:.1} MiB. GET /pod/uuid keep-alive on one agent, in rounds alternating between 10 pods and all (the others unregistered and registered again), at 10 pods {:.0} req/s ({:.2} CPU µs/req), at {} pods {:.0} req/s ({:.2} CPU µs/req): ratio {:.3} by req/s, {:.3} by CPU. \
                  Reload of {} registrations at start-up: {} ms.\n",
                 s.pods, s.namespaces, s.setup_secs, s.registration_per_sec, s.rss_hwm_kib as f64 / 1024.0,
                 s.at_10.rps, s.at_10.cpu_us, s.pods, s.at_n.rps, s.at_n.cpu_us, s.at_n.rps / s.at_10.rps,

@@ -7,58 +7,8 @@ use std::{
 };
 
 use integration::{fixtures, Agent, PodNet};
-use nix::sys::signal::Signal;
 
 use crate::{check_interrupted, medians, report::Scale, wrk, Args, TOKEN};
-
-/// Keep-alive GET /pod/uuid from the load pod against two agents, one
-/// with 10 pods and one with many, in alternating rounds (medians). The
-/// agent not measured is stopped (SIGSTOP) meanwhile, so that neither's
-/// background work lands in the other's figures, and machine drift falls
-/// on both alike.
-fn throughput(
-    args: &Args,
-    agents: [&Agent; 2],
-    pod: &PodNet,
-    scripts: &std::path::Path,
-) -> Result<[wrk::Figures; 2], String> {
-    let targets: Vec<(u32, String)> = agents
-        .iter()
-        .map(|a| crate::agent_target(a, IpAddr::V4(pod.host_v4()), "pod/uuid"))
-        .collect();
-    let load = |(server, url): &(u32, String)| wrk::Load {
-        pod: Some(pod),
-        threads: 1,
-        url: url.clone(),
-        form: None,
-        close: false,
-        connections: args.connections,
-        duration: Duration::from_secs(args.seconds),
-        server: *server,
-    };
-    let pause = |pid: u32, signal| {
-        if let Ok(pid) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
-        }
-    };
-    let turn = |i: usize| {
-        pause(targets[1 - i].0, Signal::SIGSTOP);
-        pause(targets[i].0, Signal::SIGCONT);
-    };
-    let runs = wrk::alternate_with(
-        args,
-        &targets,
-        &load,
-        scripts,
-        "scale throughput (10 pods, then all)",
-        &turn,
-    );
-    for (pid, _) in &targets {
-        pause(*pid, Signal::SIGCONT);
-    }
-    let runs = runs?;
-    Ok([medians(&runs[0]), medians(&runs[1])])
-}
 
 fn uuid(n: u32) -> String {
     format!("5ca1e000-a507-4694-aabf-{n:012x}")
@@ -68,17 +18,116 @@ fn token(n: u32) -> String {
     format!("scale{n:027x}")
 }
 
+/// Keep-alive GET /pod/uuid from the load pod, on one agent, in rounds
+/// that alternate between all the pods registered and 10 (the others
+/// unregistered, then registered again): medians at 10, and at all. One
+/// process: two agents side by side differed by up to ±7 % whatever their
+/// pods, more than the effect measured. Starts and ends with all pods.
+fn throughput(
+    args: &Args,
+    pods: &Pods<'_>,
+    pod: &PodNet,
+    scripts: &std::path::Path,
+) -> Result<[wrk::Figures; 2], String> {
+    let load = wrk::Load {
+        pod: Some(pod),
+        threads: 1,
+        url: crate::agent_target(pods.agent, IpAddr::V4(pod.host_v4()), "pod/uuid").1,
+        form: None,
+        close: false,
+        connections: args.connections,
+        duration: Duration::from_secs(args.seconds),
+        server: pods.agent.pid().unwrap_or(0),
+    };
+    settle(&load, scripts)?;
+    let mut runs: [Vec<wrk::Figures>; 2] = [Vec::new(), Vec::new()];
+    let mut all = true;
+    for round in 0..args.rounds {
+        // Each round measures the state it finds, changes it, and measures
+        // again: the order alternates, with one change per round.
+        for half in 0..2 {
+            check_interrupted()?;
+            if half == 1 {
+                pods.set(10, args.pods, !all)?;
+                all = !all;
+                settle(&load, scripts)?;
+            }
+            let label = if all { "all pods" } else { "10 pods" };
+            let run = wrk::run(&load, scripts)?;
+            eprintln!(
+                "bench: scale throughput at {label}, round {}: {:.0} req/s, {:.2} CPU µs/req",
+                round + 1,
+                run.rps,
+                run.cpu_us
+            );
+            runs[usize::from(all)].push(run);
+        }
+    }
+    if !all {
+        pods.set(10, args.pods, true)?;
+    }
+    Ok([medians(&runs[0]), medians(&runs[1])])
+}
+
+/// After thousands of registrations or unregistrations (each a file
+/// written or removed, and fsync'd), the file system's writeback goes on
+/// for a while on the same 2 cores: let it finish, and warm up again, so
+/// that a measurement is of the agent in that state, not of the change.
+fn settle(load: &wrk::Load<'_>, scripts: &std::path::Path) -> Result<(), String> {
+    nix::unistd::sync();
+    wrk::warm_up(load, scripts)
+}
+
+/// Registration and unregistration of the pods beyond the first ten.
+struct Pods<'a> {
+    agent: &'a Agent,
+    namespaces: &'a [PodNet],
+    manifest: Vec<u8>,
+}
+
+impl Pods<'_> {
+    fn register(&self, n: u32) -> Result<(), String> {
+        let ns = &self.namespaces[n as usize % self.namespaces.len().max(1)];
+        let r = self.agent.register(
+            &uuid(n),
+            &token(n),
+            &self.manifest,
+            &format!("&netns={}", ns.netns_path()),
+        );
+        if r.status != 200 {
+            return Err(format!("registering pod {n}: {} {}", r.status, r.text()));
+        }
+        Ok(())
+    }
+
+    /// Pods `from..to` registered (`grow`) or unregistered.
+    fn set(&self, from: u32, to: u32, grow: bool) -> Result<(), String> {
+        for n in from..to {
+            if n % 500 == 0 {
+                check_interrupted()?;
+            }
+            if grow {
+                self.register(n)?;
+            } else {
+                let r = self.agent.unregister(&uuid(n));
+                if r.status != 200 {
+                    return Err(format!("unregistering pod {n}: {} {}", r.status, r.text()));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 pub fn measure(
     args: &Args,
     agent: Agent,
     load_pod: &PodNet,
     scripts: &std::path::Path,
 ) -> Result<Scale, String> {
-    // Fresh agents: one that keeps 10 pods, one that gets them all.
+    // A fresh agent: only the load pod registered so far.
     drop(agent);
-    let small = crate::start_agent("token+netns", "info");
     let mut agent = crate::start_agent("token+netns", "info");
-    crate::register_example(&small, load_pod, crate::UUID, TOKEN)?;
     crate::register_example(&agent, load_pod, crate::UUID, TOKEN)?;
 
     let started = Instant::now();
@@ -92,40 +141,23 @@ pub fn measure(
         namespaces.push(PodNet::new());
     }
     let setup_secs = started.elapsed().as_secs_f64();
-    let manifest = fixtures::read("pods/web-pod.json");
-    let register = |agent: &Agent, n: u32| -> Result<(), String> {
-        let ns = &namespaces[n as usize % namespaces.len().max(1)];
-        let r = agent.register(
-            &uuid(n),
-            &token(n),
-            &manifest,
-            &format!("&netns={}", ns.netns_path()),
-        );
-        if r.status != 200 {
-            return Err(format!("registering pod {n}: {} {}", r.status, r.text()));
-        }
-        Ok(())
+    let pods = Pods {
+        agent: &agent,
+        namespaces: &namespaces,
+        manifest: fixtures::read("pods/web-pod.json"),
     };
-    // Ten pods (the load pod's and nine more) in both.
-    for n in 1..10 {
-        register(&small, n)?;
-        register(&agent, n)?;
-    }
-
+    // Ten pods (the load pod's and nine more).
+    pods.set(1, 10, true)?;
     eprintln!("bench: registering up to {} pods", args.pods);
     let started = Instant::now();
-    for n in 10..args.pods {
-        if n % 500 == 0 {
-            check_interrupted()?;
-        }
-        register(&agent, n)?;
-    }
+    pods.set(10, args.pods, true)?;
     let registration_per_sec =
         f64::from(args.pods.saturating_sub(10)) / started.elapsed().as_secs_f64();
-    let [at_10, at_n] = throughput(args, [&small, &agent], load_pod, scripts)?;
-    drop(small);
+    let at = throughput(args, &pods, load_pod, scripts)?;
+    let (at_10, at_n) = (at[0], at[1]);
     let rss_hwm_kib = agent.peak_rss_kib();
 
+    drop(pods);
     eprintln!("bench: restarting to time the reload");
     agent.stop();
     agent.restart();

@@ -202,21 +202,7 @@ pub fn alternate<'a>(
     scripts: &std::path::Path,
     what: &str,
 ) -> Result<Vec<Vec<Figures>>, String> {
-    alternate_with(args, targets, load, scripts, what, &|_| {})
-}
-
-/// [`alternate`], calling `turn(i)` before each run of target `i` (and
-/// before its warm-up).
-pub fn alternate_with<'a>(
-    args: &crate::Args,
-    targets: &[(u32, String)],
-    load: &dyn Fn(&(u32, String)) -> Load<'a>,
-    scripts: &std::path::Path,
-    what: &str,
-    turn: &dyn Fn(usize),
-) -> Result<Vec<Vec<Figures>>, String> {
-    for (i, t) in targets.iter().enumerate() {
-        turn(i);
+    for t in targets {
         warm_up(&load(t), scripts)?;
     }
     let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); targets.len()];
@@ -225,7 +211,6 @@ pub fn alternate_with<'a>(
         eprintln!("bench: {what} round {}", round + 1);
         for k in 0..targets.len() {
             let i = (round + k) % targets.len();
-            turn(i);
             runs[i].push(run(&load(&targets[i]), scripts)?);
         }
     }
