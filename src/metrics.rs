@@ -76,8 +76,8 @@ impl Metrics {
             .with(|c| *c.refusals.entry((family, reason)).or_default() += 1);
     }
 
-    /// The text of a scrape. `sources_filtered`: sources whose new
-    /// connections the kernel now drops (over their connection share).
+    /// The text of a scrape. `sources_filtered`: addresses whose new
+    /// connections the kernel now drops (over their source's share).
     pub fn render(
         &self,
         registrations: usize,
@@ -146,7 +146,7 @@ impl Metrics {
             ),
             (
                 "rkt_mds_sources_filtered",
-                "Sources over their connection share whose new connections the kernel drops.",
+                "Addresses over their source's connection share whose new connections the kernel drops.",
                 sources_filtered as u64,
                 "gauge",
             ),
