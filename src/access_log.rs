@@ -106,31 +106,8 @@ impl Display for MaybePod<'_> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
-    use tracing_subscriber::fmt::MakeWriter;
-
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Capture {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Capture {
-        type Writer = Capture;
-        fn make_writer(&'a self) -> Capture {
-            self.clone()
-        }
-    }
+    use crate::log_format::capture::Capture;
 
     /// Everything after the timestamp.
     fn body(line: &[u8]) -> String {
@@ -166,10 +143,7 @@ mod tests {
             tracing::subscriber::with_default(subscriber("info", &Capture::default()), || {
                 through_sink(&direct, |w| call(Some(w)));
             });
-            let (traced, direct) = (
-                traced.0.lock().unwrap().clone(),
-                direct.0.lock().unwrap().clone(),
-            );
+            let (traced, direct) = (traced.bytes(), direct.bytes());
             assert_eq!(body(&direct), body(&traced));
             assert!(body(&direct).contains(" path=/<token>/acMetadata/v1/pod/uuid status="));
             assert_eq!(
@@ -197,8 +171,8 @@ mod tests {
             });
             tracing::info!(target: "other", "kept");
         });
-        assert!(direct.0.lock().unwrap().is_empty());
-        let text = String::from_utf8(others.0.lock().unwrap().clone()).unwrap();
+        assert!(direct.bytes().is_empty());
+        let text = String::from_utf8(others.bytes()).unwrap();
         assert!(text.contains("kept"), "{text}");
     }
 }

@@ -163,18 +163,33 @@ impl Visit for Fields<'_, '_> {
     }
 }
 
+/// A writer that keeps what is written, for tests of log lines (as the
+/// writer of a subscriber, or of a batch writer).
 #[cfg(test)]
-mod tests {
-    use std::sync::{Arc, Mutex};
+pub(crate) mod capture {
+    use std::sync::{Arc, Mutex, PoisonError};
 
     use tracing_subscriber::fmt::MakeWriter;
 
     #[derive(Clone, Default)]
-    struct Capture(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl Capture {
+        /// Everything written so far.
+        pub(crate) fn bytes(&self) -> Vec<u8> {
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone()
+        }
+    }
 
     impl std::io::Write for Capture {
         fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
+            self.0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(b);
             Ok(b.len())
         }
         fn flush(&mut self) -> std::io::Result<()> {
@@ -188,6 +203,11 @@ mod tests {
             self.clone()
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::capture::Capture;
 
     #[test]
     fn lines_look_like_tracings_default() {
@@ -200,7 +220,7 @@ mod tests {
             tracing::info!(target: "access", api = %"public", path = "/a\nb", status = 200u16, "served");
             tracing::warn!(pod = %"p1", "identity refused");
         });
-        let text = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+        let text = String::from_utf8(capture.bytes()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 2, "{text}");
         assert!(

@@ -174,23 +174,11 @@ impl Drop for FlushGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Sink {
-        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
-            self.0.lock().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> io::Result<()> {
-            Ok(())
-        }
-    }
+    use crate::log_format::capture::Capture;
 
     #[test]
     fn every_line_arrives_in_order_per_thread_and_the_guard_flushes() {
-        let sink = Sink::default();
+        let sink = Capture::default();
         let (writer, guard) = batch_writer(sink.clone());
         std::thread::scope(|s| {
             for t in 0..3 {
@@ -206,7 +194,7 @@ mod tests {
             }
         });
         drop(guard);
-        let text = String::from_utf8(sink.0.lock().clone()).unwrap();
+        let text = String::from_utf8(sink.bytes()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3000);
         for t in 0..3 {
@@ -222,18 +210,18 @@ mod tests {
 
     #[test]
     fn a_lone_line_is_written_without_more_traffic() {
-        let sink = Sink::default();
+        let sink = Capture::default();
         let (writer, guard) = batch_writer(sink.clone());
         writer.make_writer().write_all(b"alone\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while sink.0.lock().is_empty() {
+        while sink.bytes().is_empty() {
             assert!(
                 std::time::Instant::now() < deadline,
                 "the line never arrived"
             );
             std::thread::sleep(Duration::from_millis(1));
         }
-        assert_eq!(&sink.0.lock()[..], b"alone\n");
+        assert_eq!(sink.bytes(), b"alone\n");
         drop(guard);
     }
 }
