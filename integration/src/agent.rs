@@ -272,6 +272,16 @@ impl Agent {
         http::unix(&self.socket, req).expect("registration socket request")
     }
 
+    /// The value of one series in `/metrics` (`name{labels}` as the text
+    /// spells it), or 0 when the scrape has no such line yet.
+    pub fn metric(&self, series: &str) -> u64 {
+        let text = self.unix(&Request::get("/metrics")).text();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// rkt's registration: the pod (chunked), then each app.
     pub fn register(&self, uuid: &str, token: &str, manifest: &[u8], query: &str) -> Response {
         self.unix(&Request::chunked(

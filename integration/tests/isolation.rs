@@ -160,11 +160,7 @@ fn closed_at_accept(stream: std::io::Result<TcpStream>) {
 }
 
 fn refused_per_source(agent: &Agent) -> u64 {
-    metrics(agent)
-        .lines()
-        .find_map(|l| l.strip_prefix("rkt_mds_connections_refused_total{reason=\"per-source\"} "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    agent.metric("rkt_mds_connections_refused_total{reason=\"per-source\"}")
 }
 
 /// Bridged pods share one IPv6 /64, so one connection share. B holding it

@@ -185,15 +185,7 @@ struct Burst {
 /// `pod` starts `n` connections at once, each sending a partial head as
 /// soon as it opens: a connection flood.
 fn burst_half_heads(agent: &Agent, pod: &PodNet, n: usize) -> Burst {
-    let refused = || {
-        let m = agent.unix(&Request::get("/metrics")).text();
-        m.lines()
-            .find_map(|l| {
-                l.strip_prefix("rkt_mds_connections_refused_total{reason=\"per-source\"} ")
-            })
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .unwrap_or(0)
-    };
+    let refused = || agent.metric("rkt_mds_connections_refused_total{reason=\"per-source\"}");
     let before = refused();
     let to = SocketAddr::new(IpAddr::V4(pod.host_v4()), agent.port);
     let started: Vec<Socket> = (0..n)
