@@ -89,20 +89,13 @@ pub fn socket_filter(addrs: &[IpAddr]) -> Vec<SockFilter> {
 /// any number of addresses up to [`MAX_FILTERED`].
 fn program(addrs: &[IpAddr]) -> Vec<Insn> {
     let addrs = &addrs[..addrs.len().min(MAX_FILTERED)];
-    let v4: Vec<u32> = addrs
-        .iter()
-        .filter_map(|a| match a.to_canonical() {
-            IpAddr::V4(a) => Some(u32::from(a)),
-            IpAddr::V6(_) => None,
-        })
-        .collect();
-    let v6: Vec<u128> = addrs
-        .iter()
-        .filter_map(|a| match a.to_canonical() {
-            IpAddr::V6(a) => Some(u128::from(a)),
-            IpAddr::V4(_) => None,
-        })
-        .collect();
+    let (mut v4, mut v6) = (Vec::new(), Vec::new());
+    for a in addrs {
+        match a.to_canonical() {
+            IpAddr::V4(a) => v4.push(u32::from(a)),
+            IpAddr::V6(a) => v6.push(u128::from(a)),
+        }
+    }
     let mut p = vec![
         // Only a SYN without ACK opens a connection.
         insn(LD_B_ABS, 0, 0, TCP_FLAGS),
