@@ -51,7 +51,7 @@ pub(super) async fn keep(
             _ = stop.wait_for(|s| *s) => break,
         }
         let over: Vec<IpAddr> = connections
-            .over_share(usize::MAX)
+            .over_share()
             .into_iter()
             .filter(|a| filterable(*a) && !state.pods.is_host_address(a))
             .take(MAX_FILTERED)

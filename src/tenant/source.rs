@@ -136,16 +136,10 @@ impl SourceConnections {
         self.shares.lock().open.get(&key).copied().unwrap_or(0)
     }
 
-    /// Up to `limit` of the addresses over their source's share (see
+    /// The addresses over their source's share (see
     /// [`SourceConnections::try_open`]), in a stable order.
-    pub fn over_share(&self, limit: usize) -> Vec<IpAddr> {
-        self.shares
-            .lock()
-            .over
-            .values()
-            .take(limit)
-            .copied()
-            .collect()
+    pub fn over_share(&self) -> Vec<IpAddr> {
+        self.shares.lock().over.values().copied().collect()
     }
 
     /// Resolves when the set of addresses over their share may have
@@ -233,10 +227,10 @@ mod tests {
             conns.try_open(other).is_some(),
             "another source is unaffected"
         );
-        assert_eq!(conns.over_share(10), vec![k], "it tried to go beyond");
+        assert_eq!(conns.over_share(), vec![k], "it tried to go beyond");
         drop(s1);
         assert_eq!(conns.open(k), 1);
-        assert!(conns.over_share(10).is_empty(), "below its share again");
+        assert!(conns.over_share().is_empty(), "below its share again");
         assert!(conns.try_open(k).is_some());
         let off = SourceConnections::new(0);
         let slots: Vec<_> = (0..1000).filter_map(|_| off.try_open(k)).collect();
@@ -250,15 +244,15 @@ mod tests {
         let held = [conns.try_open(b).unwrap(), conns.try_open(b).unwrap()];
         // A finds the /64's share full: refused, but not the one flooding.
         assert!(conns.try_open(a).is_none());
-        assert!(conns.over_share(10).is_empty());
+        assert!(conns.over_share().is_empty());
         assert!(conns.try_open(b).is_none());
-        assert_eq!(conns.over_share(10), vec![b]);
+        assert_eq!(conns.over_share(), vec![b]);
         drop(held);
-        assert!(conns.over_share(10).is_empty());
+        assert!(conns.over_share().is_empty());
         // Split between two addresses, nobody holds it alone.
         let _split = [conns.try_open(a).unwrap(), conns.try_open(b).unwrap()];
         assert!(conns.try_open(a).is_none() && conns.try_open(b).is_none());
-        assert!(conns.over_share(10).is_empty());
+        assert!(conns.over_share().is_empty());
         // IPv4-mapped IPv6 is the IPv4 address.
         let v4 = ip("198.18.0.2");
         let _m = [
@@ -266,6 +260,6 @@ mod tests {
             conns.try_open(v4).unwrap(),
         ];
         assert!(conns.try_open(ip("::ffff:198.18.0.2")).is_none());
-        assert_eq!(conns.over_share(10), vec![v4]);
+        assert_eq!(conns.over_share(), vec![v4]);
     }
 }
