@@ -6,7 +6,7 @@
 use std::{
     net::{IpAddr, SocketAddr},
     process::Command,
-    time::Duration,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use integration::{
@@ -247,10 +247,18 @@ fn documents_expire_and_survive_rotations_and_restarts() {
         serde_json::json!(["ES256"])
     );
 
-    // A 1 s document: valid now, expired a moment later.
+    // A 1 s document: valid now, expired a moment later. Its times are
+    // whole seconds, so it lives until the end of the second after the one
+    // it was issued in: ask at the start of a second, so that PyJWT (a
+    // Python start-up) checks it well within its life.
+    wait_for("the start of a second", Duration::from_secs(2), || {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+        (now.subsec_millis() < 100).then_some(())
+    });
     let short = from_pod(&agent, &a, &doc_path(T_A, None, "?audience=db")).text();
     let keys = jwks(&agent);
-    assert!(pyjwt(&keys, &short, "db").is_ok());
+    let verified = pyjwt(&keys, &short, "db");
+    assert!(verified.is_ok(), "{verified:?}");
     wait_for("the document to expire", Duration::from_secs(10), || {
         pyjwt(&keys, &short, "db")
             .err()
