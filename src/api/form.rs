@@ -1,9 +1,10 @@
 //! Form fields of the HMAC endpoints, as Go's `Request.FormValue` finds
 //! them: an urlencoded or multipart body first, then the URL query.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use hyper::header::{HeaderMap, CONTENT_TYPE};
-use percent_encoding::percent_decode;
 
 /// Why a form could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -13,9 +14,13 @@ pub enum FormError {
 }
 
 /// Field values by name, as raw bytes: content to sign may be any bytes.
+/// Every decoded name and value is kept in one buffer (a form costs two
+/// allocations, not two per field).
 #[derive(Debug, Default)]
 pub struct Form {
-    fields: Vec<(Vec<u8>, Vec<u8>)>,
+    text: Vec<u8>,
+    /// (name, value), as ranges of `text`, in order.
+    fields: Vec<(Range<usize>, Range<usize>)>,
 }
 
 impl Form {
@@ -26,73 +31,98 @@ impl Form {
         body: Bytes,
         query: Option<&str>,
     ) -> Result<Self, FormError> {
-        let mut form = Form::default();
         let content_type = headers
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        let mime = content_type
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if mime == "application/x-www-form-urlencoded" {
-            form.fields.extend(urlencoded(&body));
-        } else if mime == "multipart/form-data" {
-            let boundary = multer::parse_boundary(content_type)
-                .map_err(|e| FormError::Multipart(e.to_string()))?;
-            let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
-            let mut multipart = multer::Multipart::new(stream, boundary);
-            while let Some(field) = multipart
-                .next_field()
-                .await
-                .map_err(|e| FormError::Multipart(e.to_string()))?
-            {
-                let name = field.name().unwrap_or("").as_bytes().to_vec();
-                let value = field
-                    .bytes()
-                    .await
-                    .map_err(|e| FormError::Multipart(e.to_string()))?;
-                form.fields.push((name, value.to_vec()));
-            }
+        let mime = content_type.split(';').next().unwrap_or("").trim();
+        let query = query.unwrap_or("");
+        let mut form = Form::default();
+        if mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+            form.text.reserve(body.len() + query.len());
+            form.urlencoded(&body);
+        } else if mime.eq_ignore_ascii_case("multipart/form-data") {
+            // Boxed: multer's futures are large, and every request's
+            // future would otherwise carry their size.
+            Box::pin(form.multipart(content_type, body)).await?;
         }
-        if let Some(q) = query {
-            form.fields.extend(urlencoded(q.as_bytes()));
-        }
+        form.urlencoded(query.as_bytes());
         Ok(form)
+    }
+
+    async fn multipart(&mut self, content_type: &str, body: Bytes) -> Result<(), FormError> {
+        let boundary = multer::parse_boundary(content_type)
+            .map_err(|e| FormError::Multipart(e.to_string()))?;
+        let stream = futures::stream::once(async move { Ok::<Bytes, std::io::Error>(body) });
+        let mut multipart = multer::Multipart::new(stream, boundary);
+        while let Some(field) = multipart
+            .next_field()
+            .await
+            .map_err(|e| FormError::Multipart(e.to_string()))?
+        {
+            let name = self.push(field.name().unwrap_or("").as_bytes());
+            let value = field
+                .bytes()
+                .await
+                .map_err(|e| FormError::Multipart(e.to_string()))?;
+            let value = self.push(&value);
+            self.fields.push((name, value));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, raw: &[u8]) -> Range<usize> {
+        let start = self.text.len();
+        self.text.extend_from_slice(raw);
+        start..self.text.len()
+    }
+
+    /// Appends the pairs of `application/x-www-form-urlencoded` input, as
+    /// exact bytes. Not `form_urlencoded::parse`: it decodes to UTF-8
+    /// lossily, and a signature must cover the exact bytes sent.
+    fn urlencoded(&mut self, input: &[u8]) {
+        for pair in input.split(|b| *b == b'&').filter(|p| !p.is_empty()) {
+            let mut parts = pair.splitn(2, |b| *b == b'=');
+            let name = self.decode(parts.next().unwrap_or(b""));
+            let value = self.decode(parts.next().unwrap_or(b""));
+            self.fields.push((name, value));
+        }
+    }
+
+    /// `+` is a space and `%XX` a byte; a `%` without two hex digits
+    /// stands for itself (as Go and `percent_decode` read it).
+    fn decode(&mut self, part: &[u8]) -> Range<usize> {
+        let start = self.text.len();
+        let mut i = 0;
+        while let Some(&b) = part.get(i) {
+            let byte = match b {
+                b'+' => b' ',
+                b'%' => match (hex(part.get(i + 1)), hex(part.get(i + 2))) {
+                    (Some(high), Some(low)) => {
+                        i += 2;
+                        high << 4 | low
+                    }
+                    _ => b'%',
+                },
+                other => other,
+            };
+            self.text.push(byte);
+            i += 1;
+        }
+        start..self.text.len()
     }
 
     /// The first value of `name`.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
         self.fields
             .iter()
-            .find(|(n, _)| n == name.as_bytes())
-            .map(|(_, v)| v.as_slice())
+            .find(|(n, _)| &self.text[n.clone()] == name.as_bytes())
+            .map(|(_, v)| &self.text[v.clone()])
     }
 }
 
-/// `application/x-www-form-urlencoded` to byte pairs. Not
-/// `form_urlencoded::parse`: it decodes to UTF-8 lossily, and a signature
-/// must cover the exact bytes sent.
-fn urlencoded(input: &[u8]) -> impl Iterator<Item = (Vec<u8>, Vec<u8>)> + '_ {
-    input
-        .split(|b| *b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let mut parts = pair.splitn(2, |b| *b == b'=');
-            let name = decode(parts.next().unwrap_or(b""));
-            let value = decode(parts.next().unwrap_or(b""));
-            (name, value)
-        })
-}
-
-fn decode(part: &[u8]) -> Vec<u8> {
-    let spaced: Vec<u8> = part
-        .iter()
-        .map(|b| if *b == b'+' { b' ' } else { *b })
-        .collect();
-    percent_decode(&spaced).collect()
+fn hex(digit: Option<&u8>) -> Option<u8> {
+    (*digit? as char).to_digit(16).map(|d| d as u8)
 }
 
 #[cfg(test)]
@@ -119,6 +149,22 @@ mod tests {
         assert_eq!(f.get("uuid"), Some(&b"u"[..]));
         assert_eq!(f.get("x"), Some(&b""[..]));
         assert_eq!(f.get("missing"), None);
+    }
+
+    #[tokio::test]
+    async fn percent_signs_without_two_hex_digits_stand_for_themselves() {
+        let f = Form::parse(
+            &headers("Application/X-WWW-Form-Urlencoded; charset=utf-8"),
+            Bytes::from_static(b"a=%+1&b=%2&c=%zz%41%4a%&d=100%25+%2B&%63=x"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(f.get("a"), Some(&b"% 1"[..]));
+        assert_eq!(f.get("b"), Some(&b"%2"[..]));
+        assert_eq!(f.get("c"), Some(&b"%zzAJ%"[..]));
+        assert_eq!(f.get("d"), Some(&b"100% +"[..]));
+        assert_eq!(f.get("c"), Some(&b"%zzAJ%"[..]), "the first c wins");
     }
 
     #[tokio::test]
