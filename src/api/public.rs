@@ -205,7 +205,9 @@ impl Conn {
                 return Ok((c.pod.clone(), c.limiter.clone()));
             }
         }
-        let pod = state.pods.resolve(token, self.peer.ip()).await?;
+        // Boxed: the resolution's future is large and runs once per
+        // connection; every request's future would otherwise carry it.
+        let pod = Box::pin(state.pods.resolve(token, self.peer.ip())).await?;
         let limiter = state.tenancy.rates.pod(&pod.uuid);
         *self.cached.lock() = Some(Cached {
             token: token.map(Box::from),
@@ -261,7 +263,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         if !state.tenancy.rates.allow_source(&conn.source) {
             return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
         }
-        return verify(&state, req).await.into();
+        return Box::pin(verify(&state, req)).await.into();
     }
     let (pod, limiter) = match conn.identity(&state, token).await {
         Ok(found) => found,
@@ -302,7 +304,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         Route::PodAnnotation(name) => annotation(&pod.annotations, name, "Pod"),
         Route::PodManifest => json(pod.manifest_body.clone()),
         Route::PodUuid => respond(StatusCode::OK, TEXT, pod.uuid_body.clone()),
-        Route::Sign => sign(&state, &pod, req).await,
+        // Boxed, like `verify`: reading a body takes a future several
+        // times the size of the rest, which every GET would carry.
+        Route::Sign => Box::pin(sign(&state, &pod, req)).await,
         Route::AppAnnotations(app) => with_app(&pod, app, |a| json(a.annotations.list.clone())),
         Route::AppAnnotation(app, name) => {
             with_app(&pod, app, |a| annotation(&a.annotations, name, "App"))
@@ -384,23 +388,28 @@ fn identity_document(
 const TARPIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// 429 with `Retry-After`, counted, logged at most once per window, and
-/// sent after [`TARPIT`].
-async fn rate_limited(
+/// sent after [`TARPIT`]. Counted and logged at once; the wait is a small
+/// future (its timer boxed), so that the request future of every served
+/// request does not carry a timer for each place a refusal can happen.
+fn rate_limited(
     state: &AppState,
     subject: Subject,
     what: &'static str,
     pod: Option<PodUuid>,
-) -> Handled {
+) -> impl std::future::Future<Output = Handled> {
     state.metrics.refused("rate-limit", what);
     if state.tenancy.refusal_log.first(subject, "rate-limit") {
         tracing::warn!(subject = %subject, "rate limit exceeded");
     }
-    tokio::time::sleep(TARPIT).await;
-    let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
-    response
-        .headers_mut()
-        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
-    Handled { response, pod }
+    let tarpit = Box::pin(tokio::time::sleep(TARPIT));
+    async move {
+        tarpit.await;
+        let mut response = text(StatusCode::TOO_MANY_REQUESTS, "rate limit exceeded");
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+        Handled { response, pod }
+    }
 }
 
 fn annotation(bodies: &AnnotationBodies, name: &str, kind: &str) -> hyper::Response<Body> {
