@@ -150,19 +150,28 @@ pub struct Redacted<'a>(pub &'a str);
 /// The shortest token SPEC §4 accepts.
 const MIN_TOKEN_LEN: usize = 22;
 
-impl std::fmt::Display for Redacted<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, segment) in self.0.split('/').enumerate() {
+impl crate::access_log::LogPath for Redacted<'_> {
+    fn append_to(&self, out: &mut Vec<u8>) {
+        for (i, segment) in self.0.as_bytes().split(|b| *b == b'/').enumerate() {
             if i > 0 {
-                f.write_str("/")?;
+                out.push(b'/');
             }
             if segment.len() >= MIN_TOKEN_LEN {
-                f.write_str("***")?;
+                out.extend_from_slice(b"***");
             } else {
-                f.write_str(segment)?;
+                out.extend_from_slice(segment);
             }
         }
-        Ok(())
+    }
+}
+
+impl std::fmt::Display for Redacted<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::access_log::LogPath;
+        let mut out = Vec::with_capacity(self.0.len());
+        self.append_to(&mut out);
+        // Whole segments of a `str` cut at '/' (or "***"): valid UTF-8.
+        f.write_str(&String::from_utf8_lossy(&out))
     }
 }
 

@@ -128,7 +128,7 @@ fn serve<S, H, F>(
             let latency = end.saturating_duration_since(start);
             let status = handled.response.status();
             // Queries are never logged: tokens and signatures travel there.
-            let path: &dyn std::fmt::Display = if api.public {
+            let path: &dyn access_log::LogPath = if api.public {
                 &public::Redacted(uri.path())
             } else {
                 &uri.path()
