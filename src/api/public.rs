@@ -178,13 +178,18 @@ impl std::fmt::Display for Redacted<'_> {
 /// One public connection: its peer, and the identity its last request
 /// resolved to, reused while nothing it depends on has changed (a keep-alive
 /// connection then pays no digest, no lookup, no attribution per request).
+/// A request takes a reference to this and to what it caches, never to the
+/// shared state or the pod itself: the reference counts it touches are the
+/// connection's own, not cache lines every worker writes.
 pub struct Conn {
+    state: Arc<AppState>,
     peer: SocketAddr,
     source: SourceKey,
-    cached: Mutex<Option<Cached>>,
+    cached: Mutex<Option<Arc<Resolved>>>,
 }
 
-struct Cached {
+/// Who a connection's requests act as, and their rate limiter.
+struct Resolved {
     token: Option<Box<str>>,
     generation: u64,
     pod: Arc<Pod>,
@@ -192,8 +197,9 @@ struct Cached {
 }
 
 impl Conn {
-    pub fn new(peer: SocketAddr) -> Self {
+    pub fn new(state: Arc<AppState>, peer: SocketAddr) -> Self {
         Self {
+            state,
             peer,
             source: SourceKey::of(peer.ip()),
             cached: Mutex::new(None),
@@ -201,34 +207,33 @@ impl Conn {
     }
 
     /// The pod this request acts as, and its rate limiter.
-    async fn identity(
-        &self,
-        state: &AppState,
-        token: Option<&str>,
-    ) -> Result<(Arc<Pod>, PodLimiter), Refused> {
+    async fn identity(&self, token: Option<&str>) -> Result<Arc<Resolved>, Refused> {
+        let state = &self.state;
         // Read before resolving: a change during the resolution makes the
         // stored answer stale at once.
         let generation = state.pods.generation();
         if let Some(c) = &*self.cached.lock() {
             if c.generation == generation && c.token.as_deref() == token {
-                return Ok((c.pod.clone(), c.limiter.clone()));
+                return Ok(c.clone());
             }
         }
         // Boxed: the resolution's future is large and runs once per
         // connection; every request's future would otherwise carry it.
         let pod = Box::pin(state.pods.resolve(token, self.peer.ip())).await?;
         let limiter = state.tenancy.rates.pod(&pod.uuid);
-        *self.cached.lock() = Some(Cached {
+        let resolved = Arc::new(Resolved {
             token: token.map(Box::from),
             generation,
-            pod: pod.clone(),
-            limiter: limiter.clone(),
+            pod,
+            limiter,
         });
-        Ok((pod, limiter))
+        *self.cached.lock() = Some(resolved.clone());
+        Ok(resolved)
     }
 }
 
-pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -> Handled {
+pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
+    let state = &*conn.state;
     // A cheap clone (shared bytes): the route borrows from it while the
     // request moves on.
     let uri = req.uri().clone();
@@ -237,7 +242,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
             return method_not_allowed("GET").into();
         }
         if !state.tenancy.rates.allow_source(&conn.source) {
-            return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
+            return rate_limited(state, Subject::Source(conn.source), "source", None).await;
         }
         return json(match doc {
             WellKnown::Jwks => Bytes::from(state.docs.jwks_json()),
@@ -270,18 +275,18 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         // Any caller may verify any pod's signature (SPEC §3): no pod, so
         // the caller's source pays.
         if !state.tenancy.rates.allow_source(&conn.source) {
-            return rate_limited(&state, Subject::Source(conn.source), "source", None).await;
+            return rate_limited(state, Subject::Source(conn.source), "source", None).await;
         }
-        return Box::pin(verify(&state, req)).await.into();
+        return Box::pin(verify(state, req)).await.into();
     }
-    let (pod, limiter) = match conn.identity(&state, token).await {
+    let resolved = match conn.identity(token).await {
         Ok(found) => found,
         Err(refused) => {
             // Refused requests are charged to their source: a flood of them
             // is cut short before it costs more.
             if !state.tenancy.rates.allow_source(&conn.source) {
                 return rate_limited(
-                    &state,
+                    state,
                     Subject::Source(conn.source),
                     "source",
                     refused.claimed,
@@ -305,8 +310,9 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
             };
         }
     };
-    if !Rates::allow_pod(&limiter) {
-        return rate_limited(&state, Subject::Pod(pod.uuid), "pod", Some(pod.uuid)).await;
+    let pod = &*resolved.pod;
+    if !Rates::allow_pod(&resolved.limiter) {
+        return rate_limited(state, Subject::Pod(pod.uuid), "pod", Some(pod.uuid)).await;
     }
     let response = match route {
         Route::PodAnnotations => json(pod.annotations.list.clone()),
@@ -315,17 +321,17 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, conn: &Conn) -
         Route::PodUuid => respond(StatusCode::OK, TEXT, pod.uuid_body.clone()),
         // Boxed, like `verify`: reading a body takes a future several
         // times the size of the rest, which every GET would carry.
-        Route::Sign => Box::pin(sign(&state, &pod, req)).await,
-        Route::AppAnnotations(app) => with_app(&pod, app, |a| json(a.annotations.list.clone())),
+        Route::Sign => Box::pin(sign(state, pod, req)).await,
+        Route::AppAnnotations(app) => with_app(pod, app, |a| json(a.annotations.list.clone())),
         Route::AppAnnotation(app, name) => {
-            with_app(&pod, app, |a| annotation(&a.annotations, name, "App"))
+            with_app(pod, app, |a| annotation(&a.annotations, name, "App"))
         }
-        Route::AppImageManifest(app) => with_app(&pod, app, |a| json(a.image_manifest.clone())),
-        Route::AppImageId(app) => with_app(&pod, app, |a| {
+        Route::AppImageManifest(app) => with_app(pod, app, |a| json(a.image_manifest.clone())),
+        Route::AppImageId(app) => with_app(pod, app, |a| {
             respond(StatusCode::OK, TEXT, a.image_id.clone())
         }),
-        Route::PodIdentityDocument => identity_document(&state, &pod, None, uri.query()),
-        Route::AppIdentityDocument(app) => identity_document(&state, &pod, Some(app), uri.query()),
+        Route::PodIdentityDocument => identity_document(state, pod, None, uri.query()),
+        Route::AppIdentityDocument(app) => identity_document(state, pod, Some(app), uri.query()),
         Route::Verify => not_found(),
     };
     Handled {

@@ -21,7 +21,7 @@ use super::Limits;
 use crate::{
     access_log,
     api::{self, public, registration, Handled},
-    deadline::{DeadlineIo, Timeouts},
+    deadline::{DeadlineIo, Phase, Timeouts},
     state::AppState,
 };
 
@@ -70,11 +70,8 @@ pub(super) fn serve_public(
     peer: SocketAddr,
     guard: impl Send + 'static,
 ) {
-    let conn = Arc::new(public::Conn::new(peer));
-    let handler = move |state, req| {
-        let conn = conn.clone();
-        async move { public::handle(state, req, &conn).await }
-    };
+    let conn = Arc::new(public::Conn::new(state.clone(), peer));
+    let handler = move |req| public::handle(conn.clone(), req);
     serve(state, graceful, limits, stream, PUBLIC, guard, handler);
 }
 
@@ -85,7 +82,8 @@ pub(super) fn serve_registration(
     stream: UnixStream,
     peer: registration::Peer,
 ) {
-    let handler = move |state, req| registration::handle(state, req, peer);
+    let root = state.clone();
+    let handler = move |req| registration::handle(root.clone(), req, peer);
     serve(state, graceful, limits, stream, REGISTRATION, (), handler);
 }
 
@@ -101,7 +99,7 @@ fn serve<S, H, F>(
     handler: H,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Arc<AppState>, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Handled> + Send + 'static,
 {
     let (io, phase) = DeadlineIo::new(
@@ -111,18 +109,25 @@ fn serve<S, H, F>(
             idle: limits.idle_timeout,
         },
     );
-    let state = state.clone();
+    // What every request of the connection uses, behind one reference
+    // count of the connection's own: a request clones that, not the
+    // shared state's (a cache line every worker would write).
+    let served = Arc::new(Served {
+        state: state.clone(),
+        phase,
+        handler,
+    });
     let svc = service_fn(move |req: Request<Incoming>| {
-        let (state, phase, handler) = (state.clone(), phase.clone(), handler.clone());
+        let served = served.clone();
         async move {
-            let start = phase.request_started();
+            let start = served.phase.request_started();
             let method = req.method().clone();
             // A cheap clone (shared bytes): the request moves into the handler.
             let uri = req.uri().clone();
             let endpoint = (api.endpoint)(uri.path());
             let handled = match malformed(&req, api.public) {
                 Some(refusal) => refusal,
-                None => handler(state.clone(), req).await,
+                None => (served.handler)(req).await,
             };
             let end = Instant::now();
             let latency = end.saturating_duration_since(start);
@@ -134,10 +139,11 @@ fn serve<S, H, F>(
                 &uri.path()
             };
             access_log::record(api.name, &method, path, status, latency, handled.pod);
-            state
+            served
+                .state
                 .metrics
                 .request(api.name, endpoint, status.as_u16(), latency);
-            phase.request_finished(end);
+            served.phase.request_finished(end);
             Ok::<_, Infallible>(handled.response)
         }
     });
@@ -156,6 +162,13 @@ fn serve<S, H, F>(
         }
         drop(guard);
     });
+}
+
+/// One connection's share of what its requests use.
+struct Served<H> {
+    state: Arc<AppState>,
+    phase: Arc<Phase>,
+    handler: H,
 }
 
 /// What HTTP/1.1 itself forbids, answered 400 before any handler, with the
