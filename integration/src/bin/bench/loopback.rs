@@ -49,6 +49,9 @@ const VARIANTS: [Variant; 4] = [
     },
 ];
 
+/// The row of bare hyper reading a POST's body.
+const READING: &str = "bare hyper, reading the body";
+
 fn start(v: &Variant) -> Result<Agent, String> {
     let mut options = AgentOptions::identity("token+netns");
     // The limit on, with headroom, unless the variant turns it off.
@@ -115,6 +118,13 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
             .iter()
             .map(|a| agent_target(a, LOOPBACK, path))
             .collect();
+        // For a POST, also bare hyper reading the body before it answers:
+        // the reference answers without reading it.
+        let reading = match form {
+            Some(_) => Some(Reference::reading(size)?),
+            None => None,
+        };
+        targets.extend(reading.iter().map(|r| r.target(LOOPBACK)));
         targets.push(reference.target(LOOPBACK));
         let load = |(server, url): &(u32, String)| Load {
             pod: None,
@@ -135,10 +145,14 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         )?;
         let reference_runs = runs.pop().unwrap_or_default();
         let reference = medians(&reference_runs);
-        for (v, r) in VARIANTS.iter().zip(&runs) {
+        let labels = VARIANTS
+            .iter()
+            .map(|v| v.label)
+            .chain(reading.iter().map(|_| READING));
+        for (label, r) in labels.zip(&runs) {
             rows.push(Row::new(
                 format!("loopback keep-alive {name}"),
-                v.label,
+                label,
                 size,
                 r,
                 Some((&reference_runs, reference)),

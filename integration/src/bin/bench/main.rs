@@ -170,10 +170,20 @@ struct Reference {
 
 impl Reference {
     fn start(body_size: usize) -> Result<Self, String> {
+        Self::spawn(body_size, false)
+    }
+
+    /// One that reads each request's body before answering.
+    fn reading(body_size: usize) -> Result<Self, String> {
+        Self::spawn(body_size, true)
+    }
+
+    fn spawn(body_size: usize, read: bool) -> Result<Self, String> {
         let port = free_port();
         let bin = integration::agent::binary().with_file_name("reference");
         let child = Command::new(&bin)
             .args([port.to_string(), body_size.to_string()])
+            .args(read.then_some("read"))
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
