@@ -90,25 +90,21 @@ impl Form {
     }
 
     /// `+` is a space and `%XX` a byte; a `%` without two hex digits
-    /// stands for itself (as Go and `percent_decode` read it).
-    fn decode(&mut self, part: &[u8]) -> Range<usize> {
+    /// stands for itself (as Go and `percent_decode` read it). Runs of
+    /// plain bytes are copied whole.
+    fn decode(&mut self, mut part: &[u8]) -> Range<usize> {
         let start = self.text.len();
-        let mut i = 0;
-        while let Some(&b) = part.get(i) {
-            let byte = match b {
-                b'+' => b' ',
-                b'%' => match (hex(part.get(i + 1)), hex(part.get(i + 2))) {
-                    (Some(high), Some(low)) => {
-                        i += 2;
-                        high << 4 | low
-                    }
-                    _ => b'%',
-                },
-                other => other,
+        while let Some(at) = part.iter().position(|b| matches!(b, b'+' | b'%')) {
+            self.text.extend_from_slice(&part[..at]);
+            let (byte, used) = match (part[at], hex(part.get(at + 1)), hex(part.get(at + 2))) {
+                (b'+', ..) => (b' ', 1),
+                (_, Some(high), Some(low)) => (high << 4 | low, 3),
+                _ => (b'%', 1),
             };
             self.text.push(byte);
-            i += 1;
+            part = &part[at + used..];
         }
+        self.text.extend_from_slice(part);
         start..self.text.len()
     }
 
