@@ -133,6 +133,11 @@ fn versions(agent: &str) -> Value {
                 .to_owned()
         })
         .unwrap_or_default();
+    // The agent's own answer when a section asked it, else the lock file's.
+    let agent = match agent {
+        "" => version_of("rkt-mds"),
+        v => v.to_owned(),
+    };
     json!({"rkt-mds": agent, "hyper": version_of("hyper"), "tokio": version_of("tokio"), "wrk": wrk})
 }
 
@@ -159,10 +164,11 @@ impl Report {
 
     pub fn markdown(&self) -> String {
         let m = machine();
+        let v = versions(&self.version);
         let mut out = format!(
             "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}. Loopback rows: wrk 2 threads, 64 connections (16 for Connection: close) on 127.0.0.1, at least 4 s per run; other rows: from inside a pod over veth, wrk 1 thread, {} connections (4 for Connection: close), {} s per run. {} alternating rounds, medians.\n\n",
             m["cores"], m["cpu"].as_str().unwrap_or(""), m["kernel"].as_str().unwrap_or(""),
-            self.version, versions(&self.version)["hyper"].as_str().unwrap_or(""), versions(&self.version)["tokio"].as_str().unwrap_or(""),
+            v["rkt-mds"].as_str().unwrap_or(""), v["hyper"].as_str().unwrap_or(""), v["tokio"].as_str().unwrap_or(""),
             self.connections, self.seconds, self.rounds
         );
         out += "| scenario | identity | body B | req/s | p50 ms | p99 ms | reference req/s | ratio | CPU µs/req | reference CPU µs/req | CPU ratio |\n";
