@@ -31,9 +31,10 @@ type RequestKey = (&'static str, &'static str, u16);
 
 #[derive(Default)]
 struct Counts {
-    /// A short list, searched by the labels' addresses (no hashing on the
-    /// request path). The labels are `'static`: a label that has two
-    /// addresses gets two entries, which the scrape adds up.
+    /// A short list (at most APIs × endpoints × statuses), searched by the
+    /// labels' addresses (no hashing on the request path). The labels are
+    /// `'static`: a label that has two addresses gets two entries, which
+    /// the scrape adds up.
     requests: Vec<(RequestKey, u64)>,
     /// By family ("identity", "rate-limit", "connection") and reason.
     refusals: HashMap<(&'static str, &'static str), u64>,
@@ -63,8 +64,13 @@ impl Metrics {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.counts.with(|c| {
             let key = (api, endpoint, status);
-            match c.requests.iter_mut().find(|(k, _)| same_key(k, &key)) {
-                Some((_, n)) => *n += 1,
+            match c.requests.iter().position(|(k, _)| same_key(k, &key)) {
+                Some(i) => {
+                    c.requests[i].1 += 1;
+                    // One step forward per hit: the busy series end up
+                    // first, whatever order rare ones came in.
+                    c.requests.swap(i, i.saturating_sub(1));
+                }
                 None => c.requests.push((key, 1)),
             }
             if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
