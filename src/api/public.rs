@@ -217,8 +217,9 @@ impl Conn {
                 return Ok(c.clone());
             }
         }
-        // Boxed: the resolution's future is large and runs once per
-        // connection; every request's future would otherwise carry it.
+        // Boxed: the resolution's future is large and runs only on a
+        // connection's first request and after a registry or namespace
+        // change; every request's future would otherwise carry it.
         let pod = Box::pin(state.pods.resolve(token, self.peer.ip())).await?;
         let limiter = state.tenancy.rates.pod(&pod.uuid);
         let resolved = Arc::new(Resolved {
