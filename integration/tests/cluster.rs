@@ -120,7 +120,11 @@ fn from_pod(agent: &Agent, pod: &PodNet, path: &str) -> (u16, String) {
 
 /// Lines of the agent's log that contain `needle`.
 fn log_count(agent: &Agent, needle: &str) -> usize {
-    agent.log().lines().filter(|l| l.contains(needle)).count()
+    count_lines(&agent.log(), needle)
+}
+
+fn count_lines(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
 }
 
 #[test]
@@ -455,9 +459,14 @@ fn etcd_stopped_and_restarted_ends_with_exactly_the_agents_state() {
         [4, 20].map(uuid).to_vec()
     );
     // One warn line per outage, not one per retry.
+    // (Lines reach the log in batches: wait for both outages' lines.)
     for agent in [&one, &two] {
-        assert_eq!(log_count(agent, "etcd unreachable"), 2, "{}", agent.log());
-        assert_eq!(log_count(agent, "re-published everything"), 2);
+        let log = agent.wait_log("both outages' lines", |log| {
+            count_lines(log, "etcd unreachable") >= 2
+                && count_lines(log, "re-published everything") >= 2
+        });
+        assert_eq!(count_lines(&log, "etcd unreachable"), 2, "{log}");
+        assert_eq!(count_lines(&log, "re-published everything"), 2, "{log}");
     }
 }
 
@@ -492,13 +501,9 @@ fn a_second_agent_claiming_a_held_node_name_publishes_nothing() {
     assert_eq!(now_lease, lease);
     assert_eq!(now["jwks"], record["jwks"]);
     assert!(!published(&etcd, ONE).contains_key(&uuid(2)));
-    assert_eq!(
-        log_count(
-            &second,
-            "node name is held in etcd under another live lease"
-        ),
-        1
-    );
+    let held = "node name is held in etcd under another live lease";
+    second.wait_log("the refusal to publish", |log| log.contains(held));
+    assert_eq!(log_count(&second, held), 1);
 
     // Once the holder leaves (SIGTERM revokes its lease), the name is free.
     first.stop();
