@@ -161,7 +161,10 @@ pub fn measure(
     eprintln!("bench: restarting to time the reload");
     agent.stop();
     agent.restart();
-    let log = agent.log();
+    // Lines reach the log in batches: wait for the second start's.
+    let log = agent.wait_log("the restart's start-up line", |log| {
+        log.matches("rkt-mds serving").count() >= 2
+    });
     let reload_ms = log
         .lines()
         .rfind(|l| l.contains("rkt-mds serving"))
