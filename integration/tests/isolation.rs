@@ -77,18 +77,8 @@ fn a_source_over_its_share(v6: bool) {
         assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
     }
     // One more: accepted, and closed at once with nothing written.
-    let mut extra = b.connect(None, to(&b)).expect("the first one beyond");
-    let mut buf = [0u8; 1];
-    match extra.read(&mut buf) {
-        Ok(0) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
-        other => panic!("the connection beyond the share was not closed: {other:?}"),
-    }
-    wait_for("B's SYNs filtered", Duration::from_secs(10), || {
-        metrics(&agent)
-            .contains("\nrkt_mds_sources_filtered 1\n")
-            .then_some(())
-    });
+    closed_at_accept(b.connect(None, to(&b)));
+    wait_filtered(&agent, 1, "B's SYNs filtered");
     // Now B's new connections never complete, and never reach the agent.
     for _ in 0..20 {
         let r = b.connect_within(None, to(&b), Duration::from_millis(300));
@@ -97,9 +87,7 @@ fn a_source_over_its_share(v6: bool) {
             "a connection beyond the share completed: {r:?}"
         );
     }
-    let refused = "rkt_mds_connections_refused_total{reason=\"per-source\"} ";
-    let m = metrics(&agent);
-    assert!(m.contains(&format!("{refused}1\n")), "{m}");
+    assert_eq!(refused_per_source(&agent), 1);
     // B's open connections are untouched, and A is served.
     for c in &mut held {
         assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
@@ -119,11 +107,7 @@ fn a_source_over_its_share(v6: bool) {
     );
     // B frees a slot: the filter is lifted and B connects again.
     drop(held.pop());
-    wait_for("B's SYNs let through", Duration::from_secs(10), || {
-        metrics(&agent)
-            .contains("\nrkt_mds_sources_filtered 0\n")
-            .then_some(())
-    });
+    wait_filtered(&agent, 0, "B's SYNs let through");
     let mut c = Conn::new(b.connect(None, to(&b)).expect("B connects again"));
     assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
 }
@@ -159,6 +143,14 @@ fn closed_at_accept(stream: std::io::Result<TcpStream>) {
     }
 }
 
+/// Waits until the gauge of filtered addresses reads `n`.
+fn wait_filtered(agent: &Agent, n: u64, what: &str) {
+    let line = format!("\nrkt_mds_sources_filtered {n}\n");
+    wait_for(what, Duration::from_secs(10), || {
+        metrics(agent).contains(&line).then_some(())
+    });
+}
+
 fn refused_per_source(agent: &Agent) -> u64 {
     agent.metric("rkt_mds_connections_refused_total{reason=\"per-source\"}")
 }
@@ -192,11 +184,7 @@ fn a_neighbour_in_the_same_64_is_not_filtered_with_the_flooder() {
         assert_eq!(c.send(&Request::get(&uuid_path(T_B))).unwrap().status, 200);
     }
     closed_at_accept(b.connect(None, v6));
-    wait_for("B's SYNs filtered", Duration::from_secs(10), || {
-        metrics(&agent)
-            .contains("\nrkt_mds_sources_filtered 1\n")
-            .then_some(())
-    });
+    wait_filtered(&agent, 1, "B's SYNs filtered");
     for _ in 0..5 {
         closed_at_accept(a.connect_within(None, v6, Duration::from_secs(2)));
     }
