@@ -1,17 +1,35 @@
 //! The benchmark's reference: a bare hyper 1.x server (the agent's hyper
 //! and tokio versions) answering every request with a fixed body of a
 //! given size. What the agent is compared against.
+//!
+//! Two variants for a POST, to show what the request's own work costs
+//! without the agent around it: `read` collects the body before
+//! answering; `sign` also does what SPEC §3.2 asks of a sign request
+//! (decode the form, HMAC-SHA512 over a UUID and the content, base64)
+//! and answers the signature instead of the fixed body.
 
 use std::{convert::Infallible, net::SocketAddr};
 
+use base64::{engine::general_purpose::STANDARD, Engine};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{server::conn::http1, service::service_fn, Response};
 use hyper_util::rt::TokioIo;
+use ring::hmac;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Fixed,
+    Read,
+    Sign,
+}
+
+/// The sign variant's pod: the bytes the HMAC covers before the content.
+const UUID: [u8; 16] = [0x5a; 16];
 
 fn main() -> std::io::Result<()> {
     let mut args = std::env::args().skip(1);
-    let usage = "usage: reference PORT BODY_SIZE [read]";
+    let usage = "usage: reference PORT BODY_SIZE [read|sign]";
     let port: u16 = args
         .next()
         .and_then(|a| a.parse().ok())
@@ -21,9 +39,17 @@ fn main() -> std::io::Result<()> {
         .and_then(|a| a.parse().ok())
         .ok_or_else(|| std::io::Error::other(usage))?;
     let body = Bytes::from(vec![b'x'; size]);
-    // "read": collect each request's body before answering, as any form
-    // handler must: what hyper itself costs for a POST.
-    let read = args.next().is_some_and(|a| a == "read");
+    let mode = match args.next().as_deref() {
+        None => Mode::Fixed,
+        Some("read") => Mode::Read,
+        Some("sign") => Mode::Sign,
+        Some(_) => return Err(std::io::Error::other(usage)),
+    };
+    // A fixed key: the reference proves nothing, it only does the work.
+    // Leaked, not shared behind an `Arc`: a reference count that every
+    // request writes would slow the reference itself.
+    let key: &'static hmac::Key =
+        Box::leak(Box::new(hmac::Key::new(hmac::HMAC_SHA512, &[0x6b; 64])));
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
@@ -36,15 +62,31 @@ fn main() -> std::io::Result<()> {
                 let body = body.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                        let mut r = Response::new(Full::new(body.clone()));
-                        r.headers_mut().insert(
-                            hyper::header::CONTENT_TYPE,
-                            hyper::header::HeaderValue::from_static("text/plain; charset=us-ascii"),
-                        );
+                        let body = body.clone();
                         async move {
-                            if read {
-                                let _ = req.into_body().collect().await;
-                            }
+                            let answer = match mode {
+                                Mode::Fixed => body,
+                                Mode::Read => {
+                                    let _ = req.into_body().collect().await;
+                                    body
+                                }
+                                Mode::Sign => {
+                                    let form = req
+                                        .into_body()
+                                        .collect()
+                                        .await
+                                        .map(|c| c.to_bytes())
+                                        .unwrap_or_default();
+                                    Bytes::from(sign(key, &form))
+                                }
+                            };
+                            let mut r = Response::new(Full::new(answer));
+                            r.headers_mut().insert(
+                                hyper::header::CONTENT_TYPE,
+                                hyper::header::HeaderValue::from_static(
+                                    "text/plain; charset=us-ascii",
+                                ),
+                            );
                             Ok::<_, Infallible>(r)
                         }
                     });
@@ -55,4 +97,16 @@ fn main() -> std::io::Result<()> {
                 });
             }
         })
+}
+
+/// base64(HMAC-SHA512(key, UUID ‖ the form's `content`)).
+fn sign(key: &hmac::Key, form: &[u8]) -> String {
+    let content = form_urlencoded::parse(form)
+        .find(|(name, _)| name == "content")
+        .map(|(_, value)| value.into_owned())
+        .unwrap_or_default();
+    let mut ctx = hmac::Context::with_key(key);
+    ctx.update(&UUID);
+    ctx.update(content.as_bytes());
+    STANDARD.encode(ctx.sign().as_ref())
 }

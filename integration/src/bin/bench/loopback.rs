@@ -49,8 +49,10 @@ const VARIANTS: [Variant; 4] = [
     },
 ];
 
-/// The row of bare hyper reading a POST's body.
+/// The rows of bare hyper doing a sign request's own work: reading the
+/// body; reading it, decoding the form and answering its signature.
 const READING: &str = "bare hyper, reading the body";
+const SIGNING: &str = "bare hyper, reading the form and signing it";
 
 fn start(v: &Variant) -> Result<Agent, String> {
     let mut options = AgentOptions::identity("token+netns");
@@ -118,13 +120,16 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
             .iter()
             .map(|a| agent_target(a, LOOPBACK, path))
             .collect();
-        // For a POST, also bare hyper reading the body before it answers:
-        // the reference answers without reading it.
-        let reading = match form {
-            Some(_) => Some(Reference::reading(size)?),
-            None => None,
+        // For a POST, also bare hyper doing the request's own work: the
+        // reference answers without reading the body.
+        let work = match form {
+            Some(_) => vec![
+                (READING, Reference::reading(size)?),
+                (SIGNING, Reference::signing()?),
+            ],
+            None => Vec::new(),
         };
-        targets.extend(reading.iter().map(|r| r.target(LOOPBACK)));
+        targets.extend(work.iter().map(|(_, r)| r.target(LOOPBACK)));
         targets.push(reference.target(LOOPBACK));
         let load = |(server, url): &(u32, String)| Load {
             pod: None,
@@ -148,7 +153,7 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         let labels = VARIANTS
             .iter()
             .map(|v| v.label)
-            .chain(reading.iter().map(|_| READING));
+            .chain(work.iter().map(|(label, _)| *label));
         for (label, r) in labels.zip(&runs) {
             rows.push(Row::new(
                 format!("loopback keep-alive {name}"),

@@ -170,20 +170,26 @@ struct Reference {
 
 impl Reference {
     fn start(body_size: usize) -> Result<Self, String> {
-        Self::spawn(body_size, false)
+        Self::spawn(body_size, None)
     }
 
     /// One that reads each request's body before answering.
     fn reading(body_size: usize) -> Result<Self, String> {
-        Self::spawn(body_size, true)
+        Self::spawn(body_size, Some("read"))
     }
 
-    fn spawn(body_size: usize, read: bool) -> Result<Self, String> {
+    /// One that reads each request's form and answers its HMAC signature
+    /// (see the `reference` binary).
+    fn signing() -> Result<Self, String> {
+        Self::spawn(0, Some("sign"))
+    }
+
+    fn spawn(body_size: usize, mode: Option<&str>) -> Result<Self, String> {
         let port = free_port();
         let bin = integration::agent::binary().with_file_name("reference");
         let child = Command::new(&bin)
             .args([port.to_string(), body_size.to_string()])
-            .args(read.then_some("read"))
+            .args(mode)
             .stderr(Stdio::null())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", bin.display()))?;
