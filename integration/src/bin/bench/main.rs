@@ -268,7 +268,8 @@ pub fn register_example(
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     match v.len() {
         0 => 0.0,
@@ -279,10 +280,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn medians(runs: &[Figures]) -> Figures {
     Figures {
-        rps: median(runs.iter().map(|f| f.rps).collect()),
-        p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
-        p99_ms: median(runs.iter().map(|f| f.p99_ms).collect()),
-        cpu_us: median(runs.iter().map(|f| f.cpu_us).collect()),
+        rps: median(&runs.iter().map(|f| f.rps).collect::<Vec<_>>()),
+        p50_ms: median(&runs.iter().map(|f| f.p50_ms).collect::<Vec<_>>()),
+        p99_ms: median(&runs.iter().map(|f| f.p99_ms).collect::<Vec<_>>()),
+        cpu_us: median(&runs.iter().map(|f| f.cpu_us).collect::<Vec<_>>()),
     }
 }
 

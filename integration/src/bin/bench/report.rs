@@ -3,7 +3,7 @@
 use serde_json::{json, Value};
 
 use crate::{
-    churn_long::ChurnLong, documents::Documents, isolation::Isolation, medians,
+    churn_long::ChurnLong, documents::Documents, isolation::Isolation, median, medians,
     validation::Validation, wrk::Figures, Args,
 };
 
@@ -36,13 +36,32 @@ impl Row {
         }
     }
 
+    /// Agent req/s over the reference's.
     fn ratio(&self) -> Option<f64> {
-        self.reference.map(|r| self.agent.rps / r.rps)
+        self.paired(|agent, reference| agent.rps / reference.rps)
     }
 
     /// Reference CPU per request over the agent's: the efficiency ratio.
     fn cpu_ratio(&self) -> Option<f64> {
-        self.reference.map(|r| r.cpu_us / self.agent.cpu_us)
+        self.paired(|agent, reference| reference.cpu_us / agent.cpu_us)
+    }
+
+    /// The median of each round's ratio: a round's runs are seconds apart,
+    /// while the machine can change speed between rounds, and a ratio of
+    /// the medians could then pair a fast round's agent with a slow
+    /// round's reference. The ratio of the medians when runs do not pair.
+    fn paired(&self, ratio: impl Fn(&Figures, &Figures) -> f64) -> Option<f64> {
+        let reference = self.reference.as_ref()?;
+        let runs = &self.agent_runs;
+        if runs.is_empty() || runs.len() != self.reference_runs.len() {
+            return Some(ratio(&self.agent, reference));
+        }
+        let ratios: Vec<f64> = runs
+            .iter()
+            .zip(&self.reference_runs)
+            .map(|(a, r)| ratio(a, r))
+            .collect();
+        Some(median(&ratios))
     }
 }
 
@@ -74,18 +93,6 @@ pub struct Report {
     pub documents: Option<Documents>,
     pub validation: Option<Validation>,
     pub churn: Option<ChurnLong>,
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    if v.is_empty() {
-        0.0
-    } else if v.len() % 2 == 1 {
-        v[v.len() / 2]
-    } else {
-        (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0
-    }
 }
 
 fn max(v: &[f64]) -> f64 {
@@ -166,7 +173,7 @@ impl Report {
         let m = machine();
         let v = versions(&self.version);
         let mut out = format!(
-            "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}. Loopback rows: wrk 2 threads, 64 connections (16 for Connection: close) on 127.0.0.1, at least 4 s per run; other rows: from inside a pod over veth, wrk 1 thread, {} connections (4 for Connection: close), {} s per run. {} alternating rounds, medians.\n\n",
+            "Machine: {} cores ({}), kernel {}; rkt-mds {}, hyper {}, tokio {}. Loopback rows: wrk 2 threads, 64 connections (16 for Connection: close) on 127.0.0.1, at least 4 s per run; other rows: from inside a pod over veth, wrk 1 thread, {} connections (4 for Connection: close), {} s per run. {} alternating rounds, medians; a ratio is the median of the rounds' ratios.\n\n",
             m["cores"], m["cpu"].as_str().unwrap_or(""), m["kernel"].as_str().unwrap_or(""),
             v["rkt-mds"].as_str().unwrap_or(""), v["hyper"].as_str().unwrap_or(""), v["tokio"].as_str().unwrap_or(""),
             self.connections, self.seconds, self.rounds
