@@ -147,7 +147,8 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
             &load,
             scripts,
             &format!("loopback keep-alive {name}"),
-        )?;
+        )
+        .map_err(|e| with_logs(e, &agents))?;
         let reference_runs = runs.pop().unwrap_or_default();
         let reference = medians(&reference_runs);
         let labels = VARIANTS
@@ -185,7 +186,8 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         duration: secs,
         server: *server,
     };
-    let mut runs = wrk::alternate(args, &targets, &load, scripts, "loopback Connection: close")?;
+    let mut runs = wrk::alternate(args, &targets, &load, scripts, "loopback Connection: close")
+        .map_err(|e| with_logs(e, &agents))?;
     let reference_runs = runs.pop().unwrap_or_default();
     let reference = medians(&reference_runs);
     for (label, r) in measured.iter().map(|&i| VARIANTS[i].label).zip(&runs) {
@@ -198,4 +200,20 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Vec<Row>, Strin
         ));
     }
     Ok(rows)
+}
+
+/// A failed run's error, with what each agent logged besides its access
+/// lines: a socket error in wrk is the agent closing a connection, and
+/// the agents' logs go when they do.
+fn with_logs(error: String, agents: &[Agent]) -> String {
+    let mut out = error;
+    for (v, agent) in VARIANTS.iter().zip(agents) {
+        let port = agent.loopback().port();
+        out += &format!("\n--- agent \"{}\" (port {port}), its log without access lines ---\n", v.label);
+        for line in agent.log().lines().filter(|l| !l.contains(" access: ")) {
+            out += line;
+            out.push('\n');
+        }
+    }
+    out
 }
