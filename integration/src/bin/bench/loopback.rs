@@ -209,7 +209,10 @@ fn with_logs(error: String, agents: &[Agent]) -> String {
     let mut out = error;
     for (v, agent) in VARIANTS.iter().zip(agents) {
         let port = agent.loopback().port();
-        out += &format!("\n--- agent \"{}\" (port {port}), its log without access lines ---\n", v.label);
+        out += &format!(
+            "\n--- agent \"{}\" (port {port}), its log without access lines ---\n",
+            v.label
+        );
         for line in agent.log().lines().filter(|l| !l.contains(" access: ")) {
             out += line;
             out.push('\n');
