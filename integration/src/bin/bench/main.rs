@@ -279,11 +279,12 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 pub fn medians(runs: &[Figures]) -> Figures {
+    let of = |field: fn(&Figures) -> f64| median(&runs.iter().map(field).collect::<Vec<_>>());
     Figures {
-        rps: median(&runs.iter().map(|f| f.rps).collect::<Vec<_>>()),
-        p50_ms: median(&runs.iter().map(|f| f.p50_ms).collect::<Vec<_>>()),
-        p99_ms: median(&runs.iter().map(|f| f.p99_ms).collect::<Vec<_>>()),
-        cpu_us: median(&runs.iter().map(|f| f.cpu_us).collect::<Vec<_>>()),
+        rps: of(|f| f.rps),
+        p50_ms: of(|f| f.p50_ms),
+        p99_ms: of(|f| f.p99_ms),
+        cpu_us: of(|f| f.cpu_us),
     }
 }
 

@@ -46,10 +46,12 @@ impl Row {
         self.paired(|agent, reference| reference.cpu_us / agent.cpu_us)
     }
 
-    /// The median of each round's ratio: a round's runs are seconds apart,
-    /// while the machine can change speed between rounds, and a ratio of
-    /// the medians could then pair a fast round's agent with a slow
-    /// round's reference. The ratio of the medians when runs do not pair.
+    /// The median of each round's ratio. A round's runs are under half a
+    /// minute apart; the medians' runs can be minutes apart, and when the
+    /// machine changes speed in between, a ratio of the medians pairs a
+    /// fast agent run with a slow reference run. (It can change within a
+    /// round too: one such round of five leaves the median where it is.)
+    /// The ratio of the medians when runs do not pair.
     fn paired(&self, ratio: impl Fn(&Figures, &Figures) -> f64) -> Option<f64> {
         let reference = self.reference.as_ref()?;
         let runs = &self.agent_runs;
