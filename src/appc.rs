@@ -58,9 +58,9 @@ impl PodUuid {
 }
 
 impl PodUuid {
-    /// The canonical form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, built
-    /// without the formatting machinery (it is in every access-log line).
-    /// The lower-case dashed text, as bytes (what `Display` writes).
+    /// The canonical form, `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in lower
+    /// case, as bytes (what `Display` writes), built without the formatting
+    /// machinery (it is in every access-log line).
     pub fn canonical(&self) -> [u8; 36] {
         let mut out = [b'-'; 36];
         for (bytes, at) in [(0..4, 0), (4..6, 9), (6..8, 14), (8..10, 19), (10..16, 24)] {
