@@ -1,8 +1,12 @@
-//! A real etcd (Debian's `etcd-server`, `/usr/bin/etcd`) as a process: on
-//! 127.0.0.1 with free client and peer ports and a data directory of its
-//! own; stopped by PID, restarted on the same data directory or a fresh
-//! one, and killed with the test process (`setpriv --pdeathsig KILL`).
-//! Reads go through the `etcd-client` crate.
+//! A real etcd (Debian's `etcd-server`, `/usr/bin/etcd`): one member or a
+//! cluster of several, each a process on 127.0.0.1 with free client and
+//! peer ports and a data directory of its own. Members are killed,
+//! paused (SIGSTOP: a partitioned member that still accepts connections),
+//! stopped and restarted by index, and die with the test process
+//! (`setpriv --pdeathsig KILL`).
+//!
+//! Reads and writes go through etcd's JSON gateway with a plain blocking
+//! HTTP/1.0 client of its own (`gateway`), independent of the agent's.
 
 use std::{
     collections::BTreeMap,
@@ -11,12 +15,16 @@ use std::{
     time::Duration,
 };
 
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use nix::{
     sys::signal::{kill, Signal},
     unistd::Pid,
 };
+use serde_json::{json, Value};
 
 use crate::agent::free_port;
+
+pub mod gateway;
 
 pub const BINARY: &str = "/usr/bin/etcd";
 
@@ -25,15 +33,23 @@ pub fn available() -> bool {
     std::path::Path::new(BINARY).exists()
 }
 
-pub struct Etcd {
+/// One member's process and its addresses.
+struct Member {
+    name: String,
     child: Option<Child>,
-    root: tempfile::TempDir,
-    /// The data directory in use (`data-N` under the root).
+    /// The data directory in use (`NAME-data-N` under the root).
     data: PathBuf,
     fresh: u32,
+    client_port: u16,
+    peer_port: u16,
+    paused: bool,
+}
+
+pub struct Etcd {
+    members: Vec<Member>,
+    root: tempfile::TempDir,
+    /// The first member's client port.
     pub client_port: u16,
-    pub peer_port: u16,
-    rt: tokio::runtime::Runtime,
 }
 
 /// One key as read: its value and its lease (0: none).
@@ -44,8 +60,13 @@ pub struct Kv {
 }
 
 impl Etcd {
-    /// Starts etcd and waits until it answers.
+    /// Starts a one-member etcd and waits until it answers.
     pub fn start() -> Self {
+        Self::cluster(1)
+    }
+
+    /// Starts a cluster of `n` members and waits until it has a leader.
+    pub fn cluster(n: usize) -> Self {
         assert!(
             available(),
             "{BINARY} is missing: apt-get install etcd-server (.ci/run does)"
@@ -54,179 +75,345 @@ impl Etcd {
             .prefix("rkt-mds-etcd")
             .tempdir()
             .expect("tempdir");
+        let members: Vec<Member> = (0..n)
+            .map(|i| Member {
+                name: format!("m{i}"),
+                child: None,
+                data: root.path().join(format!("m{i}-data-0")),
+                fresh: 0,
+                client_port: free_port(),
+                peer_port: free_port(),
+                paused: false,
+            })
+            .collect();
         let mut etcd = Self {
-            child: None,
-            data: root.path().join("data-0"),
+            client_port: members[0].client_port,
+            members,
             root,
-            fresh: 0,
-            client_port: free_port(),
-            peer_port: free_port(),
-            rt: tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime for etcd reads"),
         };
-        etcd.spawn();
+        for i in 0..n {
+            etcd.spawn(i, "new");
+        }
+        etcd.wait_ready();
         etcd
     }
 
-    /// `http://127.0.0.1:PORT`, what `--etcd` takes.
+    /// Every member's `http://127.0.0.1:PORT`, comma-separated: what
+    /// `--etcd` takes.
     pub fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        (0..self.members.len())
+            .map(|i| self.member_endpoint(i))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
+    /// Member `i`'s client URL.
+    pub fn member_endpoint(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.members[i].client_port)
+    }
+
+    /// The first member's PID.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
+        self.members[0].child.as_ref().map(Child::id)
     }
 
+    /// Every member's log.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+        (0..self.members.len())
+            .map(|i| {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                format!("--- {} ---\n{log}", self.members[i].name)
+            })
+            .collect()
     }
 
-    fn log_path(&self) -> PathBuf {
-        self.root.path().join("etcd.log")
+    fn log_path(&self, i: usize) -> PathBuf {
+        self.root
+            .path()
+            .join(format!("{}.log", self.members[i].name))
     }
 
-    fn spawn(&mut self) {
+    fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize, state: &str) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.log_path())
+            .open(self.log_path(i))
             .expect("etcd log file");
-        let client = format!("http://127.0.0.1:{}", self.client_port);
-        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let initial = self.initial_cluster();
+        // One token per cluster (members of one test form one cluster).
+        let token = format!("t{}", self.client_port);
+        let m = &mut self.members[i];
+        let client = format!("http://127.0.0.1:{}", m.client_port);
+        let peer = format!("http://127.0.0.1:{}", m.peer_port);
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", BINARY])
-            .args(["--name", "test"])
+            .args(["--name", &m.name])
             .arg("--data-dir")
-            .arg(&self.data)
+            .arg(&m.data)
             .args(["--listen-client-urls", &client])
             .args(["--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
-            .args(["--initial-cluster", &format!("test={peer}")])
-            .args(["--initial-cluster-state", "new"])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", state])
+            .args(["--initial-cluster-token", &token])
+            // Elections within a second or two on a loaded 2-core machine.
+            .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .expect("spawn etcd");
-        self.child = Some(child);
-        crate::wait_for("etcd to answer", Duration::from_secs(20), || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("etcd exited with {status} during start-up:\n{}", self.log());
-            }
-            self.kvs("/").ok()
-        });
+        m.child = Some(child);
+        m.paused = false;
     }
 
-    /// SIGTERM by PID, then wait (SIGKILL after 10 s).
+    /// Waits until every running member answers and one is the leader.
+    fn wait_ready(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut last;
+        loop {
+            for i in 0..self.members.len() {
+                if let Some(Ok(Some(status))) = self.members[i].child.as_mut().map(Child::try_wait)
+                {
+                    panic!("etcd exited with {status} during start-up:\n{}", self.log());
+                }
+            }
+            match self.ready() {
+                Ok(()) => return,
+                Err(e) => last = e,
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "etcd not ready within 30 s: {last}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_some() {
+                self.call_member(i, "/v3/kv/range", &json!({"key": B64.encode("/")}))?;
+            }
+        }
+        self.leader().map(|_| ()).ok_or_else(|| "no leader".into())
+    }
+
+    /// The index of the member that is the leader, as the members say.
+    pub fn leader(&self) -> Option<usize> {
+        let mut ids = Vec::new();
+        let mut leader = None;
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() || self.members[i].paused {
+                ids.push(None);
+                continue;
+            }
+            let status = self
+                .call_member(i, "/v3/maintenance/status", &json!({}))
+                .ok();
+            ids.push(status.as_ref().map(|s| uint(&s["header"]["member_id"])));
+            if let Some(s) = status {
+                let l = uint(&s["leader"]);
+                if l != 0 {
+                    leader = Some(l);
+                }
+            }
+        }
+        let leader = leader?;
+        ids.iter().position(|id| *id == Some(leader))
+    }
+
+    /// The index of a running member that is not the leader.
+    pub fn follower(&self) -> Option<usize> {
+        let leader = self.leader()?;
+        (0..self.members.len()).find(|i| *i != leader && self.members[*i].child.is_some())
+    }
+
+    /// SIGTERM every member by PID, then wait (SIGKILL after 10 s).
     pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        for i in 0..self.members.len() {
+            self.stop_member(i);
+        }
+    }
+
+    /// SIGTERM member `i`, then wait (SIGKILL after 10 s).
+    pub fn stop_member(&mut self, i: usize) {
+        self.resume_member(i);
+        let Some(mut child) = self.members[i].child.take() else {
             return;
         };
         let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        let mut exited = false;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(_)) = child.try_wait() {
-                exited = true;
-                break;
+                return;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        if !exited {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
-    /// SIGKILL by PID, then wait.
+    /// SIGKILL every member, then wait.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
+        for i in 0..self.members.len() {
+            self.kill_member(i);
+        }
+    }
+
+    /// SIGKILL member `i`, then wait.
+    pub fn kill_member(&mut self, i: usize) {
+        self.members[i].paused = false;
+        if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
     }
 
-    /// Starts again on the same data directory and ports.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop etcd first");
-        self.spawn();
+    /// SIGSTOP member `i`: its sockets still accept, nothing answers.
+    pub fn pause_member(&mut self, i: usize) {
+        if let Some(child) = &self.members[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+            self.members[i].paused = true;
+        }
     }
 
-    /// Starts again on the same ports with a new, empty data directory:
+    /// SIGCONT member `i`.
+    pub fn resume_member(&mut self, i: usize) {
+        if let Some(child) = &self.members[i].child {
+            if self.members[i].paused {
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+            }
+        }
+        self.members[i].paused = false;
+    }
+
+    /// Starts member `i` again on its data directory and ports, and waits
+    /// for it to answer.
+    pub fn restart_member(&mut self, i: usize) {
+        assert!(self.members[i].child.is_none(), "stop the member first");
+        self.spawn(i, "new");
+        self.wait_ready();
+    }
+
+    /// Starts every member again on the same data directories and ports.
+    pub fn restart(&mut self) {
+        for i in 0..self.members.len() {
+            assert!(self.members[i].child.is_none(), "stop etcd first");
+            self.spawn(i, "new");
+        }
+        self.wait_ready();
+    }
+
+    /// Starts again on the same ports with new, empty data directories:
     /// every key and lease is gone.
     pub fn restart_fresh(&mut self) {
-        assert!(self.child.is_none(), "stop etcd first");
-        self.fresh += 1;
-        self.data = self.root.path().join(format!("data-{}", self.fresh));
-        self.spawn();
+        for i in 0..self.members.len() {
+            assert!(self.members[i].child.is_none(), "stop etcd first");
+            let m = &mut self.members[i];
+            m.fresh += 1;
+            m.data = self
+                .root
+                .path()
+                .join(format!("{}-data-{}", m.name, m.fresh));
+            self.spawn(i, "new");
+        }
+        self.wait_ready();
     }
 
-    /// Runs `f` with a client, bounded by 5 s.
-    fn with_client<T>(
-        &self,
-        f: impl AsyncFnOnce(etcd_client::Client) -> Result<T, etcd_client::Error>,
-    ) -> Result<T, String> {
-        let endpoint = self.endpoint();
-        self.rt.block_on(async move {
-            let call = async {
-                let client = etcd_client::Client::connect([endpoint], None).await?;
-                f(client).await
-            };
-            match tokio::time::timeout(Duration::from_secs(5), call).await {
-                Ok(r) => r.map_err(|e| e.to_string()),
-                Err(_) => Err("etcd did not answer within 5 s".into()),
+    /// One gateway call to member `i`, bounded by 5 s.
+    fn call_member(&self, i: usize, path: &str, body: &Value) -> Result<Value, String> {
+        gateway::call(
+            &format!("127.0.0.1:{}", self.members[i].client_port),
+            path,
+            body,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// One gateway call to the first running, unpaused member that answers.
+    pub fn call(&self, path: &str, body: &Value) -> Result<Value, String> {
+        let mut last = "no running member".to_owned();
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() || self.members[i].paused {
+                continue;
             }
-        })
+            match self.call_member(i, path, body) {
+                Ok(v) => return Ok(v),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
     }
 
-    /// Every key under `prefix`.
+    /// Every key under `prefix`, at one revision (one read).
     pub fn kvs(&self, prefix: &str) -> Result<BTreeMap<String, Kv>, String> {
-        let prefix = prefix.to_owned();
-        self.with_client(async move |mut c| {
-            let options = etcd_client::GetOptions::new().with_prefix();
-            let mut answer = c.get(prefix, Some(options)).await?;
-            Ok(answer
-                .take_kvs()
-                .into_iter()
-                .map(|kv| {
-                    let lease = kv.lease();
-                    let (k, v) = kv.into_key_value();
-                    (
-                        String::from_utf8_lossy(&k).into_owned(),
-                        Kv {
-                            value: String::from_utf8_lossy(&v).into_owned(),
-                            lease,
-                        },
-                    )
-                })
-                .collect())
-        })
+        let end = range_end(prefix.as_bytes());
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": B64.encode(prefix), "range_end": B64.encode(end)}),
+        )?;
+        let kvs = answer["kvs"].as_array().cloned().unwrap_or_default();
+        kvs.iter()
+            .map(|kv| {
+                let bytes = |v: &Value| {
+                    B64.decode(v.as_str().unwrap_or(""))
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .map_err(|e| e.to_string())
+                };
+                Ok((
+                    bytes(&kv["key"])?,
+                    Kv {
+                        value: bytes(&kv["value"])?,
+                        lease: int(&kv["lease"]),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// How many keys are under `prefix` (etcd counts).
+    pub fn count(&self, prefix: &str) -> Result<i64, String> {
+        let end = range_end(prefix.as_bytes());
+        let answer = self.call(
+            "/v3/kv/range",
+            &json!({"key": B64.encode(prefix), "range_end": B64.encode(end), "count_only": true}),
+        )?;
+        Ok(int(&answer["count"]))
     }
 
     /// Puts `value` at `key` (with no lease).
     pub fn put(&self, key: &str, value: &str) {
-        let (key, value) = (key.to_owned(), value.to_owned());
-        self.with_client(async move |mut c| c.put(key, value, None).await.map(|_| ()))
-            .expect("etcd put");
+        self.call(
+            "/v3/kv/put",
+            &json!({"key": B64.encode(key), "value": B64.encode(value)}),
+        )
+        .expect("etcd put");
     }
 
     /// Deletes `key`.
     pub fn delete(&self, key: &str) {
-        let key = key.to_owned();
-        self.with_client(async move |mut c| c.delete(key, None).await.map(|_| ()))
+        self.call("/v3/kv/deleterange", &json!({"key": B64.encode(key)}))
             .expect("etcd delete");
     }
 
     /// Whether lease `id` exists.
     pub fn lease_alive(&self, id: i64) -> bool {
-        self.with_client(async move |mut c| {
-            let leases = c.leases().await?;
-            Ok(leases.leases().iter().any(|l| l.id() == id))
-        })
-        .expect("etcd leases")
+        let answer = self
+            .call("/v3/lease/leases", &json!({}))
+            .expect("etcd leases");
+        answer["leases"]
+            .as_array()
+            .is_some_and(|ls| ls.iter().any(|l| int(&l["ID"]) == id))
     }
 
     /// The pods node `node` published under the default prefix: UUID →
@@ -257,12 +444,38 @@ impl Etcd {
     }
 }
 
+/// The end of the range of keys that start with `prefix`.
+pub fn range_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// An unsigned 64-bit integer (a member ID) as proto3 JSON gives it.
+fn uint(v: &Value) -> u64 {
+    v.as_str().and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+/// A 64-bit integer as proto3 JSON gives it (a string, or absent for 0).
+pub fn int(v: &Value) -> i64 {
+    match v {
+        Value::String(s) => s.parse().unwrap_or(0),
+        Value::Number(n) => n.as_i64().unwrap_or(0),
+        _ => 0,
+    }
+}
+
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
         if std::thread::panicking() {
             let log = self.log();
-            let tail: Vec<&str> = log.lines().rev().take(30).collect();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
             eprintln!(
                 "--- etcd log (last lines) ---\n{}",
                 tail.into_iter().rev().collect::<Vec<_>>().join("\n")

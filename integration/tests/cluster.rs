@@ -1,7 +1,7 @@
 //! Many hosts (SPEC §8): two agents with distinct `--node-name`s, each
 //! with pods in namespaces, stand in for two hosts publishing to one real
 //! etcd (Debian's etcd-server, started by the harness on 127.0.0.1). The
-//! directory is read back with the etcd-client crate and through the
+//! directory is read back through etcd's JSON gateway and through the
 //! agent's own readers (`audit --etcd`, `jwks --etcd`,
 //! `verify-token --etcd`). Needs root (namespaces); runs in CI.
 

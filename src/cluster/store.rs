@@ -9,6 +9,10 @@ use std::{future::Future, time::Duration};
 pub enum StoreError {
     #[error("etcd: {0}")]
     Etcd(String),
+    /// etcd's answer with a gRPC status code (5: not found, 7: permission
+    /// denied, 16: unauthenticated).
+    #[error("etcd: {message}")]
+    Status { code: i64, message: String },
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the lease is gone (expired or revoked)")]

@@ -15,8 +15,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use etcd_client::{Client, EventType, GetOptions, WatchOptions};
-use integration::{etcd::Etcd, fixtures, Agent, AgentOptions};
+use base64::{engine::general_purpose::STANDARD as B64, Engine};
+use integration::{
+    etcd::{gateway, Etcd},
+    fixtures, Agent, AgentOptions,
+};
 
 use crate::{
     check_interrupted,
@@ -41,10 +44,6 @@ pub fn measure() -> Result<(), String> {
     let manifest = fixtures::read("pods/bare-pod.json");
     let mut etcd = Etcd::start();
     let ep = etcd.endpoint();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
 
     // 1. Latency: a registration's key appears in etcd.
     eprintln!("bench: registration to etcd, {LATENCY_RUNS} paced and {LATENCY_RUNS} back to back");
@@ -93,7 +92,7 @@ pub fn measure() -> Result<(), String> {
     let used: Vec<u64> = ticks()?.iter().zip(&before).map(|(a, b)| a - b).collect();
     let (plain_cpu, scale_cpu, etcd_cpu) = (used[0], used[1], used[2]);
     let prefix = "/rkt-mds/pods/bench-scale/";
-    wait_count(&rt, &ep, prefix, SCALE as i64, Duration::from_secs(120))?;
+    wait_count(&etcd, prefix, SCALE as i64, Duration::from_secs(120))?;
     let all_in = started.elapsed();
 
     // 3. A registration at 10,000 pods.
@@ -125,7 +124,7 @@ pub fn measure() -> Result<(), String> {
     let restarted = Instant::now();
     etcd.restart_fresh();
     let total = i64::from(SCALE + AT_SCALE);
-    wait_count(&rt, &ep, prefix, total, Duration::from_secs(120))?;
+    wait_count(&etcd, prefix, total, Duration::from_secs(120))?;
     let back = restarted.elapsed();
     let line = scale.log_line("the re-publish", |l| l.contains("re-published everything"));
     let millis: f64 = line
@@ -224,20 +223,10 @@ fn cpu_over(agent: &Agent, span: Duration) -> Result<u64, String> {
 }
 
 /// Waits until `prefix` holds `want` keys (counted by etcd, polled).
-fn wait_count(
-    rt: &tokio::runtime::Runtime,
-    endpoint: &str,
-    prefix: &str,
-    want: i64,
-    limit: Duration,
-) -> Result<(), String> {
+fn wait_count(etcd: &Etcd, prefix: &str, want: i64, limit: Duration) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
-        let count = rt.block_on(async {
-            let mut c = Client::connect([endpoint], None).await?;
-            let options = GetOptions::new().with_prefix().with_count_only();
-            c.get(prefix, Some(options)).await.map(|r| r.count())
-        });
+        let count = etcd.count(prefix);
         if count.as_ref().is_ok_and(|n| *n >= want) {
             return Ok(());
         }
@@ -281,44 +270,53 @@ impl Watcher {
         let (endpoint, key) = (endpoint.to_owned(), prefix.to_owned());
         let (s, st) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                let _ = ready.send(Err("no runtime".to_owned()));
-                return;
+            let authority = endpoint.trim_start_matches("http://").to_owned();
+            let end = integration::etcd::range_end(key.as_bytes());
+            let request = serde_json::json!({"create_request": {
+                "key": B64.encode(&key),
+                "range_end": B64.encode(end),
+            }});
+            let mut stream = match gateway::Stream::open(
+                &authority,
+                "/v3/watch",
+                &request,
+                Duration::from_millis(100),
+            ) {
+                Ok(stream) => stream,
+                Err(e) => {
+                    let _ = ready.send(Err(e));
+                    return;
+                }
             };
-            rt.block_on(async move {
-                let watch = async {
-                    let mut c = Client::connect([endpoint], None).await?;
-                    c.watch(key, Some(WatchOptions::new().with_prefix())).await
+            let mut created = false;
+            while !st.load(Ordering::Relaxed) {
+                let answer = match stream.next_object() {
+                    Ok(Some(answer)) => answer,
+                    Ok(None) => break,
+                    // A read that timed out: look at the stop flag.
+                    Err(_) => continue,
                 };
-                let mut stream = match watch.await {
-                    Ok(stream) => stream,
-                    Err(e) => {
-                        let _ = ready.send(Err(e.to_string()));
-                        return;
+                let result = &answer["result"];
+                if !created && result["created"].as_bool() == Some(true) {
+                    created = true;
+                    let _ = ready.send(Ok(()));
+                }
+                let now = Instant::now();
+                let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
+                for event in result["events"].as_array().into_iter().flatten() {
+                    // PUT is the default (0) type, absent from the JSON.
+                    if event["type"].as_str().is_some_and(|t| t != "PUT") {
+                        continue;
                     }
-                };
-                let _ = ready.send(Ok(()));
-                while !st.load(Ordering::Relaxed) {
-                    let next =
-                        tokio::time::timeout(Duration::from_millis(100), stream.message()).await;
-                    let Ok(message) = next else { continue };
-                    let Ok(Some(answer)) = message else { break };
-                    let now = Instant::now();
-                    let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
-                    for event in answer.events() {
-                        if event.event_type() != EventType::Put {
-                            continue;
-                        }
-                        if let Some(kv) = event.kv() {
-                            let key = String::from_utf8_lossy(kv.key()).into_owned();
-                            seen.entry(key).or_insert(now);
-                        }
+                    let Some(key) = event["kv"]["key"].as_str() else {
+                        continue;
+                    };
+                    if let Ok(key) = B64.decode(key) {
+                        seen.entry(String::from_utf8_lossy(&key).into_owned())
+                            .or_insert(now);
                     }
                 }
-            });
+            }
         });
         is_ready
             .recv_timeout(Duration::from_secs(10))

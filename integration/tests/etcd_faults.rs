@@ -1,0 +1,181 @@
+//! The cluster directory survives an etcd member's faults (a 3-member
+//! etcd of Debian's etcd-server on 127.0.0.1): the leader SIGKILLed, a
+//! follower SIGKILLed, a member paused with SIGSTOP (it still accepts
+//! connections, it never answers), and a member restarted.
+//!
+//! Two agents publish host-network pods to every member. The member hit
+//! is the one the agents use (first in `--etcd`), so they must fail over.
+//! Throughout the fault and for three lease TTLs after it, every read of
+//! the directory that succeeds must hold every pod (no key lost), and a
+//! pod registered after the fault must reach etcd within 5 s.
+
+use std::{
+    collections::BTreeSet,
+    time::{Duration, Instant},
+};
+
+use integration::{etcd::Etcd, fixtures, privilege::require_root, wait_for, Agent, AgentOptions};
+
+/// Short, so a lease that is not kept alive expires within the test.
+const TTL: Duration = Duration::from_secs(3);
+/// How long after the fault the directory is watched for losses.
+const WATCH: Duration = Duration::from_secs(9);
+/// A registration after the fault reaches etcd within this.
+const REPUBLISH: Duration = Duration::from_secs(5);
+const NODES: [&str; 2] = ["fault-a", "fault-b"];
+const PODS: u32 = 4;
+
+fn uuid(node: usize, n: u32) -> String {
+    format!("{n:08x}-fa{node:02x}-4694-aabf-edbe4fc5266f")
+}
+
+fn token(node: usize, n: u32) -> String {
+    format!("tok{node:02x}{n:027x}")
+}
+
+enum Fault {
+    KillLeader,
+    KillFollower,
+    Pause,
+    Restart,
+}
+
+/// `--etcd` with member `first` first: the member the agents start on.
+fn endpoints_from(etcd: &Etcd, first: usize) -> String {
+    let mut list: Vec<String> = (0..3).map(|i| etcd.member_endpoint(i)).collect();
+    list.rotate_left(first);
+    list.join(",")
+}
+
+/// The UUIDs etcd holds for `node`, or `None` when no member answered.
+fn held(etcd: &Etcd, node: &str) -> Option<BTreeSet<String>> {
+    etcd.pods_of(node).ok().map(|p| p.into_keys().collect())
+}
+
+fn run(fault: Fault, name: &str) {
+    if !require_root(name) {
+        return;
+    }
+    let mut etcd = Etcd::cluster(3);
+    // The member hit: the leader, a follower, or (pause, restart) member 0.
+    let victim = match fault {
+        Fault::KillLeader => etcd.leader().expect("a leader"),
+        Fault::KillFollower => etcd.follower().expect("a follower"),
+        Fault::Pause | Fault::Restart => 0,
+    };
+    let endpoints = endpoints_from(&etcd, victim);
+    let manifest = fixtures::read("pods/bare-pod.json");
+    let agents: Vec<Agent> = NODES
+        .iter()
+        .map(|node| {
+            Agent::start(
+                AgentOptions::default()
+                    .arg("--node-name")
+                    .arg(*node)
+                    .arg("--etcd")
+                    .arg(&endpoints)
+                    .arg("--etcd-lease-ttl")
+                    .arg(format!("{}s", TTL.as_secs())),
+            )
+        })
+        .collect();
+    let mut want: Vec<BTreeSet<String>> = vec![BTreeSet::new(); NODES.len()];
+    for (i, agent) in agents.iter().enumerate() {
+        for n in 0..PODS {
+            let r = agent.register(&uuid(i, n), &token(i, n), &manifest, "");
+            assert_eq!(r.status, 200, "{}", r.text());
+            want[i].insert(uuid(i, n));
+        }
+    }
+    for (i, node) in NODES.iter().enumerate() {
+        wait_for(&format!("{node}'s pods in etcd"), REPUBLISH, || {
+            (held(&etcd, node).as_ref() == Some(&want[i])).then_some(())
+        });
+    }
+
+    match fault {
+        Fault::KillLeader | Fault::KillFollower => etcd.kill_member(victim),
+        Fault::Pause => etcd.pause_member(victim),
+        Fault::Restart => etcd.stop_member(victim),
+    }
+    let faulted = Instant::now();
+    if let Fault::Restart = fault {
+        etcd.restart_member(victim);
+    }
+
+    // New registrations during the fault, one per agent.
+    let mut sent = Vec::new();
+    for (i, agent) in agents.iter().enumerate() {
+        let r = agent.register(&uuid(i, PODS), &token(i, PODS), &manifest, "");
+        assert_eq!(r.status, 200, "{}", r.text());
+        sent.push(Instant::now());
+    }
+    let mut arrived: Vec<Option<Duration>> = vec![None; NODES.len()];
+    let mut reads = 0;
+    while faulted.elapsed() < WATCH || arrived.iter().any(Option::is_none) {
+        assert!(
+            faulted.elapsed() < WATCH + REPUBLISH,
+            "a registration after the fault never reached etcd: {arrived:?}"
+        );
+        for (i, node) in NODES.iter().enumerate() {
+            let Some(have) = held(&etcd, node) else {
+                continue;
+            };
+            reads += 1;
+            let lost: Vec<&String> = want[i].difference(&have).collect();
+            assert!(
+                lost.is_empty(),
+                "{node} lost keys {:.1} s after the fault: {lost:?}\n{}",
+                faulted.elapsed().as_secs_f64(),
+                agents[i].log()
+            );
+            if arrived[i].is_none() && have.contains(&uuid(i, PODS)) {
+                arrived[i] = Some(sent[i].elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (i, at) in arrived.iter().enumerate() {
+        let at = at.expect("arrived");
+        assert!(
+            at <= REPUBLISH,
+            "{}'s registration reached etcd {at:?} after it was made",
+            NODES[i]
+        );
+        eprintln!(
+            "{name}: {} registration after the fault in etcd after {at:?}",
+            NODES[i]
+        );
+    }
+    assert!(reads > 0, "no read of the directory succeeded");
+    if let Fault::Pause = fault {
+        etcd.resume_member(victim);
+    }
+    // Local service never stopped.
+    for agent in &agents {
+        assert_eq!(
+            agent.pods()["pods"].as_array().map(Vec::len),
+            Some(PODS as usize + 1)
+        );
+    }
+}
+
+#[test]
+fn the_leader_killed_costs_no_keys() {
+    run(Fault::KillLeader, "the_leader_killed_costs_no_keys");
+}
+
+#[test]
+fn a_follower_killed_costs_no_keys() {
+    run(Fault::KillFollower, "a_follower_killed_costs_no_keys");
+}
+
+#[test]
+fn a_paused_member_costs_no_keys() {
+    run(Fault::Pause, "a_paused_member_costs_no_keys");
+}
+
+#[test]
+fn a_restarted_member_costs_no_keys() {
+    run(Fault::Restart, "a_restarted_member_costs_no_keys");
+}
