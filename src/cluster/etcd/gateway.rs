@@ -349,7 +349,7 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_is_not_etcd_says_so() {
         let (web, _) = answering("404 Not Found", "404 page not found").await;
-        let mut g = Gateway::new(&[web.clone()], Duration::from_secs(2), 1 << 20);
+        let mut g = Gateway::new(std::slice::from_ref(&web), Duration::from_secs(2), 1 << 20);
         let e = g.call("/v3/kv/range", &json!({})).await.unwrap_err();
         let authority = web.trim_start_matches("http://");
         assert_eq!(
