@@ -63,7 +63,6 @@ fn record_to(
             line(buf, api, method, path, status, latency_us, pod.as_ref());
         }),
         None => {
-            let pod = MaybePod(pod.as_ref());
             tracing::info!(
                 target: "access",
                 api = %api,
@@ -71,7 +70,7 @@ fn record_to(
                 path = %path,
                 status = status.as_u16(),
                 latency_us,
-                pod = %pod,
+                pod = pod.as_ref().map(tracing::field::display),
             );
         }
     }
@@ -98,23 +97,12 @@ fn line(
     buf.extend_from_slice(itoa::Buffer::new().format(status.as_u16()).as_bytes());
     buf.extend_from_slice(b" latency_us=");
     buf.extend_from_slice(itoa::Buffer::new().format(latency_us).as_bytes());
-    buf.extend_from_slice(b" pod=");
+    // No pod, no field (as tracing leaves out an empty `Option`).
     if let Some(pod) = pod {
+        buf.extend_from_slice(b" pod=");
         buf.extend_from_slice(&pod.canonical());
     }
     buf.push(b'\n');
-}
-
-/// A pod UUID, or nothing, as a log field.
-struct MaybePod<'a>(Option<&'a PodUuid>);
-
-impl Display for MaybePod<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0 {
-            Some(p) => p.fmt(f),
-            None => Ok(()),
-        }
-    }
 }
 
 #[cfg(test)]

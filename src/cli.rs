@@ -8,10 +8,24 @@ use crate::identity::Mode;
 
 pub const DEFAULT_SOCKET: &str = "/run/rkt/metadata-svc.sock";
 
+/// What `--version` and `rkt-mds version` print after the name, as
+/// `rkt version` does: the version, the commit, the target and the optional
+/// parts built in (`+` built, `-` not).
+pub const LONG_VERSION: &str = concat!(
+    "Version: ",
+    env!("CARGO_PKG_VERSION"),
+    "\nGit Commit: ",
+    env!("RKT_MDS_GIT_COMMIT"),
+    "\nTarget: ",
+    env!("RKT_MDS_TARGET"),
+    "\nFeatures: +ETCD_DIRECTORY -ETCD_TLS +SYN_FILTER",
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "rkt-mds",
     version,
+    long_version = LONG_VERSION,
     about = "Pod metadata service for rkt: a drop-in replacement for `rkt metadata-service` \
              that checks, through netlink, that each request comes from inside the network \
              namespace of the pod whose token it carries.",
@@ -22,6 +36,11 @@ pub struct Cli {
     /// Log at debug level (overridden by RUST_LOG).
     #[arg(long, global = true)]
     pub debug: bool,
+    /// How log lines are written on stderr: `text` (TIME LEVEL target:
+    /// message key=value) or `json` (one object per line, access lines
+    /// included).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -55,6 +74,38 @@ pub enum Command {
     /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
     /// Exit 0 valid, 1 invalid, 2 error.
     Verify(VerifyArgs),
+    /// Print the version, the git commit, the target and the optional
+    /// parts built in (the same as --version).
+    Version,
+    /// Print the man page of rkt-mds or of one subcommand (roff), or write
+    /// every page to a directory.
+    Man(ManArgs),
+    /// Print a shell completion script.
+    Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// The subcommand whose page to print (default: rkt-mds itself).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub subcommand: Option<String>,
+    /// Write rkt-mds.1 and rkt-mds-SUBCOMMAND.1 for every subcommand here
+    /// instead of printing one page.
+    #[arg(long, value_name = "DIR", conflicts_with = "subcommand")]
+    pub out_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -102,8 +153,9 @@ pub struct ServeArgs {
     /// address, and with a stolen token act as it. Off by default.
     #[arg(long)]
     pub allow_unenforced_bridge: bool,
-    /// Besides root, peers of this group id may use the registration socket.
-    #[arg(long, value_name = "GID")]
+    /// Besides root, peers of this group (a name or a GID) may use the
+    /// registration socket.
+    #[arg(long, value_name = "GROUP", value_parser = parse_group)]
     pub registration_group: Option<u32>,
     /// How long a pod may look dead (network namespace gone, or rkt's pod
     /// directory gone from <dir>/pods/run) before its registration is removed.
@@ -113,7 +165,8 @@ pub struct ServeArgs {
     #[arg(long, default_value_t = 4, value_name = "N")]
     pub key_retention: usize,
     /// Concurrent public connections; beyond, 503. Lowered at start if the
-    /// open-file limit cannot hold them (raise LimitNOFILE).
+    /// open-file limit cannot hold them (raise LimitNOFILE). 0: as many as
+    /// the open-file limit holds.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
     /// Concurrent public connections of one source (an IPv4 address or an
@@ -172,6 +225,23 @@ pub struct ServeArgs {
     /// rewritten every half of it.
     #[arg(long, default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
     pub etcd_lease_ttl: Duration,
+    /// Serve Prometheus metrics (`GET /metrics`) over HTTP on HOST:PORT;
+    /// `off` disables it. The same text is on the registration socket.
+    #[arg(long, default_value = "127.0.0.1:18113", value_parser = parse_metrics_address, value_name = "HOST:PORT|off")]
+    pub metrics_address: MetricsAddress,
+}
+
+/// `--metrics-address`: where to serve metrics, or nowhere (`off`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MetricsAddress(pub Option<std::net::SocketAddr>);
+
+fn parse_metrics_address(s: &str) -> Result<MetricsAddress, String> {
+    if s == "off" {
+        return Ok(MetricsAddress(None));
+    }
+    s.parse()
+        .map(|a| MetricsAddress(Some(a)))
+        .map_err(|_| format!("{s:?} is not HOST:PORT (e.g. 127.0.0.1:18113, [::1]:18113) or off"))
 }
 
 /// `--etcd ENDPOINTS`: etcd client URLs.
@@ -365,6 +435,36 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `--registration-group`: a GID, or a group name looked up in the group
+/// database.
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(gid) = s.parse::<u32>() {
+        return Ok(gid);
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(group)) => Ok(group.gid.as_raw()),
+        Ok(None) => Err(format!("no group named {s:?} (give a name or a GID)")),
+        Err(e) => Err(format!("cannot look up group {s:?}: {e}")),
+    }
+}
+
+/// A duration as a person writes it, in the largest unit that is exact:
+/// `0s`, `500ms`, `90s`, `2m`, `2h` (what `parse_duration` reads back).
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() % 1_000_000 != 0 {
+        return format!("{d:?}");
+    }
+    if d.subsec_millis() != 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match d.as_secs() {
+        0 => "0s".into(),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
 /// `http://host:port[,http://host:port...]`.
 pub fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
     let mut out = Vec::new();
@@ -406,6 +506,24 @@ fn parse_lease_ttl(s: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_as_given() {
+        for given in ["0s", "500ms", "1500ms", "10s", "90s", "2m", "2h", "1h"] {
+            let d = parse_duration(given).unwrap();
+            assert_eq!(format_duration(d), given);
+        }
+        assert_eq!(format_duration(parse_duration("120s").unwrap()), "2m");
+    }
+
+    #[test]
+    fn groups_by_name_or_gid() {
+        assert_eq!(parse_group("0"), Ok(0));
+        assert_eq!(parse_group("root"), Ok(0));
+        assert!(parse_group("no-such-group-xyz")
+            .unwrap_err()
+            .contains("no group named"));
+    }
 
     #[test]
     fn endpoints() {

@@ -23,5 +23,6 @@ pub mod pods;
 pub mod registry;
 pub mod server;
 pub mod state;
+pub mod state_lock;
 pub mod store;
 pub mod tenant;

@@ -177,8 +177,26 @@ impl Agent {
             a.push("--registration-group".into());
             a.push(nix::unistd::getgid().as_raw().to_string());
         }
+        // Agents run side by side: each scrape port is its own.
+        if !self.options.args.iter().any(|x| x == "--metrics-address") {
+            a.push("--metrics-address".into());
+            a.push("127.0.0.1:0".into());
+        }
         a.extend(self.options.args.iter().cloned());
         a
+    }
+
+    /// Where `--metrics-address` was bound, from the start-up line.
+    pub fn metrics_address(&self) -> Option<std::net::SocketAddr> {
+        self.log()
+            .lines()
+            .rev()
+            .find(|l| l.contains("rkt-mds serving"))?
+            .split_whitespace()
+            .find_map(|f| f.strip_prefix("metrics="))?
+            .trim_matches('"')
+            .parse()
+            .ok()
     }
 
     fn spawn(&mut self) {

@@ -38,6 +38,18 @@ pub fn endpoint(path: &str) -> &'static str {
     }
 }
 
+/// The content type of Prometheus' text format.
+pub const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The metrics as Prometheus text, for the socket and `--metrics-address`.
+pub fn metrics_text(state: &AppState) -> String {
+    state.metrics.render(
+        state.pods.registry().len(),
+        state.tenancy.connections.filtered(),
+        state.pods.watches().stats(),
+    )
+}
+
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) -> Handled {
     let path = req.uri().path().to_owned();
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
@@ -51,19 +63,12 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
             _ => method_not_allowed("GET").into(),
         },
         ["metrics"] => match method {
-            Method::GET => {
-                let body = state.metrics.render(
-                    state.pods.registry().len(),
-                    state.tenancy.connections.filtered(),
-                    state.pods.watches().stats(),
-                );
-                respond(
-                    StatusCode::OK,
-                    "text/plain; version=0.0.4",
-                    Bytes::from(body),
-                )
-                .into()
-            }
+            Method::GET => respond(
+                StatusCode::OK,
+                METRICS_TYPE,
+                Bytes::from(metrics_text(&state)),
+            )
+            .into(),
             _ => method_not_allowed("GET").into(),
         },
         [".well-known", "jwks.json"] => match method {

@@ -56,10 +56,17 @@ pub fn call_timeout(ttl: Duration) -> Duration {
 /// The running publisher.
 pub struct Handle {
     stop: watch::Sender<bool>,
+    refresh: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
 }
 
 impl Handle {
+    /// Re-publishes now (SIGHUP): compares etcd with the agent's state and
+    /// repairs it, or, between sessions, retries at once.
+    pub fn refresh(&self) {
+        self.refresh.notify_one();
+    }
+
     /// Stops publishing and revokes the lease (the node's keys vanish
     /// now rather than at expiry), bounded in time.
     pub async fn stop(self) {
@@ -86,12 +93,18 @@ pub fn start_with<S: Source>(config: Config, source: Arc<S>) -> Handle {
         node: config.node,
         lease_ttl: config.lease_ttl,
         timing: Timing::default(),
+        refresh: Arc::default(),
     };
+    let refresh = settings.refresh.clone();
     let (stop, stopped) = watch::channel(false);
     let connect = move || {
         let endpoints = endpoints.clone();
         async move { etcd::EtcdStore::connect(&endpoints, timeout).await }
     };
     let task = tokio::spawn(publisher::run(settings, source, connect, stopped));
-    Handle { stop, task }
+    Handle {
+        stop,
+        refresh,
+        task,
+    }
 }

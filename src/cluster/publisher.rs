@@ -70,6 +70,8 @@ pub struct Settings {
     pub node: String,
     pub lease_ttl: Duration,
     pub timing: Timing,
+    /// Notified to re-publish now (SIGHUP).
+    pub refresh: Arc<tokio::sync::Notify>,
 }
 
 /// Why a session ended.
@@ -159,8 +161,11 @@ pub async fn run<S, St, C, F>(
             return;
         }
         let delay = backoff.next_delay();
+        let refresh = p.settings.refresh.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
+            // Asked to publish now: retry at once.
+            _ = refresh.notified() => {}
             _ = stop.changed() => return,
         }
     }
@@ -321,7 +326,9 @@ impl<S: Source> Publisher<S> {
         let mut next_pass = Instant::now();
         // The re-publish read the source after this generation.
         let mut dirty = false;
+        let asked = self.settings.refresh.clone();
         loop {
+            let mut forced = false;
             tokio::select! {
                 biased;
                 _ = stop.changed() => {
@@ -331,6 +338,7 @@ impl<S: Source> Publisher<S> {
                     }
                     return End::Stopped;
                 }
+                _ = asked.notified() => forced = true,
                 _ = poll.tick() => {}
             }
             let result = async {
@@ -341,7 +349,7 @@ impl<S: Source> Publisher<S> {
                     generation = current;
                     dirty = true;
                 }
-                let refresh = now >= next_refresh;
+                let refresh = now >= next_refresh || forced;
                 if (dirty && now >= next_pass) || refresh {
                     dirty = false;
                     let started = Instant::now();
@@ -586,6 +594,7 @@ mod tests {
                 backoff_first: Duration::from_millis(5),
                 backoff_cap: Duration::from_millis(20),
             },
+            refresh: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
         let connect = {

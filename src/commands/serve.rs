@@ -1,8 +1,14 @@
 //! `rkt-mds serve`: the agent itself.
+//!
+//! Start-up checks every flag and file before binding anything, so that a
+//! mistake ends the start with exit 2 (the unit's
+//! `RestartPreventExitStatus`) and leaves no socket behind; what may pass
+//! by itself (an address not there yet, another agent still stopping)
+//! exits 1, and systemd restarts it.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, sync::Arc};
 
-use anyhow::{Context, Result};
+use anyhow::Context;
 use netns::{WatchConfig, WatchSet};
 
 use rkt_mds::{
@@ -16,22 +22,96 @@ use rkt_mds::{
     pods::{self, Pods},
     server::{self, Limits},
     state::AppState,
+    state_lock,
+    store::ensure_private_dir,
     tenant::Tenancy,
 };
 
-pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
+use super::{Fatal, Fate};
+
+pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
+    // 1. Flags and files, before anything is bound or written.
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => host_name()
+            .context("cannot read the host name (or pass --node-name)")
+            .config()?,
+    };
+    let doc_config = DocConfig::new(
+        &args.trust_domain,
+        &node,
+        args.jwt_issuer.as_deref(),
+        args.jwt_ttl,
+    )
+    .map_err(anyhow::Error::msg)
+    .config()?;
+    if let Some(file) = &args.jwks_file {
+        let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir.filter(|d| !d.is_dir()) {
+            return Err(anyhow::anyhow!(
+                "--jwks-file {}: the directory {} does not exist",
+                file.display(),
+                dir.display()
+            ))
+            .config();
+        }
+    }
+    // 2. The state directory is ours alone.
+    ensure_private_dir(&args.state_dir)
+        .with_context(|| format!("cannot use --state-dir {}", args.state_dir.display()))
+        .config()?;
+    let _lock = state_lock::lock(&args.state_dir).transient()?;
     let keys = Keyring::load_or_create(&args.state_dir, args.key_retention)
-        .with_context(|| format!("cannot load the HMAC keys in {}", args.state_dir.display()))?;
+        .with_context(|| format!("cannot load the HMAC keys in {}", args.state_dir.display()))
+        .config()?;
+    let jwt_keys = JwtKeyring::load_or_create(&args.state_dir)
+        .with_context(|| {
+            format!(
+                "cannot load the identity document keys in {}",
+                args.state_dir.display()
+            )
+        })
+        .config()?;
     // Namespace instances are told apart by their cookies, which are
     // unique only within one boot.
-    netns::NetnsCookie::current().context("cannot identify network namespaces")?;
-    let boot_id = netns::boot_id().context("cannot read the boot id")?;
-    let store = PodStore::open(&args.runtime_dir, boot_id).with_context(|| {
-        format!(
-            "cannot use the runtime directory {}",
-            args.runtime_dir.display()
-        )
-    })?;
+    netns::NetnsCookie::current()
+        .context("cannot identify network namespaces")
+        .transient()?;
+    let boot_id = netns::boot_id()
+        .context("cannot read the boot id")
+        .transient()?;
+    let store = PodStore::open(&args.runtime_dir, boot_id)
+        .with_context(|| {
+            format!(
+                "cannot use the runtime directory {}",
+                args.runtime_dir.display()
+            )
+        })
+        .transient()?;
+    let wanted = match args.max_connections {
+        0 => usize::MAX,
+        n => n,
+    };
+    let fds = fd_limit::raise(wanted)
+        .context("cannot read the open-file limit")
+        .transient()?;
+    if args.max_connections != 0 && fds.public_connections < args.max_connections {
+        tracing::warn!(
+            limit = fds.limit,
+            max_connections = fds.public_connections,
+            "the open-file limit cannot hold --max-connections beside the agent's own files: public connections capped (raise LimitNOFILE)"
+        );
+    }
+    // 3. Sockets.
+    let metrics_listener = match args.metrics_address.0 {
+        Some(addr) => Some(
+            std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .with_context(|| format!("cannot bind --metrics-address {addr}"))
+                .transient()?,
+        ),
+        None => None,
+    };
     let listeners = listen::listen(
         &Plan {
             socket: &args.socket.socket,
@@ -40,12 +120,55 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         },
         activation,
     )
-    .context("cannot listen")?;
+    .context("cannot listen")
+    .transient()?;
     let public_port = listeners
         .public
         .first()
         .and_then(|l| l.local_addr().ok())
         .map_or(args.listen_port, |a| a.port());
+    let socket_path = listeners.owned_socket.clone();
+    // From here on an error must not leave the socket file behind.
+    let result = serve(
+        args,
+        listeners,
+        metrics_listener,
+        Started {
+            keys,
+            jwt_keys,
+            doc_config,
+            store,
+            node,
+            public_port,
+            max_connections: fds.public_connections,
+        },
+    )
+    .await;
+    if result.is_err() {
+        if let Some(path) = socket_path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+    result
+}
+
+/// What start-up prepared.
+struct Started {
+    keys: Keyring,
+    jwt_keys: JwtKeyring,
+    doc_config: DocConfig,
+    store: PodStore,
+    node: String,
+    public_port: u16,
+    max_connections: usize,
+}
+
+async fn serve(
+    args: ServeArgs,
+    listeners: listen::Listeners,
+    metrics_listener: Option<std::net::TcpListener>,
+    s: Started,
+) -> Result<(), Fatal> {
     let watches = WatchSet::new(WatchConfig {
         liveness_interval: args.liveness_interval,
         ..WatchConfig::default()
@@ -60,52 +183,20 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
             gc_grace: args.gc_grace,
         },
         watches,
-        Some(store),
+        Some(s.store),
     )
     .await
-    .context("cannot watch the agent's own network namespace")?;
+    .context("cannot watch the agent's own network namespace")
+    .transient()?;
     let started = std::time::Instant::now();
     let reloaded = pods.reload().await;
-    tracing::info!(
-        pods = reloaded,
-        millis = started.elapsed().as_millis() as u64,
-        identity = %args.identity,
-        socket = %args.socket.socket.display(),
-        activated = listeners.activated,
-        port = public_port,
-        "rkt-mds serving"
-    );
-    let fds = fd_limit::raise(args.max_connections).context("cannot read the open-file limit")?;
-    if fds.public_connections < args.max_connections {
-        tracing::warn!(
-            limit = fds.limit,
-            max_connections = fds.public_connections,
-            "the open-file limit cannot hold --max-connections beside the agent's own files: public connections capped (raise LimitNOFILE)"
-        );
-    }
-    let node = match &args.node_name {
-        Some(n) => n.clone(),
-        None => host_name().context("cannot read the host name (or pass --node-name)")?,
-    };
-    let config = DocConfig::new(
-        &args.trust_domain,
-        &node,
-        args.jwt_issuer.as_deref(),
-        args.jwt_ttl,
-    )
-    .map_err(anyhow::Error::msg)?;
-    let jwt_keys = JwtKeyring::load_or_create(&args.state_dir).with_context(|| {
-        format!(
-            "cannot load the identity document keys in {}",
-            args.state_dir.display()
-        )
-    })?;
-    let docs = IdentityDocs::new(jwt_keys, config, args.jwks_file.clone());
+    let docs = IdentityDocs::new(s.jwt_keys, s.doc_config, args.jwks_file.clone());
     docs.write_jwks_file()
-        .context("cannot write the JWK Set file (--jwks-file)")?;
+        .context("cannot write the JWK Set file (--jwks-file)")
+        .transient()?;
     let state = Arc::new(AppState {
         pods,
-        keys,
+        keys: s.keys,
         docs,
         metrics: Metrics::default(),
         tenancy: Tenancy::new(
@@ -115,38 +206,97 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<()> {
         ),
         require_metadata_flavor: args.require_metadata_flavor,
         registration_group: args.registration_group,
-        public_port,
+        public_port: s.public_port,
     });
     let limits = Limits {
-        max_connections: fds.public_connections,
+        max_connections: s.max_connections,
         max_connections_per_source: args.max_connections_per_source,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         ..Limits::default()
     };
+    let metrics_addr: Option<SocketAddr> = match metrics_listener {
+        Some(l) => {
+            let addr = l.local_addr().ok();
+            let l = tokio::net::TcpListener::from_std(l)
+                .context("cannot serve --metrics-address")
+                .transient()?;
+            tokio::spawn(server::metrics::serve(l, state.clone()));
+            addr
+        }
+        None => None,
+    };
     // The cluster directory only reads the state: nothing else knows.
     let directory = args.etcd.map(|endpoints| {
-        cluster::start(
+        Arc::new(cluster::start(
             cluster::Config {
                 endpoints: endpoints.0,
                 prefix: args.etcd_prefix.prefix.clone(),
                 lease_ttl: args.etcd_lease_ttl,
-                node: node.clone(),
+                node: s.node.clone(),
             },
             state.clone(),
-        )
+        ))
     });
+    let hup = tokio::spawn(reload_on_sighup(state.clone(), directory.clone()));
+    tracing::info!(
+        pods = reloaded,
+        millis = started.elapsed().as_millis() as u64,
+        identity = %args.identity,
+        socket = %args.socket.socket.display(),
+        activated = listeners.activated,
+        port = s.public_port,
+        metrics = metrics_addr.map(|a| a.to_string()),
+        "rkt-mds serving"
+    );
     let served = server::run(state, listeners, limits, shutdown_signal()).await;
-    if let Some(directory) = directory {
+    hup.abort();
+    // Its clone of the directory's handle goes with it.
+    let _ = hup.await;
+    if let Some(directory) = directory.and_then(|d| Arc::try_unwrap(d).ok()) {
         directory.stop().await;
     }
-    served.context("serving failed")?;
+    served.context("serving failed").transient()?;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// SIGHUP: look at the host again (its network tables, rkt's pod
+/// directories, dead namespaces), re-publish to etcd, and say in one line
+/// what changed. The agent goes on serving.
+async fn reload_on_sighup(state: Arc<AppState>, directory: Option<Arc<cluster::Handle>>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let before = state.pods.registry().len();
+        let generation = state.pods.generation();
+        state.pods.watches().sync_host().await;
+        state.pods.discover_pending().await;
+        state.pods.collect_garbage().await;
+        if let Some(d) = &directory {
+            d.refresh();
+        }
+        let after = state.pods.registry().len();
+        tracing::info!(
+            pods = after,
+            removed = before.saturating_sub(after),
+            changed = state.pods.generation() != generation,
+            etcd = directory.is_some(),
+            "SIGHUP: rescanned the host's network tables and rkt's pod directories{}",
+            if directory.is_some() {
+                "; re-publishing to etcd"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
 /// This host's name, for identity documents.
-fn host_name() -> Result<String> {
+fn host_name() -> std::io::Result<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")?;
     Ok(name.trim().to_owned())
 }

@@ -54,7 +54,8 @@ impl DocConfig {
         }
         if ttl.is_zero() || ttl > MAX_TTL {
             return Err(format!(
-                "--jwt-ttl {ttl:?}: must be more than 0 and at most 1h"
+                "--jwt-ttl {}: must be more than 0 and at most 1h",
+                crate::cli::format_duration(ttl)
             ));
         }
         let issuer = issuer.map_or_else(|| format!("spiffe://{trust_domain}"), str::to_owned);

@@ -220,7 +220,7 @@ impl Pods {
             }
             return Err(e);
         }
-        tracing::info!(pod = %uuid, netns = %describe(&stored.netns), uid = ?stored.registrant.uid, "pod registered");
+        tracing::info!(pod = %uuid, netns = %describe(&stored.netns), uid = stored.registrant.uid, "pod registered");
         Ok(stored)
     }
 

@@ -5,6 +5,7 @@
 
 mod accept;
 mod connection;
+pub mod metrics;
 mod syn_filter;
 
 use std::{future::Future, path::PathBuf, sync::Arc, time::Duration};
