@@ -278,8 +278,11 @@ pub struct RegisterArgs {
     #[arg(long)]
     pub token: Option<String>,
     /// Host address the pod reaches the agent at, for AC_METADATA_URL.
-    #[arg(long, default_value = "127.0.0.1", value_name = "ADDR")]
-    pub host: IpAddr,
+    /// Default: with --netns or --pid, the host's own address on its route
+    /// to the pod's address (what the kernel would use to reach the pod);
+    /// for a host-network pod, 127.0.0.1.
+    #[arg(long, value_name = "ADDR")]
+    pub host: Option<IpAddr>,
     #[command(flatten)]
     pub socket: SocketArg,
 }
@@ -297,9 +300,15 @@ pub struct AuditArgs {
     /// Print the agent's JSON instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Exit 1 when any conflict, gone or long-unknown namespace exists.
+    /// Exit 1 when any conflict, gone or long-unknown namespace, or a
+    /// bridged pod on a bridge that does not enforce source addresses
+    /// (state `unenforced`), exists.
     #[arg(long)]
     pub check: bool,
+    /// With --check: an `unenforced` pod is no failure (the agent runs
+    /// with --allow-unenforced-bridge).
+    #[arg(long)]
+    pub allow_unenforced_bridge: bool,
     /// With --check: how old a netns-unknown entry must be to count
     /// (default: the agent's --gc-grace; with --etcd, they count only
     /// when this is given).
@@ -341,8 +350,18 @@ pub enum KeysAction {
     /// Add new signing keys (both kinds, or --kind); older kept keys still
     /// verify.
     Rotate(RotateArgs),
-    /// List kept keys of both kinds (ids and times, never the keys).
-    List(SocketArg),
+    /// List kept keys of both kinds (ids and times, never the keys) as a
+    /// table.
+    List(KeysListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct KeysListArgs {
+    /// Print the agent's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub socket: SocketArg,
 }
 
 #[derive(Args, Debug)]

@@ -35,7 +35,7 @@ fn serve_help_explains_every_option() {
 }
 
 #[test]
-fn fatal_start_up_error_is_one_line_and_exit_254() {
+fn a_configuration_error_is_one_line_and_exit_2() {
     let dir = tempfile::tempdir().unwrap();
     // The socket path exists and is not a socket: refuse to replace it.
     let not_socket = dir.path().join("file");
@@ -50,14 +50,18 @@ fn fatal_start_up_error_is_one_line_and_exit_254() {
         dir.path().join("run").to_str().unwrap(),
         "--listen-port",
         "0",
+        "--metrics-address",
+        "off",
     ]);
-    assert_eq!(out.status.code(), Some(254));
+    assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);
-    let last = err.lines().last().unwrap_or("");
+    let errors: Vec<&str> = err.lines().filter(|l| l.contains(" ERROR ")).collect();
+    assert_eq!(errors.len(), 1, "{err}");
     assert!(
-        last.starts_with("rkt-mds: ") && last.contains("not a socket"),
+        errors[0].contains("cannot listen: ") && errors[0].contains("not a socket"),
         "{err}"
     );
+    assert!(!err.contains("rkt-mds serving"), "{err}");
     assert_eq!(std::fs::read(&not_socket).unwrap(), b"precious");
 }
 

@@ -276,9 +276,25 @@ fn a_bridged_pods_attribution_and_enforcement_are_reported_and_decide() {
             }
         }
         // The host has neighbour entries for the pod now (its traffic
-        // made them): the view names the path and that it is not enforced.
+        // made them): the view names the path and that it is not enforced,
+        // and, unless the agent opted in, the state says it is refused.
         let e = agent.pod_entry(U_V).unwrap();
-        assert_eq!(e["state"], "verified", "{e}");
+        let state = if flag { "verified" } else { "unenforced" };
+        assert_eq!(e["state"], state, "{e}");
+        // `audit --check` fails on it, unless told the agent opted in.
+        let socket = agent.socket.display().to_string();
+        let audit = |extra: &[&str]| {
+            let mut args = vec!["audit", "--check", "--socket", socket.as_str()];
+            args.extend_from_slice(extra);
+            std::process::Command::new(integration::agent::binary())
+                .args(&args)
+                .output()
+                .expect("audit")
+                .status
+                .code()
+        };
+        assert_eq!(audit(&[]), Some(if flag { 0 } else { 1 }), "{mode} {flag}");
+        assert_eq!(audit(&["--allow-unenforced-bridge"]), Some(0), "{mode}");
         assert_eq!(e["attribution"]["path"], "bridged", "{e}");
         assert_eq!(e["attribution"]["enforced"], false, "{e}");
         assert!(

@@ -78,6 +78,14 @@ fn a_configuration_error_exits_2_before_binding_anything() {
         (&["--jwt-ttl", "0s"][..], "--jwt-ttl 0s:"),
         (&["--node-name", "a/b"][..], "--node-name \"a/b\""),
         (
+            &["--jwt-issuer", "http://issuer.example.org"][..],
+            "--jwt-issuer \"http://issuer.example.org\": an https:// URL",
+        ),
+        (
+            &["--jwt-issuer", "https://issuer.example.org/?x=1"][..],
+            "--jwt-issuer",
+        ),
+        (
             &["--jwks-file", "/nonexistent-dir/jwks.json"][..],
             "the directory /nonexistent-dir does not exist",
         ),

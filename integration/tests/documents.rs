@@ -236,16 +236,28 @@ fn documents_expire_and_survive_rotations_and_restarts() {
         ),
         (Some("EC"), Some("P-256"), Some("ES256"), Some("sig"))
     );
-    let oidc = agent.get("/.well-known/openid-configuration").json();
-    assert_eq!(oidc["issuer"], "spiffe://example.org");
+    // A spiffe:// issuer has no OpenID discovery: no client could fetch
+    // its jwks_uri.
+    let oidc = agent.get("/.well-known/openid-configuration");
+    assert_eq!(oidc.status, 404, "{}", oidc.text());
+    assert!(oidc.text().contains("--jwt-issuer is not an https:// URL"));
+    // An https:// issuer has, with a jwks_uri under it.
+    let https = Agent::start(
+        AgentOptions::identity("token")
+            .arg("--jwt-issuer")
+            .arg("https://issuer.example.org/rkt"),
+    );
+    let oidc = https.get("/.well-known/openid-configuration").json();
+    assert_eq!(oidc["issuer"], "https://issuer.example.org/rkt");
     assert_eq!(
         oidc["jwks_uri"],
-        "spiffe://example.org/.well-known/jwks.json"
+        "https://issuer.example.org/rkt/.well-known/jwks.json"
     );
     assert_eq!(
         oidc["id_token_signing_alg_values_supported"],
         serde_json::json!(["ES256"])
     );
+    drop(https);
 
     // A 1 s document: valid now, expired a moment later. Its times are
     // whole seconds, so it lives until the end of the second after the one
@@ -318,12 +330,35 @@ fn documents_expire_and_survive_rotations_and_restarts() {
     assert!(pyjwt(&keys, &before, "db").is_ok());
     assert!(pyjwt(&keys, &after, "db").is_ok());
     let list = Command::new(binary())
-        .args(["keys", "list", "--socket", agent.socket.to_str().unwrap()])
+        .args([
+            "keys",
+            "list",
+            "--json",
+            "--socket",
+            agent.socket.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
     assert_eq!(list["jwt"].as_array().unwrap().len(), 2, "{list}");
     assert_eq!(list["hmac"].as_array().unwrap().len(), 1, "{list}");
+    // Without --json, a table with human times: one signing key a kind.
+    let table = Command::new(binary())
+        .args(["keys", "list", "--socket", agent.socket.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(
+        lines[0].starts_with("KIND") && lines[0].contains("CREATED"),
+        "{table}"
+    );
+    assert_eq!(lines.len(), 4, "{table}");
+    assert_eq!(table.matches(" signs").count(), 2, "{table}");
+    assert!(
+        lines[1].contains("-") && lines[1].contains('Z'),
+        "an RFC 3339 time: {table}"
+    );
     // The private keys are PKCS#8 files only root can read.
     let pk8: Vec<_> = std::fs::read_dir(agent.state_dir())
         .unwrap()

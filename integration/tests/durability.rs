@@ -267,7 +267,13 @@ fn keys_rotate_and_retire_and_survive_restarts() {
     );
     assert_eq!(verify(&agent, &u, "one", &s2), 200);
     let out = Command::new(binary())
-        .args(["keys", "list", "--socket", agent.socket.to_str().unwrap()])
+        .args([
+            "keys",
+            "list",
+            "--json",
+            "--socket",
+            agent.socket.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

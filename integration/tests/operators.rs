@@ -182,21 +182,27 @@ fn register_sign_verify_unregister_with_the_cli() {
     let (p1, p2) = (PodNet::new(), PodNet::new());
     let f = |rel: &str| fixtures::dir().join(rel).display().to_string();
     let register = |n: u32, pod: &PodNet| -> String {
-        let out = cli(&[
-            "register",
-            "--socket",
-            &sock,
-            "--uuid",
-            &uuid(n),
-            "--manifest",
-            &f("pods/web-pod.json"),
-            "--app",
-            &format!("web={}", f("pods/web-image.json")),
-            "--netns",
-            &pod.netns_path(),
-            "--host",
-            &pod.host_v4().to_string(),
-        ]);
+        let host = pod.host_v4().to_string();
+        let mut args = vec![
+            "register".to_owned(),
+            "--socket".into(),
+            sock.clone(),
+            "--uuid".into(),
+            uuid(n),
+            "--manifest".into(),
+            f("pods/web-pod.json"),
+            "--app".into(),
+            format!("web={}", f("pods/web-image.json")),
+            "--netns".into(),
+            pod.netns_path(),
+        ];
+        // Pod 1 without --host: the client finds the host's address on
+        // its route to the pod, as a runtime would.
+        if n != 1 {
+            args.extend(["--host".to_owned(), host]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = cli(&args);
         assert!(out.status.success(), "{}", stderr(&out));
         let line = stdout(&out).trim().to_owned();
         let url = line
@@ -265,6 +271,48 @@ fn register_sign_verify_unregister_with_the_cli() {
         Some(0),
         "valid"
     );
+    // What verify prints: `valid`, or `invalid: REASON`.
+    let said = |signature: &str| {
+        let out = in_pod(
+            &p2,
+            &url2,
+            &[
+                "verify",
+                "--file",
+                msg.to_str().unwrap(),
+                "--uuid",
+                &uuid(1),
+                "--signature",
+                signature,
+            ],
+        );
+        stdout(&out).trim().to_owned()
+    };
+    assert_eq!(said(&sig), "valid");
+    let tampered = format!("{}A=", &sig[..sig.len() - 2]);
+    assert!(
+        said(&tampered).starts_with("invalid: "),
+        "{}",
+        said(&tampered)
+    );
+    // Registering pod 1 again without its token: the client says how.
+    let again = cli(&[
+        "register",
+        "--socket",
+        &sock,
+        "--uuid",
+        &uuid(1),
+        "--manifest",
+        &f("pods/web-pod.json"),
+        "--netns",
+        &p1.netns_path(),
+    ]);
+    assert!(!again.status.success());
+    let err = stderr(&again);
+    assert!(
+        err.contains("--token") && err.contains("rkt-mds unregister"),
+        "{err}"
+    );
     assert_eq!(verify(&p2, &url2, &sig), Some(0));
     std::fs::write(&msg, "transfer 4200\n").unwrap();
     assert_eq!(verify(&p2, &url2, &sig), Some(1), "invalid");
@@ -288,6 +336,16 @@ fn register_sign_verify_unregister_with_the_cli() {
 
     let out = cli(&["unregister", &uuid(1), "--socket", &sock]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // It says what it removed.
+    let line = stdout(&out);
+    assert!(
+        line.starts_with(&format!(
+            "unregistered pod {}: state verified, netns {}",
+            uuid(1),
+            p1.netns_path()
+        )) && line.contains("apps web"),
+        "{line}"
+    );
     assert!(agent.pod_entry(&uuid(1)).is_none());
     let out = cli(&["unregister", &uuid(1), "--socket", &sock]);
     assert_eq!(out.status.code(), Some(254));

@@ -233,6 +233,9 @@ impl Conn {
     }
 }
 
+/// Why `/.well-known/openid-configuration` is 404 (SPEC §7).
+const NO_DISCOVERY: &str = "no OpenID discovery: --jwt-issuer is not an https:// URL (an OIDC client fetches jwks_uri over HTTPS only; serve the issuer's /.well-known/ there)";
+
 pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
     let state = &*conn.state;
     // A cheap clone (shared bytes): the route borrows from it while the
@@ -245,10 +248,13 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
         if !state.tenancy.rates.allow_source(&conn.source) {
             return rate_limited(state, Subject::Source(conn.source), "source", None).await;
         }
-        return json(match doc {
-            WellKnown::Jwks => Bytes::from(state.docs.jwks_json()),
-            WellKnown::OpenidConfiguration => state.docs.openid_configuration(),
-        })
+        return match doc {
+            WellKnown::Jwks => json(Bytes::from(state.docs.jwks_json())),
+            WellKnown::OpenidConfiguration => match state.docs.openid_configuration() {
+                Some(doc) => json(doc),
+                None => super::text(StatusCode::NOT_FOUND, NO_DISCOVERY),
+            },
+        }
         .into();
     }
     let Some((token, route)) = route(uri.path()) else {

@@ -14,7 +14,10 @@ use rkt_mds::{
     pods,
 };
 
-use super::agent::{call, expect_ok, info};
+use super::{
+    agent::{call, expect_ok, info},
+    table,
+};
 
 #[derive(Deserialize)]
 struct Listing {
@@ -49,34 +52,20 @@ pub async fn run(args: AuditArgs) -> Result<i32> {
     if args.json {
         println!("{}", reply.text());
     } else {
-        println!(
-            "{:<36}  {:<13}  {:<28}  {:<24}  APPS",
-            "POD", "STATE", "NETNS", "ADDRESS"
-        );
+        let mut rows = Vec::new();
         for p in &listing.pods {
             let ns = p.netns.as_ref().map_or("-", |n| n.path.as_str());
-            let apps = p.apps.join(",");
-            let addrs: Vec<String> = if p.addresses.is_empty() {
-                vec!["-".into()]
-            } else {
-                p.addresses
-                    .iter()
-                    .map(|a| {
-                        if p.conflicts.contains(a) {
-                            format!("{a} (CONFLICT)")
-                        } else {
-                            a.clone()
-                        }
-                    })
-                    .collect()
-            };
-            for a in addrs {
-                println!(
-                    "{:<36}  {:<13}  {:<28}  {:<24}  {apps}",
-                    p.uuid, p.state, ns, a
-                );
+            for a in marked(&p.addresses, |a| p.conflicts.iter().any(|c| c == a)) {
+                rows.push(vec![
+                    p.uuid.clone(),
+                    p.state.clone(),
+                    ns.to_owned(),
+                    a,
+                    p.apps.join(","),
+                ]);
             }
         }
+        table::print(&["POD", "STATE", "NETNS", "ADDRESS", "APPS"], &rows);
     }
     if !args.check {
         return Ok(0);
@@ -88,6 +77,7 @@ pub async fn run(args: AuditArgs) -> Result<i32> {
     let now = pods::unix_now();
     let doubtful = listing.pods.iter().filter(|p| match p.state.as_str() {
         "conflict" | "netns-gone" => true,
+        "unenforced" => !args.allow_unenforced_bridge,
         "netns-unknown" => now.saturating_sub(p.registered_at) >= grace,
         _ => false,
     });
@@ -121,6 +111,7 @@ async fn run_cluster(args: &AuditArgs, etcd: &Endpoints) -> Result<i32> {
         .iter()
         .filter(|p| match p["state"].as_str().unwrap_or("") {
             "conflict" | "netns-gone" => true,
+            "unenforced" => !args.allow_unenforced_bridge,
             "netns-unknown" => args.grace.is_some_and(|g| {
                 now.saturating_sub(p["registered_at"].as_u64().unwrap_or(0)) >= g.as_secs()
             }),
@@ -205,73 +196,82 @@ fn cluster_json(d: &Directory, pods: &[Value], stale: &[&str]) -> Value {
 }
 
 fn print_cluster(d: &Directory, pods: &[Value], stale: &[&str]) {
-    let width = d
-        .nodes
-        .keys()
-        .map(String::len)
-        .chain(d.pods.iter().map(|p| p.node.len()))
-        .max()
-        .unwrap_or(0)
-        .max(4);
-    println!(
-        "{:<width$}  {:<20}  {:<5}  STATUS",
-        "NODE", "UPDATED", "KEYS"
-    );
-    for (name, n) in &d.nodes {
-        let status = if stale.contains(&name.as_str()) {
-            "STALE"
-        } else {
-            "ok"
-        };
-        let updated = n
-            .updated
-            .map_or_else(|| n.record.updated.clone(), rfc3339::format);
-        println!(
-            "{name:<width$}  {updated:<20}  {:<5}  {status}",
-            n.record.jwks.keys.len()
-        );
+    let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in &d.pods {
+        *per_node.entry(p.node.as_str()).or_default() += 1;
     }
+    let nodes: Vec<Vec<String>> = d
+        .nodes
+        .iter()
+        .map(|(name, n)| {
+            let status = if stale.contains(&name.as_str()) {
+                "STALE"
+            } else {
+                "ok"
+            };
+            let updated = n
+                .updated
+                .map_or_else(|| n.record.updated.clone(), rfc3339::format);
+            vec![
+                name.clone(),
+                updated,
+                per_node
+                    .get(name.as_str())
+                    .copied()
+                    .unwrap_or(0)
+                    .to_string(),
+                n.record.jwks.keys.len().to_string(),
+                status.to_owned(),
+            ]
+        })
+        .collect();
+    table::print(&["NODE", "UPDATED", "PODS", "KEYS", "STATUS"], &nodes);
     println!();
-    println!(
-        "{:<width$}  {:<36}  {:<13}  {:<28}  {:<24}  APPS",
-        "NODE", "POD", "STATE", "NETNS", "ADDRESS"
-    );
+    let mut rows = Vec::new();
     for p in pods {
         let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
-        let node = text(&p["node"]);
-        let uuid = text(&p["uuid"]);
-        let state = text(&p["state"]);
-        let ns = p["netns"]["path"].as_str().unwrap_or("-");
-        let apps = p["apps"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join(",")
-            })
-            .unwrap_or_default();
-        let conflicts = p["conflicts"].as_array().cloned().unwrap_or_default();
-        let mut addrs: Vec<String> = p["addresses"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(|a| {
-                        if conflicts.iter().any(|c| c.as_str() == Some(a)) {
-                            format!("{a} (CONFLICT)")
-                        } else {
-                            a.to_owned()
-                        }
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        if addrs.is_empty() {
-            addrs.push("-".into());
-        }
-        for a in addrs {
-            println!("{node:<width$}  {uuid:<36}  {state:<13}  {ns:<28}  {a:<24}  {apps}");
+        let strings = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let conflicts = strings(&p["conflicts"]);
+        let apps = strings(&p["apps"]).join(",");
+        for a in marked(&strings(&p["addresses"]), |a| {
+            conflicts.iter().any(|c| c == a)
+        }) {
+            rows.push(vec![
+                text(&p["node"]),
+                text(&p["uuid"]),
+                text(&p["state"]),
+                p["netns"]["path"].as_str().unwrap_or("-").to_owned(),
+                a,
+                apps.clone(),
+            ]);
         }
     }
+    table::print(&["NODE", "POD", "STATE", "NETNS", "ADDRESS", "APPS"], &rows);
+}
+
+/// A pod's addresses for the table, each marked when `in_conflict`; `-`
+/// for none.
+fn marked(addresses: &[String], in_conflict: impl Fn(&str) -> bool) -> Vec<String> {
+    if addresses.is_empty() {
+        return vec!["-".into()];
+    }
+    addresses
+        .iter()
+        .map(|a| {
+            if in_conflict(a) {
+                format!("{a} (CONFLICT)")
+            } else {
+                a.clone()
+            }
+        })
+        .collect()
 }

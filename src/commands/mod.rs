@@ -13,6 +13,7 @@ pub mod man;
 pub mod register;
 pub mod serve;
 pub mod sign;
+pub mod table;
 pub mod token;
 pub mod unregister;
 pub mod verify;

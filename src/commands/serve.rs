@@ -112,16 +112,25 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
         ),
         None => None,
     };
-    let listeners = listen::listen(
+    let listeners = match listen::listen(
         &Plan {
             socket: &args.socket.socket,
             port: args.listen_port,
             addresses: &args.listen_addresses,
         },
         activation,
-    )
-    .context("cannot listen")
-    .transient()?;
+    ) {
+        Ok(listeners) => listeners,
+        // A path that is not a socket, a directory we may not create, a
+        // bad activation: the configuration, which a restart cannot fix.
+        Err(
+            e @ (listen::ListenError::NotASocket(_)
+            | listen::ListenError::Dir { .. }
+            | listen::ListenError::Activation(_)),
+        ) => return Err(anyhow::Error::new(e).context("cannot listen")).config(),
+        // Another agent, an address in use or not there yet: may pass.
+        Err(e) => return Err(anyhow::Error::new(e).context("cannot listen")).transient(),
+    };
     let public_port = listeners
         .public
         .first()

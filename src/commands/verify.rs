@@ -9,7 +9,14 @@ use super::agent::post_form;
 /// Exit 0 valid, 1 invalid, 2 on any error.
 pub async fn run(args: VerifyArgs) -> Result<i32> {
     match try_verify(&args).await {
-        Ok(valid) => Ok(if valid { 0 } else { 1 }),
+        Ok(None) => {
+            println!("valid");
+            Ok(0)
+        }
+        Ok(Some(reason)) => {
+            println!("invalid: {reason}");
+            Ok(1)
+        }
         Err(e) => {
             eprintln!("rkt-mds verify: {e:#}");
             Ok(2)
@@ -17,7 +24,8 @@ pub async fn run(args: VerifyArgs) -> Result<i32> {
     }
 }
 
-async fn try_verify(args: &VerifyArgs) -> Result<bool> {
+/// `None` when valid, else why not.
+async fn try_verify(args: &VerifyArgs) -> Result<Option<String>> {
     let content = std::fs::read(&args.file)
         .with_context(|| format!("cannot read {}", args.file.display()))?;
     let signature = match args.signature.strip_prefix('@') {
@@ -33,8 +41,11 @@ async fn try_verify(args: &VerifyArgs) -> Result<bool> {
     ];
     let reply = post_form("pod/hmac/verify", &fields).await?;
     match reply.status {
-        200 => Ok(true),
-        403 => Ok(false),
+        200 => Ok(None),
+        403 => Ok(Some(match reply.text().trim() {
+            "" => "the signature does not match this content and pod".to_owned(),
+            text => text.to_owned(),
+        })),
         s => bail!("the agent answered {s}: {}", reply.text()),
     }
 }

@@ -27,22 +27,26 @@ pub struct IdentityDocs {
     pub config: DocConfig,
     /// `--jwks-file`: where the JWK Set is also written.
     pub jwks_file: Option<std::path::PathBuf>,
-    /// `/.well-known/openid-configuration`: fixed for the agent's life.
-    openid_configuration: bytes::Bytes,
+    /// `/.well-known/openid-configuration`: fixed for the agent's life;
+    /// only for an `https://` issuer (an OIDC client fetches `jwks_uri`
+    /// over HTTPS only).
+    openid_configuration: Option<bytes::Bytes>,
 }
 
 impl IdentityDocs {
     pub fn new(keys: JwtKeyring, config: DocConfig, jwks_file: Option<std::path::PathBuf>) -> Self {
         let issuer = &config.issuer;
-        let openid_configuration = serde_json::to_vec(&serde_json::json!({
-            "issuer": issuer,
-            "jwks_uri": format!("{issuer}/.well-known/jwks.json"),
-            "id_token_signing_alg_values_supported": ["ES256"],
-            "subject_types_supported": ["public"],
-            "response_types_supported": ["id_token"],
-        }))
-        .unwrap_or_default()
-        .into();
+        let openid_configuration = issuer.starts_with("https://").then(|| {
+            serde_json::to_vec(&serde_json::json!({
+                "issuer": issuer,
+                "jwks_uri": format!("{}/.well-known/jwks.json", issuer.trim_end_matches('/')),
+                "id_token_signing_alg_values_supported": ["ES256"],
+                "subject_types_supported": ["public"],
+                "response_types_supported": ["id_token"],
+            }))
+            .unwrap_or_default()
+            .into()
+        });
         Self {
             keys,
             config,
@@ -64,8 +68,9 @@ impl IdentityDocs {
         }
     }
 
-    /// `/.well-known/openid-configuration` (computed once).
-    pub fn openid_configuration(&self) -> bytes::Bytes {
+    /// `/.well-known/openid-configuration` (computed once), when the
+    /// issuer is an `https://` URL.
+    pub fn openid_configuration(&self) -> Option<bytes::Bytes> {
         self.openid_configuration.clone()
     }
 }

@@ -32,6 +32,32 @@ pub struct DocConfig {
     pub ttl: Duration,
 }
 
+/// An issuer relying parties can use: an `https://` URL with a host and no
+/// query, fragment, user info or white space, or `spiffe://TRUST_DOMAIN`.
+fn is_issuer(issuer: &str) -> bool {
+    if let Some(rest) = issuer.strip_prefix("https://") {
+        let host = rest.split('/').next().unwrap_or("");
+        let host_name =
+            host.rsplit_once(':').map_or(
+                host,
+                |(h, port)| {
+                    if port.parse::<u16>().is_ok() {
+                        h
+                    } else {
+                        host
+                    }
+                },
+            );
+        return !host_name.is_empty()
+            && !host.contains('@')
+            && !issuer.contains(['?', '#'])
+            && !issuer.chars().any(|c| c.is_whitespace() || c.is_control());
+    }
+    issuer
+        .strip_prefix("spiffe://")
+        .is_some_and(is_trust_domain)
+}
+
 impl DocConfig {
     /// Checks the pieces: a SPIFFE trust domain, a node name usable as a
     /// SPIFFE path segment, a TTL of at most an hour. The issuer defaults
@@ -59,8 +85,10 @@ impl DocConfig {
             ));
         }
         let issuer = issuer.map_or_else(|| format!("spiffe://{trust_domain}"), str::to_owned);
-        if issuer.is_empty() {
-            return Err("--jwt-issuer must not be empty".into());
+        if !is_issuer(&issuer) {
+            return Err(format!(
+                "--jwt-issuer {issuer:?}: an https:// URL (https://host[:port][/path], no query or fragment; for OIDC discovery) or a spiffe:// trust domain"
+            ));
         }
         Ok(Self {
             trust_domain: trust_domain.to_owned(),
@@ -257,6 +285,31 @@ pub fn is_spiffe_id(id: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issuers_are_https_urls_or_spiffe_trust_domains() {
+        for good in [
+            "https://issuer.example.org",
+            "https://issuer.example.org:8443/rkt",
+            "spiffe://example.org",
+        ] {
+            assert!(is_issuer(good), "{good}");
+        }
+        for bad in [
+            "",
+            "http://issuer.example.org",
+            "https://",
+            "https://:443/x",
+            "https://a@issuer.example.org",
+            "https://issuer.example.org/?q=1",
+            "https://issuer.example.org/#f",
+            "https://issuer.example.org/a b",
+            "spiffe://Example.org",
+            "issuer",
+        ] {
+            assert!(!is_issuer(bad), "{bad}");
+        }
+    }
 
     fn setup() -> (JwtKeyring, DocConfig, PodUuid) {
         (

@@ -113,7 +113,16 @@ impl Pods {
         if !conflicts.is_empty() && state == "verified" {
             state = "conflict";
         }
-        let attribution = (state == "verified" || state == "conflict").then_some({
+        // Refused everything in the checking modes: not `verified`.
+        if state == "verified"
+            && bridged
+            && !enforced
+            && self.mode() != crate::identity::Mode::Token
+            && !self.options.allow_unenforced_bridge
+        {
+            state = "unenforced";
+        }
+        let attribution = matches!(state, "verified" | "conflict" | "unenforced").then_some({
             if bridged {
                 AttributionView {
                     path: "bridged",
