@@ -61,6 +61,19 @@ pub enum Refusal {
 }
 
 impl Refusal {
+    /// Every refusal, for metrics exported from the start.
+    pub const ALL: [Refusal; 9] = [
+        Refusal::UnknownToken,
+        Refusal::TokenRequired,
+        Refusal::NotInNetns,
+        Refusal::NetnsGone,
+        Refusal::NotOnHost,
+        Refusal::NoPodForAddress,
+        Refusal::Ambiguous,
+        Refusal::ViewsDisagree,
+        Refusal::BridgeNotEnforced,
+    ];
+
     /// 401 for token problems, 403 for identity refusals.
     pub fn status(&self) -> u16 {
         match self {

@@ -29,20 +29,75 @@ const BUCKETS_NS: [u64; 8] = [
 
 type RequestKey = (&'static str, &'static str, u16);
 
+/// One request series: its count and its latencies.
+#[derive(Clone, Copy, Default)]
+struct Series {
+    count: u64,
+    /// Requests per latency bucket (not cumulative: summed at render).
+    buckets: [u64; BUCKETS.len()],
+    sum_ns: u64,
+}
+
 #[derive(Default)]
 struct Counts {
     /// A short list (at most APIs × endpoints × statuses), searched by the
     /// labels' addresses (no hashing on the request path). The labels are
     /// `'static`: a label that has two addresses gets two entries, which
     /// the scrape adds up.
-    requests: Vec<(RequestKey, u64)>,
+    requests: Vec<(RequestKey, Series)>,
     /// By family ("identity", "rate-limit", "connection") and reason.
     refusals: HashMap<(&'static str, &'static str), u64>,
-    /// Requests per latency bucket (not cumulative: summed at render).
-    latency_buckets: [u64; BUCKETS.len()],
-    latency_count: u64,
-    latency_sum_ns: u64,
 }
+
+/// Reasons of each refusal family, exported at 0 from the start.
+const REFUSAL_REASONS: [(&str, &[&str]); 2] = [
+    ("rate-limit", &["pod", "source"]),
+    ("connection", &["per-source", "cap"]),
+];
+
+/// The endpoint group of a request's latency: what an operator compares
+/// (a metadata read, a signature, an identity document, discovery, the
+/// runtime's registrations).
+fn group(api: &str, endpoint: &str) -> &'static str {
+    if api != "public" {
+        return "registration";
+    }
+    if endpoint.starts_with(".well-known") {
+        "discovery"
+    } else if endpoint.ends_with("identity/jwt") {
+        "identity"
+    } else if endpoint.starts_with("pod/hmac") {
+        "sign"
+    } else {
+        "metadata"
+    }
+}
+
+/// Every group, exported from the start.
+const GROUPS: [&str; 5] = ["metadata", "sign", "identity", "discovery", "registration"];
+
+/// What a scrape reports beside the request counters.
+#[derive(Default)]
+pub struct Gauges {
+    /// Registered pods by state (`verified`, `conflict`, ...).
+    pub pods: BTreeMap<&'static str, usize>,
+    /// Addresses whose new connections the kernel drops (over their
+    /// source's share).
+    pub sources_filtered: usize,
+    pub watch: WatchStats,
+    /// The cluster directory's publisher, with `--etcd`.
+    pub directory: Option<crate::cluster::stats::Snapshot>,
+}
+
+/// Every state `GET /pods` reports, exported from the start.
+pub const POD_STATES: [&str; 6] = [
+    "verified",
+    "conflict",
+    "unenforced",
+    "netns-gone",
+    "netns-unknown",
+    "host-network",
+];
 
 fn same_key(a: &RequestKey, b: &RequestKey) -> bool {
     std::ptr::eq(a.0, b.0) && std::ptr::eq(a.1, b.1) && a.2 == b.2
@@ -64,20 +119,24 @@ impl Metrics {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.counts.with(|c| {
             let key = (api, endpoint, status);
-            match c.requests.iter().position(|(k, _)| same_key(k, &key)) {
+            let i = match c.requests.iter().position(|(k, _)| same_key(k, &key)) {
                 Some(i) => {
-                    c.requests[i].1 += 1;
                     // One step forward per hit: the busy series end up
                     // first, whatever order rare ones came in.
                     c.requests.swap(i, i.saturating_sub(1));
+                    i.saturating_sub(1)
                 }
-                None => c.requests.push((key, 1)),
+                None => {
+                    c.requests.push((key, Series::default()));
+                    c.requests.len() - 1
+                }
+            };
+            let series = &mut c.requests[i].1;
+            series.count += 1;
+            if let Some(b) = BUCKETS_NS.iter().position(|b| ns <= *b) {
+                series.buckets[b] += 1;
             }
-            if let Some(i) = BUCKETS_NS.iter().position(|b| ns <= *b) {
-                c.latency_buckets[i] += 1;
-            }
-            c.latency_count += 1;
-            c.latency_sum_ns = c.latency_sum_ns.saturating_add(ns);
+            series.sum_ns = series.sum_ns.saturating_add(ns);
         });
     }
 
@@ -93,30 +152,33 @@ impl Metrics {
             .with(|c| *c.refusals.entry((family, reason)).or_default() += 1);
     }
 
-    /// The text of a scrape. `sources_filtered`: addresses whose new
-    /// connections the kernel now drops (over their source's share).
-    pub fn render(
-        &self,
-        registrations: usize,
-        sources_filtered: usize,
-        watch: WatchStats,
-    ) -> String {
+    /// The text of a scrape (Prometheus text format 0.0.4).
+    pub fn render(&self, gauges: &Gauges) -> String {
         let mut requests: BTreeMap<RequestKey, u64> = BTreeMap::new();
+        let mut latency: BTreeMap<&str, Series> =
+            GROUPS.iter().map(|g| (*g, Series::default())).collect();
         let mut refusals: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-        let mut buckets = [0u64; BUCKETS.len()];
-        let (mut count, mut sum_ns) = (0u64, 0u64);
+        for reason in crate::identity::Refusal::ALL.map(|r| r.label()) {
+            refusals.insert(("identity", reason), 0);
+        }
+        for (family, reasons) in REFUSAL_REASONS {
+            for reason in reasons {
+                refusals.insert((family, reason), 0);
+            }
+        }
         self.counts.for_each(|c| {
-            for (k, n) in &c.requests {
-                *requests.entry(*k).or_default() += n;
+            for ((api, endpoint, status), series) in &c.requests {
+                *requests.entry((api, endpoint, *status)).or_default() += series.count;
+                let total = latency.entry(group(api, endpoint)).or_default();
+                total.count += series.count;
+                total.sum_ns = total.sum_ns.saturating_add(series.sum_ns);
+                for (t, n) in total.buckets.iter_mut().zip(series.buckets) {
+                    *t += n;
+                }
             }
             for (k, n) in &c.refusals {
                 *refusals.entry(*k).or_default() += n;
             }
-            for (total, n) in buckets.iter_mut().zip(c.latency_buckets) {
-                *total += n;
-            }
-            count += c.latency_count;
-            sum_ns = sum_ns.saturating_add(c.latency_sum_ns);
         });
         let mut out = String::new();
         let _ = writeln!(
@@ -154,17 +216,26 @@ impl Metrics {
                 }
             }
         }
-        let gauges = [
+        let _ = writeln!(
+            out,
+            "# HELP rkt_mds_pods Registered pods, by the state GET /pods reports.\n# TYPE rkt_mds_pods gauge"
+        );
+        for state in POD_STATES {
+            let n = gauges.pods.get(state).copied().unwrap_or(0);
+            let _ = writeln!(out, "rkt_mds_pods{{state=\"{state}\"}} {n}");
+        }
+        let watch = &gauges.watch;
+        let plain = [
             (
                 "rkt_mds_registrations",
-                "Registered pods.",
-                registrations as u64,
+                "Registered pods (all states).",
+                gauges.pods.values().sum::<usize>() as u64,
                 "gauge",
             ),
             (
                 "rkt_mds_sources_filtered",
                 "Addresses over their source's connection share whose new connections the kernel drops.",
-                sources_filtered as u64,
+                gauges.sources_filtered as u64,
                 "gauge",
             ),
             (
@@ -192,7 +263,7 @@ impl Metrics {
                 "counter",
             ),
         ];
-        for (name, help, value, kind) in gauges {
+        for (name, help, value, kind) in plain {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -200,34 +271,127 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP rkt_mds_request_duration_seconds Request latency."
+            "# HELP rkt_mds_request_duration_seconds Request latency, by endpoint group.\n# TYPE rkt_mds_request_duration_seconds histogram"
         );
-        let _ = writeln!(out, "# TYPE rkt_mds_request_duration_seconds histogram");
-        let mut cumulative = 0;
-        for (bound, n) in BUCKETS.iter().zip(buckets) {
-            cumulative += n;
+        for (group, series) in &latency {
+            let mut cumulative = 0;
+            for (bound, n) in BUCKETS.iter().zip(series.buckets) {
+                cumulative += n;
+                let _ = writeln!(
+                    out,
+                    "rkt_mds_request_duration_seconds_bucket{{group=\"{group}\",le=\"{bound}\"}} {cumulative}"
+                );
+            }
             let _ = writeln!(
                 out,
-                "rkt_mds_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+                "rkt_mds_request_duration_seconds_bucket{{group=\"{group}\",le=\"+Inf\"}} {}\nrkt_mds_request_duration_seconds_sum{{group=\"{group}\"}} {}\nrkt_mds_request_duration_seconds_count{{group=\"{group}\"}} {}",
+                series.count,
+                series.sum_ns as f64 / 1e9,
+                series.count
             );
         }
-        let _ = writeln!(
-            out,
-            "rkt_mds_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
-        );
-        let _ = writeln!(
-            out,
-            "rkt_mds_request_duration_seconds_sum {}",
-            sum_ns as f64 / 1e9
-        );
-        let _ = writeln!(out, "rkt_mds_request_duration_seconds_count {count}");
+        if let Some(d) = &gauges.directory {
+            render_directory(&mut out, d);
+        }
         out
     }
+}
+
+/// The cluster directory's families (with `--etcd`).
+fn render_directory(out: &mut String, d: &crate::cluster::stats::Snapshot) {
+    use crate::cluster::stats::BUCKETS as PUBLISH_BUCKETS;
+    let plain = [
+        (
+            "rkt_mds_etcd_connected",
+            "1 while the publisher holds its lease and etcd answers, else 0.",
+            u64::from(d.connected),
+            "gauge",
+        ),
+        (
+            "rkt_mds_etcd_publish_errors_total",
+            "Publishing sessions that ended on an etcd failure (down, unreachable, too slow, lease lost, fenced).",
+            d.errors,
+            "counter",
+        ),
+        (
+            "rkt_mds_etcd_node_name_refusals_total",
+            "Claims of the node name refused: another live lease holds it.",
+            d.refusals,
+            "counter",
+        ),
+        (
+            "rkt_mds_etcd_last_publish_timestamp_seconds",
+            "Unix time of the last write etcd applied (0: none yet).",
+            d.last_success,
+            "gauge",
+        ),
+    ];
+    for (name, help, value, kind) in plain {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    }
+    let name = "rkt_mds_etcd_publish_duration_seconds";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Latency of one fenced etcd transaction of the publisher.\n# TYPE {name} histogram"
+    );
+    for (bound, n) in PUBLISH_BUCKETS.iter().zip(d.buckets) {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {n}");
+    }
+    let _ = writeln!(
+        out,
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
+        d.count, d.sum_seconds, d.count
+    );
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gauges() -> Gauges {
+        Gauges {
+            pods: [("verified", 1)].into_iter().collect(),
+            ..Gauges::default()
+        }
+    }
+
+    #[test]
+    fn groups_of_endpoints() {
+        assert_eq!(group("public", "pod/uuid"), "metadata");
+        assert_eq!(group("public", "apps/{app}/image/manifest"), "metadata");
+        assert_eq!(group("public", "pod/hmac/verify"), "sign");
+        assert_eq!(group("public", "apps/{app}/identity/jwt"), "identity");
+        assert_eq!(group("public", ".well-known/jwks.json"), "discovery");
+        assert_eq!(group("registration", "pods"), "registration");
+    }
+
+    #[test]
+    fn the_directory_families_with_etcd() {
+        let stats = crate::cluster::Stats::default();
+        stats.published(Duration::from_millis(3));
+        stats.refused();
+        let text = Metrics::default().render(&Gauges {
+            directory: Some(stats.snapshot()),
+            ..Gauges::default()
+        });
+        for line in [
+            "rkt_mds_etcd_connected 0",
+            "rkt_mds_etcd_node_name_refusals_total 1",
+            "rkt_mds_etcd_publish_errors_total 0",
+            "rkt_mds_etcd_publish_duration_seconds_bucket{le=\"0.0025\"} 0",
+            "rkt_mds_etcd_publish_duration_seconds_bucket{le=\"0.005\"} 1",
+            "rkt_mds_etcd_publish_duration_seconds_count 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line}:\n{text}");
+        }
+        assert!(
+            !text.contains("rkt_mds_etcd_last_publish_timestamp_seconds 0\n"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn shards_add_up_and_buckets_are_cumulative() {
@@ -248,7 +412,7 @@ mod tests {
                 });
             }
         });
-        let text = m.render(1, 0, WatchStats::default());
+        let text = m.render(&gauges());
         assert!(
             text.contains(
                 "rkt_mds_requests_total{api=\"public\",endpoint=\"pod/uuid\",status=\"200\"} 20"
@@ -259,14 +423,40 @@ mod tests {
             text.contains("rkt_mds_rate_limited_total{reason=\"pod\"} 2"),
             "{text}"
         );
-        // 10 at 50 µs, 10 at 450 µs.
-        assert!(text.contains("bucket{le=\"0.0001\"} 10"), "{text}");
-        assert!(text.contains("bucket{le=\"0.0005\"} 20"), "{text}");
-        assert!(text.contains("bucket{le=\"+Inf\"} 20"), "{text}");
+        // 10 at 50 µs, 10 at 450 µs, all metadata reads.
+        let bucket = |le: &str| {
+            format!("rkt_mds_request_duration_seconds_bucket{{group=\"metadata\",le=\"{le}\"}} ")
+        };
+        assert!(text.contains(&format!("{}10", bucket("0.0001"))), "{text}");
+        assert!(text.contains(&format!("{}20", bucket("0.0005"))), "{text}");
+        assert!(text.contains(&format!("{}20", bucket("+Inf"))), "{text}");
         assert!(
-            text.contains("rkt_mds_request_duration_seconds_count 20"),
+            text.contains("rkt_mds_request_duration_seconds_count{group=\"metadata\"} 20"),
             "{text}"
         );
+        // The other groups and every refusal reason are there, at 0.
+        assert!(
+            text.contains("rkt_mds_request_duration_seconds_count{group=\"identity\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rkt_mds_identity_refusals_total{reason=\"bridge-not-enforced\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rkt_mds_connections_refused_total{reason=\"cap\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rkt_mds_pods{state=\"verified\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("rkt_mds_pods{state=\"conflict\"} 0"),
+            "{text}"
+        );
+        // Without --etcd, no directory families.
+        assert!(!text.contains("rkt_mds_etcd_"), "{text}");
     }
 
     #[test]
@@ -278,7 +468,7 @@ mod tests {
         m.request("public", "pod/uuid", 200, Duration::ZERO);
         m.request("public", copy, 200, Duration::ZERO);
         m.request("public", copy, 404, Duration::ZERO);
-        let text = m.render(1, 0, WatchStats::default());
+        let text = m.render(&gauges());
         let series = |status: &str| {
             let prefix = format!(
                 "rkt_mds_requests_total{{api=\"public\",endpoint=\"pod/uuid\",status=\"{status}\"}} "

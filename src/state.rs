@@ -16,4 +16,6 @@ pub struct AppState {
     /// The public port, as the agent actually listens (for clients that
     /// build `AC_METADATA_URL`).
     pub public_port: u16,
+    /// The cluster directory's publisher's figures, with `--etcd`.
+    pub directory: Option<std::sync::Arc<crate::cluster::Stats>>,
 }

@@ -13,6 +13,7 @@ pub mod netlink;
 mod plumbing;
 pub mod pod;
 pub mod privilege;
+pub mod prometheus;
 pub mod setup;
 mod shield;
 mod space;

@@ -147,6 +147,21 @@ fn the_cluster_audit_sees_both_nodes_and_a_cross_node_conflict() {
     two.register_in(&uuid(4), &token(4), &bare(), &s2);
     wait_exact(&etcd, &one, ONE, Duration::from_secs(5));
     wait_exact(&etcd, &two, TWO, Duration::from_secs(5));
+    // The publisher's figures, as Prometheus' own parser reads them.
+    let addr = one.metrics_address().expect("the metrics address");
+    let scraped = integration::http::tcp(addr, &Request::get("/metrics"))
+        .unwrap()
+        .text();
+    let parsed =
+        integration::prometheus::parse(&scraped).unwrap_or_else(|e| panic!("{e}\n{scraped}"));
+    assert_eq!(parsed.samples["rkt_mds_etcd_connected{}"], 1.0, "{scraped}");
+    assert!(parsed.samples["rkt_mds_etcd_publish_duration_seconds_count{}"] >= 1.0);
+    assert!(parsed.samples["rkt_mds_etcd_last_publish_timestamp_seconds{}"] > 1.7e9);
+    assert_eq!(
+        parsed.samples["rkt_mds_etcd_node_name_refusals_total{}"],
+        0.0
+    );
+    assert_eq!(parsed.families["rkt_mds_etcd_publish_errors"], "counter");
 
     let ep = etcd.endpoint();
     let out = rkt_mds(&["audit", "--etcd", &ep, "--json"]);

@@ -232,32 +232,27 @@ fn metrics_over_http_parse_with_prometheus_own_parser() {
         http::tcp(addr, &Request::get("/other")).unwrap().status,
         404
     );
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("metrics.txt");
-    std::fs::write(&file, &text).unwrap();
     // prometheus_client's own parser (Debian's python3-prometheus-client).
-    let script = r#"
-import sys
-from prometheus_client.parser import text_string_to_metric_families
-names = {}
-for family in text_string_to_metric_families(open(sys.argv[1]).read()):
-    names[family.name] = (family.type, len(family.samples))
-for name in sorted(names):
-    print(name, names[name][0], names[name][1])
-"#;
-    let out = Command::new("/usr/bin/python3")
-        .args(["-c", script, file.to_str().unwrap()])
-        .output()
-        .expect("python3");
-    assert!(out.status.success(), "{}\n{text}", stderr(&out));
-    let parsed = stdout(&out);
-    for family in [
-        "rkt_mds_requests counter",
-        "rkt_mds_request_duration_seconds histogram",
-        "rkt_mds_registrations gauge",
+    let parsed = integration::prometheus::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    for (family, kind) in [
+        ("rkt_mds_requests", "counter"),
+        ("rkt_mds_request_duration_seconds", "histogram"),
+        ("rkt_mds_pods", "gauge"),
+        ("rkt_mds_identity_refusals", "counter"),
+        ("rkt_mds_rate_limited", "counter"),
+        ("rkt_mds_connections_refused", "counter"),
     ] {
-        assert!(parsed.contains(family), "{family} missing:\n{parsed}");
+        assert_eq!(
+            parsed.families.get(family).map(String::as_str),
+            Some(kind),
+            "{family}"
+        );
     }
+    // Without --etcd, no directory families.
+    assert!(parsed
+        .families
+        .keys()
+        .all(|f| !f.starts_with("rkt_mds_etcd")));
 }
 
 #[test]

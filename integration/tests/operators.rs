@@ -506,10 +506,19 @@ fn metrics_parse_and_move_with_traffic() {
         3.0
     );
     assert_eq!(after["rkt_mds_registrations"], 1.0);
-    assert!(after["rkt_mds_request_duration_seconds_count"] >= 10.0);
+    assert_eq!(after[r#"rkt_mds_pods{state="host-network"}"#], 1.0);
+    assert_eq!(after[r#"rkt_mds_pods{state="verified"}"#], 0.0);
+    let count = r#"rkt_mds_request_duration_seconds_count{group="metadata"}"#;
+    assert!(after[count] >= 10.0);
     assert_eq!(
-        after[r#"rkt_mds_request_duration_seconds_bucket{le="+Inf"}"#],
-        after["rkt_mds_request_duration_seconds_count"]
+        after[r#"rkt_mds_request_duration_seconds_bucket{group="metadata",le="+Inf"}"#],
+        after[count]
+    );
+    // Families with nothing counted yet are there, at 0.
+    assert_eq!(after[r#"rkt_mds_rate_limited_total{reason="pod"}"#], 0.0);
+    assert_eq!(
+        after[r#"rkt_mds_request_duration_seconds_count{group="identity"}"#],
+        0.0
     );
 }
 

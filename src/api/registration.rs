@@ -43,11 +43,12 @@ pub const METRICS_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// The metrics as Prometheus text, for the socket and `--metrics-address`.
 pub fn metrics_text(state: &AppState) -> String {
-    state.metrics.render(
-        state.pods.registry().len(),
-        state.tenancy.connections.filtered(),
-        state.pods.watches().stats(),
-    )
+    state.metrics.render(&crate::metrics::Gauges {
+        pods: state.pods.count_by_state(),
+        sources_filtered: state.tenancy.connections.filtered(),
+        watch: state.pods.watches().stats(),
+        directory: state.directory.as_ref().map(|d| d.snapshot()),
+    })
 }
 
 pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) -> Handled {

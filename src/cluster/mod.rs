@@ -24,12 +24,14 @@ pub mod plan;
 pub mod publisher;
 pub mod rfc3339;
 pub mod source;
+pub mod stats;
 pub mod store;
 
 pub use directory::{Directory, ReadError};
 pub use layout::{Layout, NodeRecord, DEFAULT_PREFIX};
 pub use publisher::{Settings, Timing};
 pub use source::Source;
+pub use stats::Stats;
 
 use std::{sync::Arc, time::Duration};
 
@@ -79,13 +81,13 @@ impl Handle {
 }
 
 /// Starts publishing the agent's state to etcd. Returns at once: etcd
-/// being down delays nothing.
-pub fn start(config: Config, state: Arc<crate::state::AppState>) -> Handle {
-    start_with(config, Arc::new(source::StateSource::new(state)))
+/// being down delays nothing. `stats` feed the metrics.
+pub fn start(config: Config, state: Arc<crate::state::AppState>, stats: Arc<Stats>) -> Handle {
+    start_with(config, Arc::new(source::StateSource::new(state)), stats)
 }
 
 /// Starts publishing `source` to etcd.
-pub fn start_with<S: Source>(config: Config, source: Arc<S>) -> Handle {
+pub fn start_with<S: Source>(config: Config, source: Arc<S>, stats: Arc<Stats>) -> Handle {
     let timeout = call_timeout(config.lease_ttl);
     let endpoints = config.endpoints.clone();
     let settings = Settings {
@@ -94,6 +96,7 @@ pub fn start_with<S: Source>(config: Config, source: Arc<S>) -> Handle {
         lease_ttl: config.lease_ttl,
         timing: Timing::default(),
         refresh: Arc::default(),
+        stats,
     };
     let refresh = settings.refresh.clone();
     let (stop, stopped) = watch::channel(false);

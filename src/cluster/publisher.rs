@@ -72,6 +72,8 @@ pub struct Settings {
     pub timing: Timing,
     /// Notified to re-publish now (SIGHUP).
     pub refresh: Arc<tokio::sync::Notify>,
+    /// For the metrics.
+    pub stats: Arc<super::stats::Stats>,
 }
 
 /// Why a session ended.
@@ -178,6 +180,12 @@ impl<S: Source> Publisher<S> {
 
     /// One line per change of condition, not per retry.
     fn report(&mut self, end: &End) {
+        let stats = &self.settings.stats;
+        match end {
+            End::Stopped => stats.disconnected(),
+            End::Failed(_) | End::Fenced => stats.failed(),
+            End::Refused { .. } => stats.refused(),
+        }
         let node = self.settings.node.as_str();
         match end {
             End::Stopped => {}
@@ -395,6 +403,7 @@ impl<S: Source> Publisher<S> {
             return Ok(());
         }
         store.renew(s.lease.id).await?;
+        self.settings.stats.reached();
         s.next_renew = Instant::now() + s.renew_every;
         Ok(())
     }
@@ -534,7 +543,9 @@ impl<S: Source> Publisher<S> {
         ops: Vec<Op>,
     ) -> Result<(), End> {
         self.renew_if_due(store, s).await?;
+        let started = Instant::now();
         if store.apply(&s.fence, ops).await? {
+            self.settings.stats.published(started.elapsed());
             Ok(())
         } else {
             Err(End::Fenced)
@@ -595,6 +606,7 @@ mod tests {
                 backoff_cap: Duration::from_millis(20),
             },
             refresh: Arc::default(),
+            stats: Arc::default(),
         };
         let (stop, stopped) = watch::channel(false);
         let connect = {

@@ -216,6 +216,7 @@ async fn serve(
         require_metadata_flavor: args.require_metadata_flavor,
         registration_group: args.registration_group,
         public_port: s.public_port,
+        directory: args.etcd.as_ref().map(|_| Arc::default()),
     });
     let limits = Limits {
         max_connections: s.max_connections,
@@ -245,6 +246,7 @@ async fn serve(
                 node: s.node.clone(),
             },
             state.clone(),
+            state.directory.clone().unwrap_or_default(),
         ))
     });
     let hup = tokio::spawn(reload_on_sighup(state.clone(), directory.clone()));

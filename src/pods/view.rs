@@ -58,6 +58,15 @@ pub struct AttributionView {
 }
 
 impl Pods {
+    /// How many registered pods are in each state (for the metrics).
+    pub fn count_by_state(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for pod in self.registry().snapshot() {
+            *counts.entry(self.view(&pod).state).or_default() += 1;
+        }
+        counts
+    }
+
     /// The operator's view of `pod`.
     pub fn view(&self, pod: &Pod) -> PodView {
         let (netns, addresses, mut state) = match &pod.netns {
