@@ -18,7 +18,7 @@ pub const LONG_VERSION: &str = concat!(
     env!("RKT_MDS_GIT_COMMIT"),
     "\nTarget: ",
     env!("RKT_MDS_TARGET"),
-    "\nFeatures: +ETCD_DIRECTORY -ETCD_TLS +SYN_FILTER",
+    "\nFeatures: +ETCD_DIRECTORY +ETCD_TLS +SYN_FILTER",
 );
 
 #[derive(Parser, Debug)]
@@ -74,6 +74,8 @@ pub enum Command {
     /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
     /// Exit 0 valid, 1 invalid, 2 error.
     Verify(VerifyArgs),
+    /// The etcd cluster directory's administration (`cluster roles`).
+    Cluster(ClusterArgs),
     /// Print the version, the git commit, the target and the optional
     /// parts built in (the same as --version).
     Version,
@@ -82,6 +84,34 @@ pub enum Command {
     Man(ManArgs),
     /// Print a shell completion script.
     Completions(CompletionsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    pub action: ClusterAction,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ClusterAction {
+    /// Print the etcdctl commands that create a node's role and user (it
+    /// may read the directory and write only its own keys) and the
+    /// readers' role (read only). Paste them into a shell where etcdctl
+    /// reaches the cluster as root.
+    Roles(RolesArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RolesArgs {
+    /// The node (its agent's --node-name).
+    #[arg(long, value_name = "NAME")]
+    pub node: String,
+    /// The directory's prefix (the agents' --etcd-prefix).
+    #[arg(long, default_value = crate::cluster::DEFAULT_PREFIX, value_name = "PREFIX")]
+    pub prefix: String,
+    /// The file etcdctl reads the new node user's password from.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -213,13 +243,15 @@ pub struct ServeArgs {
     pub liveness_interval: Duration,
     /// Publish this node to the cluster directory in etcd: its record (the
     /// JWK Set of its identity documents) and each pod's `GET /pods`
-    /// entry, under a lease kept alive. Comma-separated http://host:port.
+    /// entry, under a lease kept alive. Comma-separated http[s]://host:port.
     /// Off by default: without it nothing connects to etcd. etcd being
     /// down never stops local service.
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Option<Endpoints>,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
+    #[command(flatten)]
+    pub etcd_access: EtcdAccessArgs,
     /// The lease of this node's keys in etcd: they vanish this long after
     /// the agent stops renewing it (a crash, a lost host). Its record is
     /// rewritten every half of it.
@@ -247,6 +279,48 @@ fn parse_metrics_address(s: &str) -> Result<MetricsAddress, String> {
 /// `--etcd ENDPOINTS`: etcd client URLs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoints(pub Vec<String>);
+
+/// TLS and a user for etcd, with etcdctl's flag names.
+#[derive(Args, Debug, Clone, Default)]
+pub struct EtcdAccessArgs {
+    /// The CA that signed etcd's server certificate (PEM), for https://
+    /// endpoints (default: the system's CA bundle).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd's --client-cert-auth.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+    /// The etcd user (with --etcd-password-file); see `rkt-mds cluster
+    /// roles` for the permissions it needs.
+    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+    pub etcd_user: Option<String>,
+    /// A file holding the etcd user's password (never on the command line).
+    #[arg(long, value_name = "FILE", requires = "etcd_user")]
+    pub etcd_password_file: Option<PathBuf>,
+}
+
+impl EtcdAccessArgs {
+    /// The flags for `cluster::etcd::Access::load`.
+    pub fn flags(&self) -> crate::cluster::etcd::AccessFlags {
+        crate::cluster::etcd::AccessFlags {
+            cacert: self.etcd_cacert.clone(),
+            cert: self.etcd_cert.clone(),
+            key: self.etcd_key.clone(),
+            user: self.etcd_user.clone(),
+            password_file: self.etcd_password_file.clone(),
+        }
+    }
+}
+
+impl Endpoints {
+    /// Whether any endpoint is `https://`.
+    pub fn https(&self) -> bool {
+        self.0.iter().any(|e| e.starts_with("https://"))
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct EtcdPrefixArg {
@@ -317,13 +391,15 @@ pub struct AuditArgs {
     #[command(flatten)]
     pub socket: SocketArg,
     /// Audit the whole cluster from the etcd cluster directory instead of
-    /// one agent (comma-separated http://host:port): a NODE column, and an
+    /// one agent (comma-separated http[s]://host:port): a NODE column, and an
     /// address held by pods on two nodes is a conflict. With --check, a
     /// node whose record is older than 3 lease TTLs counts too.
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Option<Endpoints>,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
+    #[command(flatten)]
+    pub etcd_access: EtcdAccessArgs,
     /// With --etcd --check: the agents' --etcd-lease-ttl; a node record
     /// older than 3 of these is stale.
     #[arg(long, default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
@@ -332,11 +408,13 @@ pub struct AuditArgs {
 
 #[derive(Args, Debug)]
 pub struct JwksArgs {
-    /// The etcd cluster directory (comma-separated http://host:port).
+    /// The etcd cluster directory (comma-separated http[s]://host:port).
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Endpoints,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
+    #[command(flatten)]
+    pub etcd_access: EtcdAccessArgs,
 }
 
 #[derive(Args, Debug)]
@@ -404,12 +482,14 @@ pub struct VerifyTokenArgs {
     #[arg(long, value_name = "PATH")]
     pub socket: Option<PathBuf>,
     /// The cluster's trust bundle (every node's JWK Set), from the etcd
-    /// cluster directory (comma-separated http://host:port): a document
+    /// cluster directory (comma-separated http[s]://host:port): a document
     /// from any node of the cluster verifies.
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Option<Endpoints>,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
+    #[command(flatten)]
+    pub etcd_access: EtcdAccessArgs,
     /// The token, or @FILE to read it from a file.
     pub token: String,
 }
@@ -484,17 +564,18 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
-/// `http://host:port[,http://host:port...]`.
+/// `http[s]://host:port[,http[s]://host:port...]`.
 pub fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
     let mut out = Vec::new();
     for e in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-        if e.starts_with("https://") {
-            return Err(format!(
-                "{e}: TLS is not built in; reach etcd through a local proxy (etcd grpc-proxy) that holds the client certificate"
-            ));
-        }
-        let Some(authority) = e.strip_prefix("http://") else {
-            return Err(format!("{e}: an endpoint is http://host:port"));
+        let (scheme, authority) = match (e.strip_prefix("http://"), e.strip_prefix("https://")) {
+            (Some(a), _) => ("http", a),
+            (_, Some(a)) => ("https", a),
+            _ => {
+                return Err(format!(
+                    "{e}: an endpoint is http://host:port or https://host:port"
+                ))
+            }
         };
         let authority = authority.trim_end_matches('/');
         let port = authority
@@ -502,12 +583,16 @@ pub fn parse_endpoints(s: &str) -> Result<Endpoints, String> {
             .map(|(host, port)| (host, port.parse::<u16>()));
         match port {
             Some((host, Ok(p))) if !host.is_empty() && p != 0 && !host.contains('/') => {}
-            _ => return Err(format!("{e}: an endpoint is http://host:port")),
+            _ => {
+                return Err(format!(
+                    "{e}: an endpoint is http://host:port or https://host:port"
+                ))
+            }
         }
-        out.push(format!("http://{authority}"));
+        out.push(format!("{scheme}://{authority}"));
     }
     if out.is_empty() {
-        return Err("no endpoint: give http://host:port[,http://host:port...]".into());
+        return Err("no endpoint: give http[s]://host:port[,http[s]://host:port...]".into());
     }
     Ok(Endpoints(out))
 }
@@ -553,12 +638,17 @@ mod tests {
                 "http://[::1]:2379".into()
             ]))
         );
+        assert_eq!(
+            parse_endpoints("https://etcd-1.example.org:2379"),
+            Ok(Endpoints(vec!["https://etcd-1.example.org:2379".into()]))
+        );
         for bad in [
             "",
             ",",
             "127.0.0.1:2379",
             "http://host",
-            "https://h:1",
+            "https://h",
+            "ftp://h:1",
             "http://:1",
             "http://h:0",
         ] {

@@ -29,6 +29,12 @@ fn main() {
             Ok(()) => return,
             Err(e) => fatal(e),
         },
+        Command::Cluster(args) => match &args.action {
+            rkt_mds::cli::ClusterAction::Roles(roles) => match commands::roles::run(roles) {
+                Ok(()) => return,
+                Err(e) => fatal(e),
+            },
+        },
         _ => {}
     }
     // Before any thread starts: reading systemd's LISTEN_* unsets them.
@@ -63,7 +69,9 @@ fn main() {
             Command::Token(args) => commands::token::run(args).await.map(|()| 0),
             Command::VerifyToken(args) => commands::verify_token::run(args).await,
             Command::Jwks(args) => commands::jwks::run(args).await.map(|()| 0),
-            Command::Version | Command::Man(_) | Command::Completions(_) => Ok(0),
+            Command::Version | Command::Man(_) | Command::Completions(_) | Command::Cluster(_) => {
+                Ok(0)
+            }
         }
     });
     drop(runtime);

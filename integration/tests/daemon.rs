@@ -194,7 +194,7 @@ fn sighup_rescans_and_the_agent_goes_on() {
         agent
             .log()
             .lines()
-            .find(|l| l.contains("SIGHUP: rescanned"))
+            .find(|l| l.contains("SIGHUP: applied"))
             .map(str::to_owned)
     });
     assert!(line.contains("pods=1"), "{line}");

@@ -77,6 +77,7 @@ pub struct Directory {
 /// Reads the directory under `prefix` from `endpoints`.
 pub async fn read(
     endpoints: &[String],
+    access: &super::etcd::Access,
     prefix: &str,
     timeout: Duration,
 ) -> Result<Directory, ReadError> {
@@ -85,7 +86,9 @@ pub async fn read(
         prefix: layout.prefix().to_owned(),
         source,
     };
-    let mut store = EtcdStore::connect(endpoints, timeout).await.map_err(wrap)?;
+    let mut store = EtcdStore::connect(endpoints, access, timeout)
+        .await
+        .map_err(wrap)?;
     let kvs = store.range(layout.prefix()).await.map_err(wrap)?;
     Ok(Directory::parse(&layout, kvs))
 }

@@ -44,6 +44,8 @@ const STOP_LIMIT: Duration = Duration::from_secs(3);
 #[derive(Clone, Debug)]
 pub struct Config {
     pub endpoints: Vec<String>,
+    /// TLS and the user (`--etcd-cacert` ...).
+    pub access: etcd::Access,
     pub prefix: String,
     pub lease_ttl: Duration,
     pub node: String,
@@ -90,6 +92,7 @@ pub fn start(config: Config, state: Arc<crate::state::AppState>, stats: Arc<Stat
 pub fn start_with<S: Source>(config: Config, source: Arc<S>, stats: Arc<Stats>) -> Handle {
     let timeout = call_timeout(config.lease_ttl);
     let endpoints = config.endpoints.clone();
+    let access = config.access.clone();
     let settings = Settings {
         layout: Layout::new(&config.prefix),
         node: config.node,
@@ -101,8 +104,8 @@ pub fn start_with<S: Source>(config: Config, source: Arc<S>, stats: Arc<Stats>) 
     let refresh = settings.refresh.clone();
     let (stop, stopped) = watch::channel(false);
     let connect = move || {
-        let endpoints = endpoints.clone();
-        async move { etcd::EtcdStore::connect(&endpoints, timeout).await }
+        let (endpoints, access) = (endpoints.clone(), access.clone());
+        async move { etcd::EtcdStore::connect(&endpoints, &access, timeout).await }
     };
     let task = tokio::spawn(publisher::run(settings, source, connect, stopped));
     Handle {

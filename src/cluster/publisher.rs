@@ -81,6 +81,9 @@ enum End {
     Stopped,
     /// The store failed (down, unreachable, too slow, lease lost).
     Failed(String),
+    /// etcd refused who we are or what we asked (a certificate, a
+    /// password, a role): an operator must act.
+    Denied(String),
     /// Another live lease holds the node's name.
     Refused {
         holder: i64,
@@ -91,17 +94,26 @@ enum End {
 
 impl From<StoreError> for End {
     fn from(e: StoreError) -> Self {
-        End::Failed(e.to_string())
+        match e {
+            // INVALID_ARGUMENT, PERMISSION_DENIED, UNAUTHENTICATED.
+            StoreError::Refused(_)
+            | StoreError::Status {
+                code: 3 | 7 | 16, ..
+            } => End::Denied(e.to_string()),
+            e => End::Failed(e.to_string()),
+        }
     }
 }
 
 /// What was last said in the log, so that an outage is one line.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum Said {
     Nothing,
     Publishing,
     Unreachable,
     Refused,
+    /// This denial (each distinct one is said once).
+    Denied(String),
 }
 
 /// One session's lease and its renewal clock.
@@ -183,7 +195,7 @@ impl<S: Source> Publisher<S> {
         let stats = &self.settings.stats;
         match end {
             End::Stopped => stats.disconnected(),
-            End::Failed(_) | End::Fenced => stats.failed(),
+            End::Failed(_) | End::Denied(_) | End::Fenced => stats.failed(),
             End::Refused { .. } => stats.refused(),
         }
         let node = self.settings.node.as_str();
@@ -198,6 +210,17 @@ impl<S: Source> Publisher<S> {
                 self.said = Said::Unreachable;
             }
             End::Failed(error) => tracing::debug!(node, error = %error, "etcd still unreachable"),
+            End::Denied(error) if self.said != Said::Denied(error.clone()) => {
+                tracing::error!(
+                    node,
+                    error = %error,
+                    "etcd refused this agent: not publishing the cluster directory (local service goes on); retrying with backoff"
+                );
+                self.said = Said::Denied(error.clone());
+            }
+            End::Denied(error) => {
+                tracing::debug!(node, error = %error, "etcd still refuses this agent")
+            }
             End::Refused { holder } if self.said != Said::Refused => {
                 tracing::error!(
                     node,
@@ -305,7 +328,7 @@ impl<S: Source> Publisher<S> {
             Said::Nothing | Said::Publishing => {
                 tracing::info!(node, lease, pods, removed, millis, "publishing to etcd")
             }
-            Said::Unreachable | Said::Refused => tracing::info!(
+            Said::Unreachable | Said::Refused | Said::Denied(_) => tracing::info!(
                 node,
                 lease,
                 pods,

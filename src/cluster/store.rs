@@ -15,6 +15,10 @@ pub enum StoreError {
     Status { code: i64, message: String },
     #[error("etcd did not answer within {0:?}")]
     Timeout(Duration),
+    /// etcd refused who we are (a certificate, a password): the same on
+    /// every member, and no retry will change it until an operator does.
+    #[error("{0}")]
+    Refused(String),
     #[error("the lease is gone (expired or revoked)")]
     LeaseLost,
 }

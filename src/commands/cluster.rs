@@ -6,8 +6,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use rkt_mds::{
-    cli::{Endpoints, EtcdPrefixArg},
-    cluster::{directory, Directory},
+    cli::{Endpoints, EtcdAccessArgs, EtcdPrefixArg},
+    cluster::{directory, etcd::Access, Directory},
 };
 
 /// The bound of each etcd call of a reader.
@@ -15,8 +15,13 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The directory under the prefix; entries that cannot be read are named
 /// on stderr.
-pub async fn read(endpoints: &Endpoints, prefix: &EtcdPrefixArg) -> Result<Directory> {
-    let d = directory::read(&endpoints.0, &prefix.prefix, CALL_TIMEOUT)
+pub async fn read(
+    endpoints: &Endpoints,
+    access: &EtcdAccessArgs,
+    prefix: &EtcdPrefixArg,
+) -> Result<Directory> {
+    let access = Access::load(&access.flags(), endpoints.https())?;
+    let d = directory::read(&endpoints.0, &access, &prefix.prefix, CALL_TIMEOUT)
         .await
         .with_context(|| format!("etcd at {}", endpoints.0.join(",")))?;
     for (key, why) in &d.unreadable {

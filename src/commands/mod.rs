@@ -11,6 +11,7 @@ pub mod jwks;
 pub mod keys;
 pub mod man;
 pub mod register;
+pub mod roles;
 pub mod serve;
 pub mod sign;
 pub mod table;

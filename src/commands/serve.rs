@@ -45,6 +45,12 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
     )
     .map_err(anyhow::Error::msg)
     .config()?;
+    let etcd_access = match &args.etcd {
+        Some(endpoints) => Some(
+            cluster::etcd::Access::load(&args.etcd_access.flags(), endpoints.https()).config()?,
+        ),
+        None => None,
+    };
     if let Some(file) = &args.jwks_file {
         let dir = file.parent().filter(|d| !d.as_os_str().is_empty());
         if let Some(dir) = dir.filter(|d| !d.is_dir()) {
@@ -74,9 +80,10 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
         .config()?;
     // Namespace instances are told apart by their cookies, which are
     // unique only within one boot.
+    // A kernel without namespace cookies will not grow them: exit 2.
     netns::NetnsCookie::current()
         .context("cannot identify network namespaces")
-        .transient()?;
+        .config()?;
     let boot_id = netns::boot_id()
         .context("cannot read the boot id")
         .transient()?;
@@ -150,6 +157,7 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             node,
             public_port,
             max_connections: fds.public_connections,
+            etcd_access,
         },
     )
     .await;
@@ -170,6 +178,7 @@ struct Started {
     node: String,
     public_port: u16,
     max_connections: usize,
+    etcd_access: Option<cluster::etcd::Access>,
 }
 
 async fn serve(
@@ -241,6 +250,7 @@ async fn serve(
         Arc::new(cluster::start(
             cluster::Config {
                 endpoints: endpoints.0,
+                access: s.etcd_access.clone().unwrap_or_default(),
                 prefix: args.etcd_prefix.prefix.clone(),
                 lease_ttl: args.etcd_lease_ttl,
                 node: s.node.clone(),
@@ -296,7 +306,7 @@ async fn reload_on_sighup(state: Arc<AppState>, directory: Option<Arc<cluster::H
             removed = before.saturating_sub(after),
             changed = state.pods.generation() != generation,
             etcd = directory.is_some(),
-            "SIGHUP: rescanned the host's network tables and rkt's pod directories{}",
+            "SIGHUP: applied the host's pending network changes, looked again at rkt's pod directories and for dead namespaces{}",
             if directory.is_some() {
                 "; re-publishing to etcd"
             } else {

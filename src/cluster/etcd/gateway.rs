@@ -19,16 +19,25 @@
 //! Every call we make is safe to repeat: reads, lease grants (an unused
 //! lease expires), keep-alives, revocations, and transactions that are
 //! fenced and write the same values again.
+//!
+//! `https://` members are reached over TLS (rustls); with a user, each
+//! member's connection authenticates first (`/v3/auth/authenticate`) and
+//! sends the token it gets: etcd's simple tokens are valid only on the
+//! member that gave them, so each member has its own. A certificate or a
+//! password etcd refuses is one clear error, the same on every member.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{client::conn::http1::SendRequest, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
 use serde_json::Value;
 use tokio::{net::TcpStream, time::Instant};
+use tokio_rustls::TlsConnector;
 
-use super::super::store::StoreError;
+use super::{super::store::StoreError, access::Access};
 
 /// The shortest time one member is given before the next is tried.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
@@ -52,7 +61,12 @@ enum Attempt {
 struct Member {
     /// `host:port`.
     authority: String,
+    /// The host, for TLS's server name.
+    host: String,
+    tls: bool,
     sender: Option<SendRequest<Full<Bytes>>>,
+    /// This member's auth token (`Some("")`: etcd has auth off).
+    token: Option<String>,
 }
 
 /// Members of one etcd cluster, reached through their JSON gateway.
@@ -64,20 +78,34 @@ pub struct Gateway {
     timeout: Duration,
     /// Largest body accepted.
     max_body: usize,
+    access: Access,
 }
 
 impl Gateway {
-    /// `endpoints` are `http://host:port` (as `cli::parse_endpoints`
-    /// normalises them). Connects lazily.
-    pub fn new(endpoints: &[String], timeout: Duration, max_body: usize) -> Self {
+    /// `endpoints` are `http://host:port` or `https://host:port` (as
+    /// `cli::parse_endpoints` normalises them). Connects lazily.
+    pub fn new(endpoints: &[String], timeout: Duration, max_body: usize, access: Access) -> Self {
         let members = endpoints
             .iter()
-            .map(|e| Member {
-                authority: e
-                    .trim_start_matches("http://")
-                    .trim_end_matches('/')
-                    .to_owned(),
-                sender: None,
+            .map(|e| {
+                let (tls, rest) = match e.strip_prefix("https://") {
+                    Some(rest) => (true, rest),
+                    None => (false, e.trim_start_matches("http://")),
+                };
+                let authority = rest.trim_end_matches('/').to_owned();
+                let host = authority
+                    .rsplit_once(':')
+                    .map_or(authority.as_str(), |(h, _)| h)
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_owned();
+                Member {
+                    authority,
+                    host,
+                    tls,
+                    sender: None,
+                    token: None,
+                }
             })
             .collect();
         Self {
@@ -85,6 +113,7 @@ impl Gateway {
             current: 0,
             timeout,
             max_body,
+            access,
         }
     }
 
@@ -120,8 +149,10 @@ impl Gateway {
                         last = format!("{}: no answer within {limit:?}", self.members[i].authority)
                     }
                 }
-                // Never reuse a connection that failed or is mid-request.
+                // Never reuse a connection that failed or is mid-request
+                // (nor its token: a member may have restarted).
                 self.members[i].sender = None;
+                self.members[i].token = None;
                 self.current = (i + 1) % n;
             }
             let now = Instant::now();
@@ -144,30 +175,124 @@ impl Gateway {
     }
 
     async fn attempt(&mut self, i: usize, path: &str, body: Bytes) -> Result<Value, Attempt> {
+        if self.members[i]
+            .sender
+            .as_ref()
+            .is_none_or(|s| s.is_closed())
+        {
+            let m = &self.members[i];
+            let tls = match (m.tls, &self.access.tls) {
+                (true, Some(config)) => Some(config.clone()),
+                (true, None) => {
+                    return Err(Attempt::Final(StoreError::Etcd(
+                        "an https:// endpoint without TLS settings".into(),
+                    )))
+                }
+                (false, _) => None,
+            };
+            let sender = connect(&m.authority, &m.host, tls).await?;
+            self.members[i].sender = Some(sender);
+            self.members[i].token = None;
+        }
+        // A token that expired (etcd's simple tokens do after 5 minutes
+        // unused) is replaced once.
+        for fresh in [false, true] {
+            if self.access.user.is_some() && (self.members[i].token.is_none() || fresh) {
+                let token = self.authenticate(i).await?;
+                self.members[i].token = Some(token);
+            }
+            let token = self.members[i].token.clone().filter(|t| !t.is_empty());
+            match self.post(i, path, body.clone(), token.as_deref()).await {
+                Err(Attempt::Final(StoreError::Status {
+                    code: UNAUTHENTICATED,
+                    ..
+                })) if self.access.user.is_some() && !fresh => continue,
+                Err(Attempt::Final(StoreError::Status {
+                    code: PERMISSION_DENIED,
+                    message,
+                })) => {
+                    return Err(Attempt::Final(StoreError::Status {
+                        code: PERMISSION_DENIED,
+                        message: format!(
+                            "{} (user {}'s role does not allow it)",
+                            message,
+                            self.user_name()
+                        ),
+                    }))
+                }
+                other => return other,
+            }
+        }
+        Err(Attempt::Elsewhere(
+            "the auth token was refused twice".into(),
+        ))
+    }
+
+    fn user_name(&self) -> &str {
+        self.access
+            .user
+            .as_ref()
+            .map_or("(the client certificate's)", |u| u.name.as_str())
+    }
+
+    /// A token for member `i` (`""` when etcd has authentication off).
+    async fn authenticate(&mut self, i: usize) -> Result<String, Attempt> {
+        let Some(user) = self.access.user.clone() else {
+            return Ok(String::new());
+        };
+        let body = serde_json::json!({"name": user.name, "password": user.password});
+        match self
+            .post(i, "/v3/auth/authenticate", Bytes::from(body.to_string()), None)
+            .await
+        {
+            Ok(answer) => Ok(answer["token"].as_str().unwrap_or("").to_owned()),
+            Err(Attempt::Final(StoreError::Status { code: FAILED_PRECONDITION, .. })) => {
+                // "authentication is not enabled": no token to send.
+                Ok(String::new())
+            }
+            Err(Attempt::Final(StoreError::Status { code: INVALID_ARGUMENT, message })) => {
+                Err(Attempt::Final(StoreError::Refused(format!(
+                    "etcd refused user {}: wrong password or no such user (--etcd-user, --etcd-password-file): {message}",
+                    user.name
+                ))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One POST on member `i`'s connection.
+    async fn post(
+        &mut self,
+        i: usize,
+        path: &str,
+        body: Bytes,
+        token: Option<&str>,
+    ) -> Result<Value, Attempt> {
+        let max_body = self.max_body;
         let member = &mut self.members[i];
-        let sender = match member.sender.as_mut() {
-            Some(s) if !s.is_closed() => s,
-            _ => member.sender.insert(
-                connect(&member.authority)
-                    .await
-                    .map_err(Attempt::Elsewhere)?,
-            ),
+        let authority = member.authority.clone();
+        let Some(sender) = member.sender.as_mut() else {
+            return Err(Attempt::Elsewhere("not connected".into()));
         };
         sender
             .ready()
             .await
-            .map_err(|e| Attempt::Elsewhere(e.to_string()))?;
-        let request = Request::post(path)
-            .header(hyper::header::HOST, member.authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .map_err(|e| transport(&authority, &e))?;
+        let mut request = Request::post(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json");
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, token);
+        }
+        let request = request
             .body(Full::new(body))
             .map_err(|e| Attempt::Final(StoreError::Etcd(e.to_string())))?;
         let response = sender
             .send_request(request)
             .await
-            .map_err(|e| Attempt::Elsewhere(e.to_string()))?;
+            .map_err(|e| transport(&authority, &e))?;
         let status = response.status();
-        let bytes = Limited::new(response.into_body(), self.max_body)
+        let bytes = Limited::new(response.into_body(), max_body)
             .collect()
             .await
             .map_err(|e| Attempt::Elsewhere(format!("reading the answer: {e}")))?
@@ -179,7 +304,6 @@ impl Gateway {
             .find(|l| !l.iter().all(u8::is_ascii_whitespace))
             .unwrap_or(&[]);
         let json: Option<Value> = serde_json::from_slice(first).ok();
-        let authority = &self.members[i].authority;
         match (status, json) {
             (StatusCode::OK, Some(v)) => match v.get("error") {
                 // A stream's error comes in a 200 answer.
@@ -189,12 +313,74 @@ impl Gateway {
             (_, Some(v)) if v.get("code").is_some() || v.get("error").is_some() => {
                 Err(classify(&v))
             }
+            (StatusCode::BAD_REQUEST, _)
+                if String::from_utf8_lossy(&bytes).contains("HTTPS server") =>
+            {
+                Err(Attempt::Final(StoreError::Refused(format!(
+                    "{authority} speaks TLS: give it as https://{authority}"
+                ))))
+            }
             (status, _) => Err(Attempt::Final(StoreError::Etcd(format!(
                 "{authority} does not look like etcd's client port (HTTP {} on POST {path})",
                 status.as_u16()
             )))),
         }
     }
+}
+
+/// gRPC status codes of the answers we act on.
+const INVALID_ARGUMENT: i64 = 3;
+const PERMISSION_DENIED: i64 = 7;
+const FAILED_PRECONDITION: i64 = 9;
+const UNAUTHENTICATED: i64 = 16;
+
+/// A transport error: a TLS refusal is final and said plainly; anything
+/// else sends the call to another member.
+fn transport(authority: &str, e: &(dyn std::error::Error + 'static)) -> Attempt {
+    match tls_refusal(authority, e) {
+        Some(why) => Attempt::Final(StoreError::Refused(why)),
+        None => Attempt::Elsewhere(e.to_string()),
+    }
+}
+
+/// What a TLS error in `e`'s causes means for an operator, if it is one.
+fn tls_refusal(authority: &str, e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    use rustls::{AlertDescription as A, CertificateError as C, Error as E};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        let tls = c.downcast_ref::<E>().or_else(|| {
+            c.downcast_ref::<std::io::Error>()?
+                .get_ref()?
+                .downcast_ref::<E>()
+        });
+        if let Some(tls) = tls {
+            return Some(match tls {
+                E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => format!(
+                    "TLS: {authority}'s certificate is not signed by a CA in --etcd-cacert"
+                ),
+                E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+                    format!("TLS: {authority}'s certificate is not for this name or address")
+                }
+                E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+                    format!("TLS: {authority}'s certificate has expired")
+                }
+                E::AlertReceived(
+                    A::BadCertificate
+                    | A::CertificateExpired
+                    | A::CertificateRevoked
+                    | A::UnknownCA
+                    | A::CertificateUnknown
+                    | A::CertificateRequired
+                    | A::AccessDenied,
+                ) => format!(
+                    "TLS: {authority} refused our client certificate (--etcd-cert: expired, revoked, missing, or not signed by a CA it trusts)"
+                ),
+                other => format!("TLS with {authority}: {other}"),
+            });
+        }
+        cause = c.source();
+    }
+    None
 }
 
 /// An error body of the gateway (`{"error": ..., "code": N, "message": ...}`;
@@ -219,17 +405,39 @@ fn classify(v: &Value) -> Attempt {
     }
 }
 
-/// A new HTTP/1.1 connection to `authority`; its driver runs on a task of
-/// its own and ends when the sender is dropped.
-async fn connect(authority: &str) -> Result<SendRequest<Full<Bytes>>, String> {
+/// A new HTTP/1.1 connection to `authority`, over TLS when `tls` is
+/// given; its driver runs on a task of its own and ends when the sender is
+/// dropped.
+async fn connect(
+    authority: &str,
+    host: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> Result<SendRequest<Full<Bytes>>, Attempt> {
     let stream = TcpStream::connect(authority)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| Attempt::Elsewhere(format!("connect: {e}")))?;
     let _ = stream.set_nodelay(true);
-    let io = hyper_util::rt::TokioIo::new(stream);
+    match tls {
+        None => handshake(TokioIo::new(stream)).await,
+        Some(config) => {
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| Attempt::Final(StoreError::Refused(format!("TLS: {host:?}: {e}"))))?;
+            let stream = TlsConnector::from(config)
+                .connect(name, stream)
+                .await
+                .map_err(|e| transport(authority, &e))?;
+            handshake(TokioIo::new(stream)).await
+        }
+    }
+}
+
+async fn handshake<T>(io: T) -> Result<SendRequest<Full<Bytes>>, Attempt>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, connection) = hyper::client::conn::http1::handshake(io)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Attempt::Elsewhere(e.to_string()))?;
     tokio::spawn(async move {
         let _ = connection.await;
     });
@@ -313,7 +521,12 @@ mod tests {
         let (stopped, accepted) = silent().await;
         let dead = refused().await;
         let (live, count) = answering("200 OK", r#"{"ok":true}"#).await;
-        let mut g = Gateway::new(&[stopped, dead, live], Duration::from_secs(3), 1 << 20);
+        let mut g = Gateway::new(
+            &[stopped, dead, live],
+            Duration::from_secs(3),
+            1 << 20,
+            Access::default(),
+        );
         // The silent member gets its share (1 s), not the whole call.
         let answer = g.call("/v3/kv/range", &json!({})).await.unwrap();
         assert_eq!(answer["ok"], true);
@@ -335,7 +548,12 @@ mod tests {
             r#"{"error":"etcdserver: permission denied","code":7,"message":"etcdserver: permission denied"}"#,
         )
         .await;
-        let mut g = Gateway::new(&[no_leader, denied], Duration::from_secs(2), 1 << 20);
+        let mut g = Gateway::new(
+            &[no_leader, denied],
+            Duration::from_secs(2),
+            1 << 20,
+            Access::default(),
+        );
         match g.call("/v3/kv/txn", &json!({})).await {
             Err(StoreError::Status { code: 7, message }) => {
                 assert_eq!(message, "etcdserver: permission denied")
@@ -349,7 +567,12 @@ mod tests {
     #[tokio::test]
     async fn a_server_that_is_not_etcd_says_so() {
         let (web, _) = answering("404 Not Found", "404 page not found").await;
-        let mut g = Gateway::new(std::slice::from_ref(&web), Duration::from_secs(2), 1 << 20);
+        let mut g = Gateway::new(
+            std::slice::from_ref(&web),
+            Duration::from_secs(2),
+            1 << 20,
+            Access::default(),
+        );
         let e = g.call("/v3/kv/range", &json!({})).await.unwrap_err();
         let authority = web.trim_start_matches("http://");
         assert_eq!(
@@ -362,7 +585,12 @@ mod tests {
     async fn nothing_answering_is_one_error_within_the_bound() {
         let (stopped, _) = silent().await;
         let dead = refused().await;
-        let mut g = Gateway::new(&[stopped, dead], Duration::from_secs(1), 1 << 20);
+        let mut g = Gateway::new(
+            &[stopped, dead],
+            Duration::from_secs(1),
+            1 << 20,
+            Access::default(),
+        );
         let e = g.call("/v3/kv/range", &json!({})).await.unwrap_err();
         assert!(
             e.to_string().contains("no member answered within 1s"),

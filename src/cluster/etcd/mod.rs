@@ -3,6 +3,7 @@
 //! numbers as decimal strings (proto3's JSON mapping); fields at their
 //! default value may be absent from an answer.
 
+pub mod access;
 mod gateway;
 
 use std::time::Duration;
@@ -10,6 +11,7 @@ use std::time::Duration;
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use serde_json::{json, Value};
 
+pub use access::{Access, AccessError, AccessFlags};
 pub use gateway::Gateway;
 
 use super::{
@@ -44,14 +46,19 @@ pub struct EtcdStore {
 }
 
 impl EtcdStore {
-    /// A client of `endpoints` (`http://host:port`). Connecting is lazy:
-    /// this succeeds with etcd down; calls then fail within `timeout`.
-    pub async fn connect(endpoints: &[String], timeout: Duration) -> Result<Self, StoreError> {
+    /// A client of `endpoints` (`http://host:port`, `https://host:port`)
+    /// as `access` allows. Connecting is lazy: this succeeds with etcd
+    /// down; calls then fail within `timeout`.
+    pub async fn connect(
+        endpoints: &[String],
+        access: &Access,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         if endpoints.is_empty() {
             return Err(StoreError::Etcd("no endpoint".into()));
         }
         Ok(Self {
-            gateway: Gateway::new(endpoints, timeout, MAX_MESSAGE),
+            gateway: Gateway::new(endpoints, timeout, MAX_MESSAGE, access.clone()),
         })
     }
 
