@@ -32,6 +32,9 @@ pub struct Access {
     pub tls: Option<Arc<ClientConfig>>,
     /// The user and its password.
     pub user: Option<Credentials>,
+    /// Whether a client certificate is presented (with etcd's
+    /// --client-cert-auth, its common name is the user).
+    pub client_cert: bool,
 }
 
 #[derive(Clone)]
@@ -54,6 +57,7 @@ impl std::fmt::Debug for Access {
         f.debug_struct("Access")
             .field("tls", &self.tls.is_some())
             .field("user", &self.user)
+            .field("client_cert", &self.client_cert)
             .finish()
     }
 }
@@ -104,7 +108,11 @@ impl Access {
         } else {
             None
         };
-        Ok(Self { tls, user })
+        Ok(Self {
+            tls,
+            user,
+            client_cert: flags.cert.is_some(),
+        })
     }
 }
 
