@@ -211,14 +211,14 @@ impl Gateway {
                     code: PERMISSION_DENIED,
                     message,
                 })) => {
+                    let message = match self.who() {
+                        Some(who) => format!("{message} ({who}'s role does not allow it)"),
+                        None => message,
+                    };
                     return Err(Attempt::Final(StoreError::Status {
                         code: PERMISSION_DENIED,
-                        message: format!(
-                            "{} (user {}'s role does not allow it)",
-                            message,
-                            self.user_name()
-                        ),
-                    }))
+                        message,
+                    }));
                 }
                 other => return other,
             }
@@ -228,11 +228,13 @@ impl Gateway {
         ))
     }
 
-    fn user_name(&self) -> &str {
-        self.access
-            .user
-            .as_ref()
-            .map_or("(the client certificate's)", |u| u.name.as_str())
+    /// Who etcd took us for, for a permission error.
+    fn who(&self) -> Option<String> {
+        match (&self.access.user, self.access.client_cert) {
+            (Some(u), _) => Some(format!("user {}", u.name)),
+            (None, true) => Some("the client certificate's user".into()),
+            (None, false) => None,
+        }
     }
 
     /// A token for member `i` (`""` when etcd has authentication off).
