@@ -196,6 +196,7 @@ mod tests {
             node: name.into(),
             jwks: JwkSet { keys },
             updated: updated.into(),
+            owner: String::new(),
         };
         (
             l.node(name).into_bytes(),

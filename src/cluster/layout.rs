@@ -85,6 +85,10 @@ pub struct NodeRecord {
     pub jwks: JwkSet,
     /// RFC 3339, UTC.
     pub updated: String,
+    /// Hex SHA-256 of the node's secret (`memory.rs`): a restarted agent
+    /// takes back only a record that names its own.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 #[cfg(test)]

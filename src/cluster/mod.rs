@@ -20,6 +20,7 @@ pub mod etcd;
 #[cfg(test)]
 mod fake;
 pub mod layout;
+pub mod memory;
 pub mod plan;
 pub mod publisher;
 pub mod rfc3339;
@@ -49,6 +50,8 @@ pub struct Config {
     pub prefix: String,
     pub lease_ttl: Duration,
     pub node: String,
+    /// The node's memory in `--state-dir` (its last lease, its secret).
+    pub memory: Option<memory::Memory>,
 }
 
 /// The time bound of one etcd call: long enough for a batch on a busy
@@ -100,6 +103,7 @@ pub fn start_with<S: Source>(config: Config, source: Arc<S>, stats: Arc<Stats>) 
         timing: Timing::default(),
         refresh: Arc::default(),
         stats,
+        memory: config.memory,
     };
     let refresh = settings.refresh.clone();
     let (stop, stopped) = watch::channel(false);

@@ -74,6 +74,8 @@ pub struct Settings {
     pub refresh: Arc<tokio::sync::Notify>,
     /// For the metrics.
     pub stats: Arc<super::stats::Stats>,
+    /// The node's memory in the state directory, if it has one.
+    pub memory: Option<super::memory::Memory>,
 }
 
 /// Why a session ended.
@@ -153,12 +155,20 @@ pub async fn run<S, St, C, F>(
     F: Future<Output = Result<St, StoreError>> + Send,
 {
     let mut backoff = Backoff::new(settings.timing.backoff_first, settings.timing.backoff_cap);
+    // The lease of this node's last run (a crash restart): ours to take
+    // back, if the record names our secret.
+    let ours = settings
+        .memory
+        .as_ref()
+        .and_then(|m| m.previous_lease(&settings.node, settings.layout.prefix()))
+        .into_iter()
+        .collect();
     let mut p = Publisher {
         settings,
         source,
         published: Published::default(),
         jwks: None,
-        ours: Vec::new(),
+        ours,
         oversize: HashMap::new(),
         said: Said::Nothing,
     };
@@ -273,6 +283,11 @@ impl<S: Source> Publisher<S> {
             Err(e) => return e.into(),
         }
         self.jwks = Some(jwks);
+        if let Some(memory) = &self.settings.memory {
+            if let Err(e) = memory.remember(self.node(), self.settings.layout.prefix(), lease.id) {
+                tracing::warn!(error = %e, "cannot remember the etcd lease in the state directory: a crash restart will wait for it to expire");
+            }
+        }
         // Often enough to notice a lost etcd within seconds, whatever the TTL.
         let renew_every = (lease.ttl / 3).clamp(Duration::from_millis(200), RENEW_MAX);
         let mut s = Session {
@@ -580,6 +595,12 @@ impl<S: Source> Publisher<S> {
             node: self.settings.node.clone(),
             jwks: jwks.clone(),
             updated: rfc3339::format(crate::jwt::now()),
+            owner: self
+                .settings
+                .memory
+                .as_ref()
+                .map(|m| m.owner().to_owned())
+                .unwrap_or_default(),
         };
         serde_json::to_vec(&record).unwrap_or_default()
     }
@@ -630,6 +651,7 @@ mod tests {
             },
             refresh: Arc::default(),
             stats: Arc::default(),
+            memory: None,
         };
         let (stop, stopped) = watch::channel(false);
         let connect = {

@@ -70,6 +70,19 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
     let keys = Keyring::load_or_create(&args.state_dir, args.key_retention)
         .with_context(|| format!("cannot load the HMAC keys in {}", args.state_dir.display()))
         .config()?;
+    let memory = match &args.etcd {
+        Some(_) => Some(
+            cluster::memory::Memory::load_or_create(&args.state_dir)
+                .with_context(|| {
+                    format!(
+                        "cannot load the node secret in {}",
+                        args.state_dir.display()
+                    )
+                })
+                .config()?,
+        ),
+        None => None,
+    };
     let jwt_keys = JwtKeyring::load_or_create(&args.state_dir)
         .with_context(|| {
             format!(
@@ -158,6 +171,7 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             public_port,
             max_connections: fds.public_connections,
             etcd_access,
+            memory,
         },
     )
     .await;
@@ -179,6 +193,7 @@ struct Started {
     public_port: u16,
     max_connections: usize,
     etcd_access: Option<cluster::etcd::Access>,
+    memory: Option<cluster::memory::Memory>,
 }
 
 async fn serve(
@@ -254,6 +269,7 @@ async fn serve(
                 prefix: args.etcd_prefix.prefix.clone(),
                 lease_ttl: args.etcd_lease_ttl,
                 node: s.node.clone(),
+                memory: s.memory.clone(),
             },
             state.clone(),
             state.directory.clone().unwrap_or_default(),

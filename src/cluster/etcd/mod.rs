@@ -16,6 +16,7 @@ pub use gateway::Gateway;
 
 use super::{
     layout::range_end,
+    memory,
     store::{Claim, Fence, Lease, Op, Store, StoreError},
 };
 
@@ -256,7 +257,19 @@ impl Store for EtcdStore {
                 .and_then(|kvs| kvs.first().map(|kv| kv.lease));
             // Deleted in between: try again.
             let Some(holder) = holder else { continue };
-            if holder != lease && !ours.contains(&holder) {
+            // Ours: a lease of this run, or of the run before a crash
+            // (its id is in the state directory) whose record names our
+            // secret. A lease id alone is no proof: any reader sees it.
+            let existing = answer["responses"]
+                .as_array()
+                .and_then(|r| r.first())
+                .map(|r| key_values(&r["response_range"]))
+                .transpose()?
+                .and_then(|kvs| kvs.into_iter().next())
+                .map(|kv| kv.value)
+                .unwrap_or_default();
+            let same_owner = memory::owner_of(&existing) == memory::owner_of(&value);
+            if holder != lease && (!ours.contains(&holder) || !same_owner) {
                 return Ok(Claim::Held { lease: holder });
             }
             // Ours from an earlier session: take it over, unless it moved.
