@@ -25,6 +25,7 @@ use serde_json::{json, Value};
 use crate::agent::free_port;
 
 pub mod gateway;
+pub mod secure;
 
 pub const BINARY: &str = "/usr/bin/etcd";
 

@@ -42,8 +42,9 @@ fn commands(args: &RolesArgs) -> Result<String> {
     Ok(format!(
         "# rkt-mds: etcd roles for node {node} under {prefix}.
 # Run as etcd's root user (ETCDCTL_ENDPOINTS, ETCDCTL_CACERT, ETCDCTL_CERT,
-# ETCDCTL_KEY or ETCDCTL_USER set). With client-certificate auth, the node's
-# certificate's common name must be {user}.
+# ETCDCTL_KEY, ETCDCTL_USER set). The agent runs with --etcd-user {user}
+# and --etcd-password-file; its --etcd-cert, if etcd asks for one, must have
+# no common name (etcd's JSON gateway refuses one).
 etcdctl role add {user}
 etcdctl role grant-permission --prefix=true {user} read {}
 etcdctl role grant-permission {user} readwrite {}

@@ -315,6 +315,15 @@ impl Gateway {
             (_, Some(v)) if v.get("code").is_some() || v.get("error").is_some() => {
                 Err(classify(&v))
             }
+            // etcd's gateway refuses a client certificate with a common
+            // name when client-cert-auth is on: the name would be ignored.
+            (StatusCode::BAD_REQUEST, _)
+                if String::from_utf8_lossy(&bytes).contains("CommonName of client") =>
+            {
+                Err(Attempt::Final(StoreError::Refused(format!(
+                    "TLS: {authority} refuses a client certificate with a common name on its JSON gateway: issue --etcd-cert without one (the user comes from --etcd-user)"
+                ))))
+            }
             (StatusCode::BAD_REQUEST, _)
                 if String::from_utf8_lossy(&bytes).contains("HTTPS server") =>
             {
@@ -322,10 +331,18 @@ impl Gateway {
                     "{authority} speaks TLS: give it as https://{authority}"
                 ))))
             }
-            (status, _) => Err(Attempt::Final(StoreError::Etcd(format!(
-                "{authority} does not look like etcd's client port (HTTP {} on POST {path})",
-                status.as_u16()
-            )))),
+            (status, _) => {
+                // The answer's start, printable, says what answered.
+                let said: String = String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                    .chars()
+                    .map(|c| if c.is_control() { ' ' } else { c })
+                    .collect();
+                Err(Attempt::Final(StoreError::Etcd(format!(
+                    "{authority} does not look like etcd's client port (HTTP {} on POST {path}: {:?})",
+                    status.as_u16(),
+                    said.trim()
+                ))))
+            }
         }
     }
 }
@@ -579,7 +596,7 @@ mod tests {
         let authority = web.trim_start_matches("http://");
         assert_eq!(
             e.to_string(),
-            format!("etcd: {authority} does not look like etcd's client port (HTTP 404 on POST /v3/kv/range)")
+            format!("etcd: {authority} does not look like etcd's client port (HTTP 404 on POST /v3/kv/range: \"404 page not found\")")
         );
     }
 
