@@ -475,6 +475,12 @@ pub struct VerifyTokenArgs {
     /// The audience the document must be for.
     #[arg(long)]
     pub audience: String,
+    /// An accepted issuer (`iss`); repeatable. Default: any.
+    #[arg(long = "issuer", value_name = "ISSUER")]
+    pub issuers: Vec<String>,
+    /// The trust domain the document's `sub` must be in. Default: any.
+    #[arg(long, value_name = "DOMAIN")]
+    pub trust_domain: Option<String>,
     /// The JWK Set, from a file.
     #[arg(long, value_name = "FILE")]
     pub jwks: Option<PathBuf>,

@@ -172,6 +172,7 @@ fn pods_get_documents_that_pyjwt_verifies() {
             "?other=x",
             "?audience=a%0Ab",
             &format!("?audience={}", "a".repeat(257)),
+            "?audience=db&audience=other",
         ] {
             let r = from_pod(&agent, &a, &doc_path(T_A, None, q));
             assert_eq!(r.status, 400, "{q}: {}", r.text());

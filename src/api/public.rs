@@ -363,11 +363,16 @@ fn identity_document(
             "identity documents need --identity token+netns or netns",
         );
     }
-    let audience = query.and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "audience")
-            .map(|(_, v)| v.into_owned())
-    });
+    let mut given = query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .filter(|(k, _)| k == "audience")
+        .map(|(_, v)| v.into_owned());
+    let audience = given.next();
+    // Two audiences: which one the caller meant is not ours to guess.
+    if given.next().is_some() {
+        return text(StatusCode::BAD_REQUEST, "audience is given more than once");
+    }
     let audience = match jwt::check_audience(audience.as_deref()) {
         Ok(a) => a,
         Err(why) => return text(StatusCode::BAD_REQUEST, why),

@@ -21,7 +21,12 @@ pub async fn run(args: VerifyTokenArgs) -> Result<i32> {
             return Ok(2);
         }
     };
-    match jwt::verify(&token, &keys, &args.audience, jwt::now()) {
+    let expect = jwt::Expect {
+        audience: &args.audience,
+        issuers: &args.issuers,
+        trust_domain: args.trust_domain.as_deref(),
+    };
+    match jwt::verify_with(&token, &keys, &expect, jwt::now()) {
         Ok(claims) => {
             println!(
                 "{}",

@@ -10,8 +10,8 @@ mod token;
 pub use jwk::{thumbprint, Jwk, JwkSet};
 pub use signing_keys::{JwtKeyError, JwtKeyInfo, JwtKeyring, MAX_TTL};
 pub use token::{
-    check_audience, is_spiffe_id, issue, verify, Assurance, DocConfig, IssueError, LEEWAY_SECS,
-    MAX_AUDIENCE,
+    check_audience, is_spiffe_id, issue, verify, verify_with, Assurance, DocConfig, Expect,
+    IssueError, LEEWAY_SECS, MAX_AUDIENCE,
 };
 
 /// Seconds since the Unix epoch.

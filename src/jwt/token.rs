@@ -186,15 +186,90 @@ pub fn issue(
     let signature = pair
         .sign(keys.rng(), token.as_bytes())
         .map_err(|_| IssueError::Crypto)?;
+    let mut signature: [u8; 64] = signature
+        .as_ref()
+        .try_into()
+        .map_err(|_| IssueError::Crypto)?;
+    // One encoding per token: S and n - S both verify, so S is lowered.
+    low_s(&mut signature);
     token.push('.');
-    token.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
+    token.push_str(&URL_SAFE_NO_PAD.encode(signature));
     Ok(token)
+}
+
+/// P-256's group order n, big-endian.
+const P256_N: [u8; 32] = [
+    0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+    0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63, 0x25, 0x51,
+];
+
+/// Whether the S half of a fixed-width ES256 signature is above n / 2.
+fn is_high_s(signature: &[u8; 64]) -> bool {
+    // S > n/2  <=>  2S > n (n is odd).
+    let s = &signature[32..];
+    let mut doubled = [0u8; 33];
+    let mut carry = 0u16;
+    for i in (0..32).rev() {
+        let v = u16::from(s[i]) * 2 + carry;
+        doubled[i + 1] = v as u8;
+        carry = v >> 8;
+    }
+    doubled[0] = carry as u8;
+    let mut n = [0u8; 33];
+    n[1..].copy_from_slice(&P256_N);
+    doubled > n
+}
+
+/// Replaces a high S by n - S (the other valid signature of the same R).
+fn low_s(signature: &mut [u8; 64]) {
+    if !is_high_s(signature) {
+        return;
+    }
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let v = i16::from(P256_N[i]) - i16::from(signature[32 + i]) - borrow;
+        signature[32 + i] = v.rem_euclid(256) as u8;
+        borrow = i16::from(v < 0);
+    }
+}
+
+/// What a verifier holds a document to beyond its signature and times.
+#[derive(Clone, Debug, Default)]
+pub struct Expect<'a> {
+    /// The audience it must be for.
+    pub audience: &'a str,
+    /// Issuers accepted (`iss`); empty: any.
+    pub issuers: &'a [String],
+    /// The trust domain its `sub` must be in; `None`: any.
+    pub trust_domain: Option<&'a str>,
 }
 
 /// Verifies `token` against `keys` for `audience` at `now`: ES256 only,
 /// a known `kid`, a good signature, the audience, `exp`/`nbf` within the
 /// leeway, a SPIFFE `sub`. Returns the claims, or the one-line reason.
 pub fn verify(token: &str, keys: &JwkSet, audience: &str, now: u64) -> Result<Value, String> {
+    verify_with(
+        token,
+        keys,
+        &Expect {
+            audience,
+            ..Expect::default()
+        },
+        now,
+    )
+}
+
+/// [`verify`], also holding `iss` and the `sub`'s trust domain to
+/// `expect`, refusing what RFC 7515 says to refuse (`crit` naming
+/// extensions we do not know: any), a high-S signature (a second encoding
+/// of the same token), and a life (`exp - iat`) longer than an hour.
+pub fn verify_with(
+    token: &str,
+    keys: &JwkSet,
+    expect: &Expect<'_>,
+    now: u64,
+) -> Result<Value, String> {
+    let audience = expect.audience;
     let mut parts = token.trim().split('.');
     let (Some(h), Some(c), Some(s), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -213,6 +288,11 @@ pub fn verify(token: &str, keys: &JwkSet, audience: &str, now: u64) -> Result<Va
         Some(alg) => return Err(format!("algorithm {alg:?} is refused: only ES256")),
         None => return Err("the header names no algorithm".into()),
     }
+    if header.get("crit").is_some() {
+        return Err(
+            "the header has crit: extensions this verifier does not know (RFC 7515 4.1.11)".into(),
+        );
+    }
     let kid = header["kid"]
         .as_str()
         .ok_or("the header names no key (kid)")?;
@@ -225,6 +305,13 @@ pub fn verify(token: &str, keys: &JwkSet, audience: &str, now: u64) -> Result<Va
         .point()
         .ok_or_else(|| format!("key {kid:?} is not an ES256 P-256 key"))?;
     let signature = decode(s, "signature")?;
+    let fixed: [u8; 64] = signature
+        .as_slice()
+        .try_into()
+        .map_err(|_| "the signature is not 64 bytes (ES256, R and S)".to_string())?;
+    if is_high_s(&fixed) {
+        return Err("the signature's S is high: not the one encoding of this token".into());
+    }
     let signed = &token.trim()[..h.len() + 1 + c.len()];
     UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &point)
         .verify(signed.as_bytes(), &signature)
@@ -250,11 +337,32 @@ pub fn verify(token: &str, keys: &JwkSet, audience: &str, now: u64) -> Result<Va
     if now.saturating_add(LEEWAY_SECS) < time("nbf")? {
         return Err("the token is not valid yet".into());
     }
-    match claims["sub"].as_str() {
-        Some(sub) if is_spiffe_id(sub) => Ok(claims),
-        Some(sub) => Err(format!("sub {sub:?} is not a SPIFFE ID")),
-        None => Err("sub is missing".into()),
+    let life = time("exp")?.saturating_sub(time("iat")?);
+    if life > MAX_TTL.as_secs() {
+        return Err(format!(
+            "the token lives {life} s (exp - iat): more than {} s",
+            MAX_TTL.as_secs()
+        ));
     }
+    let iss = claims["iss"].as_str().ok_or("iss is missing")?;
+    if !expect.issuers.is_empty() && !expect.issuers.iter().any(|i| i == iss) {
+        return Err(format!("iss {iss:?} is not an accepted issuer"));
+    }
+    let sub = match claims["sub"].as_str() {
+        Some(sub) if is_spiffe_id(sub) => sub,
+        Some(sub) => return Err(format!("sub {sub:?} is not a SPIFFE ID")),
+        None => return Err("sub is missing".into()),
+    };
+    if let Some(td) = expect.trust_domain {
+        let domain = sub
+            .strip_prefix("spiffe://")
+            .and_then(|r| r.split('/').next())
+            .unwrap_or("");
+        if domain != td {
+            return Err(format!("sub {sub:?} is not in trust domain {td:?}"));
+        }
+    }
+    Ok(claims)
 }
 
 fn is_trust_domain(td: &str) -> bool {
@@ -429,6 +537,101 @@ mod tests {
         bent.keys[0].crv = "P-384".into();
         assert!(verify(&t, &bent, "db", 1000).is_err());
         assert!(verify("a.b", &set, "db", 1000).is_err());
+    }
+
+    /// A token with `header` and `claims`, signed by `keys` (low S).
+    fn signed(keys: &JwtKeyring, header: Value, claims: Value) -> String {
+        let (_, pair) = keys.signer().unwrap();
+        let mut t = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let sig = pair.sign(keys.rng(), t.as_bytes()).unwrap();
+        let mut sig: [u8; 64] = sig.as_ref().try_into().unwrap();
+        low_s(&mut sig);
+        t.push('.');
+        t.push_str(&URL_SAFE_NO_PAD.encode(sig));
+        t
+    }
+
+    #[test]
+    fn held_to_the_letter_crit_high_s_life_issuer_and_trust_domain() {
+        let (keys, cfg, pod) = setup();
+        let set = keys.jwk_set(1000);
+        let kid = set.keys[0].kid.clone();
+        let t = issue(&keys, &cfg, &pod, None, Assurance::Verified, "db", 1000).unwrap();
+        let parts: Vec<&str> = t.split('.').collect();
+        let claims = b64json(parts[1]);
+        // Issued tokens are low-S, and the high-S twin is refused.
+        for _ in 0..32 {
+            let t = issue(&keys, &cfg, &pod, None, Assurance::Verified, "db", 1000).unwrap();
+            let sig = URL_SAFE_NO_PAD
+                .decode(t.rsplit('.').next().unwrap())
+                .unwrap();
+            assert!(!is_high_s(&sig.try_into().unwrap()));
+        }
+        let mut sig: [u8; 64] = URL_SAFE_NO_PAD
+            .decode(parts[2])
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let mut n_minus_s = [0u8; 64];
+        n_minus_s[..32].copy_from_slice(&sig[..32]);
+        let mut borrow = 0i16;
+        for i in (0..32).rev() {
+            let v = i16::from(P256_N[i]) - i16::from(sig[32 + i]) - borrow;
+            n_minus_s[32 + i] = v.rem_euclid(256) as u8;
+            borrow = i16::from(v < 0);
+        }
+        sig = n_minus_s;
+        let twin = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(sig));
+        assert!(verify(&twin, &set, "db", 1000)
+            .unwrap_err()
+            .contains("high"));
+        // crit: refused.
+        let crit = signed(
+            &keys,
+            json!({"alg": "ES256", "kid": kid, "typ": "JWT", "crit": ["b64"], "b64": false}),
+            claims.clone(),
+        );
+        assert!(verify(&crit, &set, "db", 1000)
+            .unwrap_err()
+            .contains("crit"));
+        // A life over an hour, or no iat: refused.
+        let mut long = claims.clone();
+        long["exp"] = json!(1000 + 3601);
+        let long = signed(&keys, json!({"alg": "ES256", "kid": kid}), long);
+        assert!(verify(&long, &set, "db", 1000)
+            .unwrap_err()
+            .contains("more than 3600"));
+        let mut no_iat = claims.clone();
+        no_iat.as_object_mut().unwrap().remove("iat");
+        let no_iat = signed(&keys, json!({"alg": "ES256", "kid": kid}), no_iat);
+        assert!(verify(&no_iat, &set, "db", 1000)
+            .unwrap_err()
+            .contains("iat"));
+        // The issuer and the trust domain, when the verifier names them.
+        let issuers = ["spiffe://rkt.local".to_owned()];
+        let strict = |issuers: &[String], td: Option<&str>| {
+            verify_with(
+                &t,
+                &set,
+                &Expect {
+                    audience: "db",
+                    issuers,
+                    trust_domain: td,
+                },
+                1000,
+            )
+        };
+        assert!(strict(&issuers, Some("rkt.local")).is_ok());
+        assert!(strict(&["https://other.example.org".to_owned()], None)
+            .unwrap_err()
+            .contains("not an accepted issuer"));
+        assert!(strict(&[], Some("example.org"))
+            .unwrap_err()
+            .contains("not in trust domain"));
     }
 
     #[test]
