@@ -197,11 +197,12 @@ struct Resolved {
 }
 
 impl Conn {
-    pub fn new(state: Arc<AppState>, peer: SocketAddr) -> Self {
+    /// A connection from `peer`, of tenant `source` (as counted at accept).
+    pub fn new(state: Arc<AppState>, peer: SocketAddr, source: SourceKey) -> Self {
         Self {
             state,
             peer,
-            source: SourceKey::of(peer.ip()),
+            source,
             cached: Mutex::new(None),
         }
     }

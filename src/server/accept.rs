@@ -67,9 +67,10 @@ pub(super) async fn public(
                 continue;
             }
         };
-        // The source's share first: one source cannot fill the cap.
-        let Some(slot) = state.tenancy.connections.try_open(peer.ip()) else {
-            let source = SourceKey::of(peer.ip());
+        // The tenant's share first: one pod (all its addresses), or one
+        // address the host gives to no pod, cannot fill the cap.
+        let source = SourceKey::attributed(peer.ip(), state.pods.watches());
+        let Some(slot) = state.tenancy.connections.try_open(source, peer.ip()) else {
             state.metrics.refused("connection", "per-source");
             warn_refusal(
                 &state,
@@ -101,7 +102,16 @@ pub(super) async fn public(
             // keep a version of the program alive for its lifetime.
             let _ = syn_filter::detach(&socket2::SockRef::from(&stream));
         }
-        connection::serve_public(&state, &graceful, &limits, stream, peer, (slot, permit));
+        let source = slot.key();
+        connection::serve_public(
+            &state,
+            &graceful,
+            &limits,
+            stream,
+            peer,
+            source,
+            (slot, permit),
+        );
     }
 }
 

@@ -68,9 +68,10 @@ pub(super) fn serve_public(
     limits: &Limits,
     stream: TcpStream,
     peer: SocketAddr,
+    source: crate::tenant::SourceKey,
     guard: impl Send + 'static,
 ) {
-    let conn = Arc::new(public::Conn::new(state.clone(), peer));
+    let conn = Arc::new(public::Conn::new(state.clone(), peer, source));
     let handler = move |req| public::handle(conn.clone(), req);
     serve(state, graceful, limits, stream, PUBLIC, guard, handler);
 }

@@ -16,20 +16,39 @@ use std::{
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// An IPv4 address, or an IPv6 /64 (one host or pod usually holds a whole
-/// /64, so counting single IPv6 addresses would be no limit at all).
+/// A tenant, as the isolation controls count them: the network namespace
+/// instance the host attributes the address to (a pod: all its addresses,
+/// pinned or not, are one tenant, and two pods never share a share because
+/// they share a /64); for an address the host attributes to no namespace,
+/// the address: an IPv4 address, or an IPv6 /64 (one host usually holds a
+/// whole /64, so counting single IPv6 addresses would be no limit at all).
 /// IPv4-mapped IPv6 addresses count as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SourceKey {
+    /// A watched namespace instance (its cookie).
+    Netns(u64),
     V4(std::net::Ipv4Addr),
     V6Prefix(u64),
 }
 
 impl SourceKey {
+    /// The address's own key, whatever namespace it is in.
     pub fn of(ip: IpAddr) -> Self {
         match ip.to_canonical() {
             IpAddr::V4(v4) => Self::V4(v4),
             IpAddr::V6(v6) => Self::V6Prefix((u128::from(v6) >> 64) as u64),
+        }
+    }
+
+    /// The tenant of `ip`: the watched namespace the host routes or
+    /// bridges it into, else the address's own key. An in-memory lookup
+    /// (no syscall): done once per connection, at accept.
+    pub fn attributed(ip: IpAddr, watches: &netns::WatchSet) -> Self {
+        match watches.attribute(ip.to_canonical()) {
+            netns::Attribution::Routed(c) | netns::Attribution::Bridged { cookie: c, .. } => {
+                Self::Netns(c.0)
+            }
+            netns::Attribution::Unwatched | netns::Attribution::Elsewhere(_) => Self::of(ip),
         }
     }
 }
@@ -37,6 +56,7 @@ impl SourceKey {
 impl fmt::Display for SourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::Netns(c) => write!(f, "netns {c:x}"),
             Self::V4(a) => a.fmt(f),
             Self::V6Prefix(p) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*p) << 64)),
         }
@@ -72,7 +92,7 @@ struct Shares {
     over: BTreeMap<SourceKey, IpAddr>,
 }
 
-/// One open connection of a source; the count drops with it.
+/// One open connection of a tenant; the count drops with it.
 pub struct SourceSlot {
     /// `None` when limits are off.
     owner: Option<Arc<SourceConnections>>,
@@ -93,12 +113,13 @@ impl SourceConnections {
         })
     }
 
-    /// A slot for one more connection from `peer`, unless its source holds
-    /// its share. When `peer` alone holds all of it, `peer` is marked as
-    /// over its share until a slot of the source frees.
-    pub fn try_open(self: &Arc<Self>, peer: IpAddr) -> Option<SourceSlot> {
+    /// A slot for one more connection from `peer` of tenant `key`, unless
+    /// the tenant holds its share. When `peer` alone holds all of an
+    /// address tenant's share, or `peer` is a pod's (whose addresses are
+    /// all its own), `peer` is marked as over its share until a slot of
+    /// the tenant frees.
+    pub fn try_open(self: &Arc<Self>, key: SourceKey, peer: IpAddr) -> Option<SourceSlot> {
         let addr = peer.to_canonical();
-        let key = SourceKey::of(addr);
         if self.per_source == 0 {
             return Some(SourceSlot {
                 owner: None,
@@ -110,9 +131,11 @@ impl SourceConnections {
         let shares = &mut *shares;
         let n = shares.open.entry(key).or_default();
         if *n >= self.per_source {
-            let alone = match addr {
-                IpAddr::V4(_) => true,
-                IpAddr::V6(a) => shares.open_v6.get(&a).copied().unwrap_or(0) >= self.per_source,
+            let alone = match (key, addr) {
+                (SourceKey::Netns(_), _) | (_, IpAddr::V4(_)) => true,
+                (_, IpAddr::V6(a)) => {
+                    shares.open_v6.get(&a).copied().unwrap_or(0) >= self.per_source
+                }
             };
             if alone && shares.over.insert(key, addr) != Some(addr) {
                 self.over_changed.notify_one();
@@ -130,9 +153,8 @@ impl SourceConnections {
         })
     }
 
-    /// Connections `peer`'s source holds open now.
-    pub fn open(&self, peer: IpAddr) -> usize {
-        let key = SourceKey::of(peer);
+    /// Connections tenant `key` holds open now.
+    pub fn open(&self, key: SourceKey) -> usize {
         self.shares.lock().open.get(&key).copied().unwrap_or(0)
     }
 
@@ -166,6 +188,13 @@ impl SourceConnections {
 
     pub fn set_may_inherit(&self, may: bool) {
         self.may_inherit.store(may, Ordering::Relaxed);
+    }
+}
+
+impl SourceSlot {
+    /// The tenant the connection counts for.
+    pub fn key(&self) -> SourceKey {
+        self.key
     }
 }
 
@@ -216,50 +245,78 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// A connection from an address the host attributes to no pod.
+    fn open(conns: &Arc<SourceConnections>, peer: IpAddr) -> Option<SourceSlot> {
+        conns.try_open(SourceKey::of(peer), peer)
+    }
+
+    #[test]
+    fn a_pods_addresses_are_one_tenant_and_pods_in_one_64_are_two() {
+        let conns = SourceConnections::new(2);
+        let (pod, neighbour) = (SourceKey::Netns(7), SourceKey::Netns(9));
+        let (a, b, c) = (
+            ip("fd12:3456:789a:1::5"),
+            ip("198.18.0.2"),
+            ip("198.18.0.10"),
+        );
+        // One pod, three addresses: one share of two.
+        let _held = [
+            conns.try_open(pod, a).unwrap(),
+            conns.try_open(pod, b).unwrap(),
+        ];
+        assert!(conns.try_open(pod, c).is_none());
+        // The address that tried is filtered, whichever of the pod's.
+        assert_eq!(conns.over_share(), vec![c]);
+        // A neighbour in the same /64 has its own share.
+        let n = ip("fd12:3456:789a:1::9");
+        assert!(conns.try_open(neighbour, n).is_some());
+        assert_eq!(conns.open(pod), 2);
+    }
+
     #[test]
     fn a_source_gets_its_share_and_slots_come_back() {
         let conns = SourceConnections::new(2);
         let (k, other) = (ip("198.18.0.2"), ip("198.18.0.6"));
-        let s1 = conns.try_open(k).unwrap();
-        let _s2 = conns.try_open(k).unwrap();
-        assert!(conns.try_open(k).is_none());
+        let s1 = open(&conns, k).unwrap();
+        let _s2 = open(&conns, k).unwrap();
+        assert!(open(&conns, k).is_none());
         assert!(
-            conns.try_open(other).is_some(),
+            open(&conns, other).is_some(),
             "another source is unaffected"
         );
         assert_eq!(conns.over_share(), vec![k], "it tried to go beyond");
         drop(s1);
-        assert_eq!(conns.open(k), 1);
+        assert_eq!(conns.open(SourceKey::of(k)), 1);
         assert!(conns.over_share().is_empty(), "below its share again");
-        assert!(conns.try_open(k).is_some());
+        assert!(open(&conns, k).is_some());
         let off = SourceConnections::new(0);
-        let slots: Vec<_> = (0..1000).filter_map(|_| off.try_open(k)).collect();
-        assert_eq!((slots.len(), off.open(k)), (1000, 0));
+        let slots: Vec<_> = (0..1000).filter_map(|_| open(&off, k)).collect();
+        assert_eq!((slots.len(), off.open(SourceKey::of(k))), (1000, 0));
     }
 
     #[test]
     fn only_the_address_holding_a_64s_whole_share_is_over_it() {
         let conns = SourceConnections::new(2);
         let (a, b) = (ip("fd12:3456:789a:1::5"), ip("fd12:3456:789a:1::9"));
-        let held = [conns.try_open(b).unwrap(), conns.try_open(b).unwrap()];
+        let held = [open(&conns, b).unwrap(), open(&conns, b).unwrap()];
         // A finds the /64's share full: refused, but not the one flooding.
-        assert!(conns.try_open(a).is_none());
+        assert!(open(&conns, a).is_none());
         assert!(conns.over_share().is_empty());
-        assert!(conns.try_open(b).is_none());
+        assert!(open(&conns, b).is_none());
         assert_eq!(conns.over_share(), vec![b]);
         drop(held);
         assert!(conns.over_share().is_empty());
         // Split between two addresses, nobody holds it alone.
-        let _split = [conns.try_open(a).unwrap(), conns.try_open(b).unwrap()];
-        assert!(conns.try_open(a).is_none() && conns.try_open(b).is_none());
+        let _split = [open(&conns, a).unwrap(), open(&conns, b).unwrap()];
+        assert!(open(&conns, a).is_none() && open(&conns, b).is_none());
         assert!(conns.over_share().is_empty());
         // IPv4-mapped IPv6 is the IPv4 address.
         let v4 = ip("198.18.0.2");
         let _m = [
-            conns.try_open(ip("::ffff:198.18.0.2")).unwrap(),
-            conns.try_open(v4).unwrap(),
+            open(&conns, ip("::ffff:198.18.0.2")).unwrap(),
+            open(&conns, v4).unwrap(),
         ];
-        assert!(conns.try_open(ip("::ffff:198.18.0.2")).is_none());
+        assert!(open(&conns, ip("::ffff:198.18.0.2")).is_none());
         assert_eq!(conns.over_share(), vec![v4]);
     }
 }
