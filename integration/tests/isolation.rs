@@ -241,27 +241,7 @@ fn one_pod_with_many_addresses_cannot_fill_the_cap() {
             bridge.neighbour(*src)
         });
     }
-    let held: Vec<TcpStream> = sources
-        .iter()
-        .flat_map(|src| (0..4).map(move |_| *src))
-        .filter_map(|src| {
-            let s = attacker
-                .connect_within(Some(src), to, Duration::from_millis(500))
-                .ok()?;
-            s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
-            // Still open after a moment: accepted and held.
-            let mut probe = [0u8; 1];
-            match (&s).read(&mut probe) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut =>
-                {
-                    Some(s)
-                }
-                _ => None,
-            }
-        })
-        .collect();
+    let held = hold_from(&attacker, &sources, to, 4);
     assert!(
         held.len() <= 4,
         "one pod holds {} connections over {} addresses",
@@ -290,6 +270,83 @@ fn one_pod_with_many_addresses_cannot_fill_the_cap() {
         0
     );
     drop(held);
+}
+
+/// Holds what `pod` can open to `to` from each of `sources`, `tries` each:
+/// the connections the agent accepted and keeps open.
+fn hold_from(pod: &PodNet, sources: &[IpAddr], to: SocketAddr, tries: usize) -> Vec<TcpStream> {
+    sources
+        .iter()
+        .flat_map(|src| std::iter::repeat_n(*src, tries))
+        .filter_map(|src| {
+            let s = pod
+                .connect_within(Some(src), to, Duration::from_millis(500))
+                .ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+            let mut probe = [0u8; 1];
+            match (&s).read(&mut probe) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut =>
+                {
+                    Some(s)
+                }
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// A routed pod with extra addresses (host routes through its veth), and
+/// one that changes addresses while it floods: each is one tenant, held to
+/// one share whatever address it uses; the other pod is served throughout.
+#[test]
+fn a_routed_pod_is_one_tenant_whatever_address_it_floods_from() {
+    if !require_root("a_routed_pod_is_one_tenant_whatever_address_it_floods_from") {
+        return;
+    }
+    let (agent, a, b) = two_pods(
+        AgentOptions::identity("token+netns")
+            .arg("--max-connections")
+            .arg("12")
+            .arg("--max-connections-per-source")
+            .arg("4"),
+    );
+    let to = SocketAddr::new(IpAddr::V4(b.host_v4()), agent.port);
+    let mut sources = vec![IpAddr::V4(b.v4())];
+    let mut routes = Vec::new();
+    for _ in 0..3 {
+        let extra = PodNet::new_addressing_v4();
+        b.exec(&["addr", "add", &format!("{extra}/32"), "dev", "eth0"]);
+        routes.push(integration::pod::HostRoute::add(
+            &format!("{extra}/32"),
+            &b.host_if,
+        ));
+        sources.push(IpAddr::V4(extra));
+    }
+    let held = hold_from(&b, &sources, to, 4);
+    assert!(held.len() <= 4, "B holds {} connections", held.len());
+    // B changes addresses while it floods: a new one, then the flood again.
+    let moved = PodNet::new_addressing_v4();
+    b.exec(&["addr", "add", &format!("{moved}/32"), "dev", "eth0"]);
+    routes.push(integration::pod::HostRoute::add(
+        &format!("{moved}/32"),
+        &b.host_if,
+    ));
+    let more = hold_from(&b, &[IpAddr::V4(moved)], to, 4);
+    assert!(
+        held.len() + more.len() <= 4,
+        "B holds {} connections after moving",
+        held.len() + more.len()
+    );
+    let r = Conn::new(connect(&agent, &a))
+        .send(&Request::get(&uuid_path(T_A)))
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
+    assert_eq!(
+        agent.metric("rkt_mds_connections_refused_total{reason=\"cap\"}"),
+        0
+    );
 }
 
 /// Host processes (and host-network pods) share the loopback and host
