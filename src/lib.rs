@@ -15,6 +15,7 @@ pub mod jwt;
 pub mod keys;
 pub mod listen;
 pub mod log_format;
+pub mod log_merge;
 pub mod log_writer;
 pub mod metrics;
 pub mod per_thread;

@@ -4,7 +4,9 @@
 //! (woken by the first line a thread writes into an empty buffer, then it
 //! waits 20 ms for more), so a busy agent writes many lines per
 //! `write(2)`, no two workers contend for one buffer, and an idle agent
-//! sleeps. Lines of one thread keep their order.
+//! sleeps. Lines come out in time order (`log_merge`), so two requests of
+//! one connection served by two threads are logged in the order they
+//! happened.
 
 use std::{
     io::{self, Write},
@@ -73,6 +75,7 @@ pub fn batch_writer<W: Write + Send + 'static>(out: W) -> (BatchWriter, FlushGua
 
 fn write_batches<W: Write>(shared: &Shared, mut out: W) {
     let mut batch = Vec::new();
+    let mut merger = crate::log_merge::Merger::default();
     loop {
         {
             let mut guard = shared.wake.lock();
@@ -94,10 +97,17 @@ fn write_batches<W: Write>(shared: &Shared, mut out: W) {
         let closed = shared.closed.load(Ordering::Acquire);
         // Cleared before collecting: a line added meanwhile sets it again.
         shared.pending.store(false, Ordering::Release);
+        // Lines stamped from now on wait for the next batch (`log_merge`).
+        let cut = crate::log_format::timestamp();
         shared.buffers.for_each(|buffer| {
-            batch.extend_from_slice(buffer);
+            merger.push(buffer);
             buffer.clear();
         });
+        merger.drain((!closed).then_some(&cut[..]), &mut batch);
+        if !merger.is_empty() {
+            // Held back: make sure a batch comes for them.
+            shared.pending.store(true, Ordering::Release);
+        }
         let dropped = shared.dropped.swap(0, Ordering::AcqRel);
         if dropped > 0 {
             let _ = writeln!(

@@ -334,3 +334,35 @@ fn json_logs_are_one_object_per_line() {
     assert_eq!(serving["level"], "INFO");
     assert!(serving["port"].is_u64(), "{serving}");
 }
+
+#[test]
+fn access_lines_of_one_connection_come_out_in_order() {
+    if !require_root("access_lines_of_one_connection_come_out_in_order") {
+        return;
+    }
+    let agent = Agent::start(AgentOptions::identity("token"));
+    let manifest = fixtures::read("pods/bare-pod.json");
+    let token = "tok0000000000000000000000000000ac";
+    let uuid = "ac0e55ed-a507-4694-aabf-edbe4fc5266f";
+    assert_eq!(agent.register(uuid, token, &manifest, "").status, 200);
+    let stream = std::net::TcpStream::connect(agent.loopback()).unwrap();
+    let mut conn = http::Conn::new(stream);
+    let paths = ["pod/uuid", "pod/annotations", "pod/manifest"];
+    for i in 0..300 {
+        let path = format!("/{token}/acMetadata/v1/{}", paths[i % 3]);
+        assert_eq!(conn.send(&Request::get(&path)).unwrap().status, 200);
+    }
+    let logged = wait_for("the 300 access lines", Duration::from_secs(10), || {
+        let lines: Vec<String> = agent
+            .log()
+            .lines()
+            .filter(|l| l.contains("access:") && l.contains("acMetadata"))
+            .map(str::to_owned)
+            .collect();
+        (lines.len() >= 300).then_some(lines)
+    });
+    for (i, line) in logged.iter().enumerate() {
+        let want = format!("/acMetadata/v1/{} ", paths[i % 3]);
+        assert!(line.contains(&want), "line {i} is not {want}: {line}");
+    }
+}
