@@ -14,44 +14,56 @@ const STAMP: usize = 27;
 /// How a JSON line (tracing-subscriber's) begins.
 const JSON_START: &[u8] = b"{\"timestamp\":\"";
 
+/// A record: its timestamp (`None` for a line that has none) and where its
+/// bytes are in the arena. No allocation per line: the writer thread sees
+/// every access line.
 struct Record {
-    /// Its timestamp; empty for a line that has none.
-    key: Vec<u8>,
-    bytes: Vec<u8>,
+    key: Option<[u8; STAMP]>,
+    start: usize,
+    end: usize,
 }
 
 /// Records collected but not written yet.
 #[derive(Default)]
 pub struct Merger {
+    arena: Vec<u8>,
     pending: Vec<Record>,
 }
 
 /// The timestamp a log line starts with, if any.
-fn stamp(line: &[u8]) -> Option<&[u8]> {
+fn stamp(line: &[u8]) -> Option<[u8; STAMP]> {
     let rest = line.strip_prefix(JSON_START).unwrap_or(line);
-    let stamp = rest.get(..STAMP)?;
+    let stamp: [u8; STAMP] = rest.get(..STAMP)?.try_into().ok()?;
     (stamp[0].is_ascii_digit() && stamp[4] == b'-' && stamp[10] == b'T').then_some(stamp)
 }
 
 impl Merger {
     /// Adds one thread's buffer (its lines in their order).
     pub fn push(&mut self, buffer: &[u8]) {
+        let base = self.arena.len();
+        self.arena.extend_from_slice(buffer);
+        let mut at = base;
         let mut first = true;
         for line in buffer.split_inclusive(|b| *b == b'\n') {
+            let (start, end) = (at, at + line.len());
+            at = end;
             match stamp(line) {
                 Some(key) => self.pending.push(Record {
-                    key: key.to_vec(),
-                    bytes: line.to_vec(),
+                    key: Some(key),
+                    start,
+                    end,
                 }),
-                // A continuation of this buffer's previous record.
+                // A continuation of this buffer's previous record (its
+                // bytes follow it in the arena).
                 None if !first => {
                     if let Some(last) = self.pending.last_mut() {
-                        last.bytes.extend_from_slice(line);
+                        last.end = end;
                     }
                 }
                 None => self.pending.push(Record {
-                    key: Vec::new(),
-                    bytes: line.to_vec(),
+                    key: None,
+                    start,
+                    end,
                 }),
             }
             first = false;
@@ -61,14 +73,35 @@ impl Merger {
     /// Appends to `out`, in time order, every record stamped before `cut`
     /// (all of them when `cut` is `None`), and keeps the others.
     pub fn drain(&mut self, cut: Option<&[u8]>, out: &mut Vec<u8>) {
-        self.pending.sort_by(|a, b| a.key.cmp(&b.key));
+        self.pending.sort_by_key(|r| r.key);
         let ready = match cut {
             None => self.pending.len(),
-            Some(cut) => self.pending.partition_point(|r| r.key.as_slice() < cut),
+            Some(cut) => self
+                .pending
+                .partition_point(|r| r.key.is_none_or(|k| k.as_slice() < cut)),
         };
-        for record in self.pending.drain(..ready) {
-            out.extend_from_slice(&record.bytes);
+        for r in &self.pending[..ready] {
+            out.extend_from_slice(&self.arena[r.start..r.end]);
         }
+        // What waits is copied to the front of a fresh arena.
+        let mut arena = Vec::new();
+        let mut kept = Vec::with_capacity(self.pending.len() - ready);
+        for r in &self.pending[ready..] {
+            let start = arena.len();
+            arena.extend_from_slice(&self.arena[r.start..r.end]);
+            kept.push(Record {
+                key: r.key,
+                start,
+                end: arena.len(),
+            });
+        }
+        if kept.is_empty() {
+            // Keep the allocation for the next batch.
+            self.arena.clear();
+        } else {
+            self.arena = arena;
+        }
+        self.pending = kept;
     }
 
     pub fn is_empty(&self) -> bool {
