@@ -184,7 +184,7 @@ pub async fn run<S, St, C, F>(
         if matches!(end, End::Stopped) {
             return;
         }
-        let delay = backoff.next_delay();
+        let delay = backoff.next_jittered();
         let refresh = p.settings.refresh.clone();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
