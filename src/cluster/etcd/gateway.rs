@@ -41,9 +41,12 @@ use super::{super::store::StoreError, access::Access};
 
 /// The shortest time one member is given before the next is tried.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
-/// Pause between two rounds over every member (an election takes about a
-/// second; no point in hammering).
+/// The first pause between two rounds over every member (an election
+/// takes about a second; no point in hammering). Pauses double and are
+/// jittered, so that after an outage a fleet's calls in flight do not all
+/// reach the returning etcd in the same instant.
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
+const ROUND_PAUSE_CAP: Duration = Duration::from_secs(2);
 
 /// gRPC status codes (in the gateway's error bodies) that mean "this
 /// member cannot serve now; another may": UNAVAILABLE (no leader, stopping,
@@ -130,6 +133,7 @@ impl Gateway {
         let n = self.members.len().max(1);
         let share = (self.timeout / n as u32).max(MIN_ATTEMPT);
         let mut last = String::from("no endpoint");
+        let mut pauses = super::super::backoff::Backoff::new(ROUND_PAUSE, ROUND_PAUSE_CAP);
         loop {
             for _ in 0..n {
                 let now = Instant::now();
@@ -156,10 +160,11 @@ impl Gateway {
                 self.current = (i + 1) % n;
             }
             let now = Instant::now();
-            if now + ROUND_PAUSE >= deadline {
+            let pause = pauses.next_jittered();
+            if now + pause >= deadline {
                 return Err(self.gave_up(&last));
             }
-            tokio::time::sleep(ROUND_PAUSE).await;
+            tokio::time::sleep(pause).await;
         }
     }
 

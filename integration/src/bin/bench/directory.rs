@@ -182,7 +182,7 @@ pub fn measure() -> Result<(), String> {
     Ok(())
 }
 
-fn agent_with(mut options: AgentOptions) -> Agent {
+pub(crate) fn agent_with(mut options: AgentOptions) -> Agent {
     options.log_filter = "info,access=off".into();
     // The production default.
     options.liveness_interval = "500ms";
@@ -201,11 +201,11 @@ fn publishing_agent(endpoint: &str, node: &str) -> Agent {
     agent
 }
 
-fn uuid(set: u32, i: u32) -> String {
+pub(crate) fn uuid(set: u32, i: u32) -> String {
     format!("{i:08x}-{set:04x}-4694-aabf-edbe4fc5266f")
 }
 
-fn register(agent: &Agent, set: u32, i: u32, manifest: &[u8]) -> Result<(), String> {
+pub(crate) fn register(agent: &Agent, set: u32, i: u32, manifest: &[u8]) -> Result<(), String> {
     let token = format!("bench{set:04x}{i:023x}");
     let r = agent.register(&uuid(set, i), &token, manifest, "");
     if r.status != 200 {
@@ -215,7 +215,7 @@ fn register(agent: &Agent, set: u32, i: u32, manifest: &[u8]) -> Result<(), Stri
 }
 
 /// The agent's CPU ticks over `span`.
-fn cpu_over(agent: &Agent, span: Duration) -> Result<u64, String> {
+pub(crate) fn cpu_over(agent: &Agent, span: Duration) -> Result<u64, String> {
     let pid = agent.pid().ok_or("agent not running")?;
     let before = cpu_ticks(pid)?;
     std::thread::sleep(span);
@@ -223,7 +223,12 @@ fn cpu_over(agent: &Agent, span: Duration) -> Result<u64, String> {
 }
 
 /// Waits until `prefix` holds `want` keys (counted by etcd, polled).
-fn wait_count(etcd: &Etcd, prefix: &str, want: i64, limit: Duration) -> Result<(), String> {
+pub(crate) fn wait_count(
+    etcd: &Etcd,
+    prefix: &str,
+    want: i64,
+    limit: Duration,
+) -> Result<(), String> {
     let deadline = Instant::now() + limit;
     loop {
         let count = etcd.count(prefix);
@@ -239,7 +244,7 @@ fn wait_count(etcd: &Etcd, prefix: &str, want: i64, limit: Duration) -> Result<(
     }
 }
 
-fn etcd_version() -> String {
+pub(crate) fn etcd_version() -> String {
     std::process::Command::new(integration::etcd::BINARY)
         .arg("--version")
         .output()
@@ -255,7 +260,7 @@ fn etcd_version() -> String {
 }
 
 /// When each key under a prefix was first put, as seen by a watch.
-struct Watcher {
+pub(crate) struct Watcher {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -263,7 +268,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn start(endpoint: &str, prefix: &str) -> Result<Self, String> {
+    pub(crate) fn start(endpoint: &str, prefix: &str) -> Result<Self, String> {
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (ready, is_ready) = std::sync::mpsc::channel();
@@ -330,7 +335,11 @@ impl Watcher {
     }
 
     /// The delay (ms) from each (UUID, sent) to its key's first put.
-    fn wait_for(&self, sent: &[(String, Instant)], limit: Duration) -> Result<Vec<f64>, String> {
+    pub(crate) fn wait_for(
+        &self,
+        sent: &[(String, Instant)],
+        limit: Duration,
+    ) -> Result<Vec<f64>, String> {
         let deadline = Instant::now() + limit;
         loop {
             {
@@ -364,14 +373,14 @@ impl Drop for Watcher {
     }
 }
 
-struct Stats {
-    median: f64,
-    p99: f64,
-    max: f64,
+pub(crate) struct Stats {
+    pub median: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 impl Stats {
-    fn of(v: &[f64]) -> Self {
+    pub(crate) fn of(v: &[f64]) -> Self {
         let mut v = v.to_vec();
         v.sort_by(|a, b| a.total_cmp(b));
         let at = |q: f64| {

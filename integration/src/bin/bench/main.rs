@@ -6,6 +6,7 @@
 mod churn_long;
 mod directory;
 mod documents;
+mod fleet;
 mod isolation;
 mod loopback;
 mod reaction;
@@ -72,6 +73,15 @@ pub struct Args {
     /// the agent's CPU with and without --etcd. Needs no wrk.
     #[arg(long)]
     pub etcd: bool,
+    /// Only measure the fleet (needs /usr/bin/etcd): a 3-member etcd and
+    /// --fleet-agents agents with --fleet-pods host-network pods each;
+    /// registration to etcd, the readers, and etcd's faults. Needs no wrk.
+    #[arg(long)]
+    pub fleet: bool,
+    #[arg(long, default_value_t = 20)]
+    pub fleet_agents: u32,
+    #[arg(long, default_value_t = 500)]
+    pub fleet_pods: u32,
 }
 
 /// The parts of a full run.
@@ -113,6 +123,15 @@ fn main() -> std::process::ExitCode {
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     if let Some(n) = args.setups {
         return match setups::measure(n) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.fleet {
+        return match fleet::measure(args.fleet_agents, args.fleet_pods) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench: {e}");

@@ -1,0 +1,467 @@
+//! The fleet, simulated on one machine (`bench --fleet`): a 3-member etcd
+//! on loopback and N agents with host-network pods, registered through
+//! each agent's socket. What is measured is the cluster directory: how
+//! fast a registration reaches etcd, what etcd writes, what the readers
+//! cost, and what etcd's faults cost (the leader killed mid-burst, an
+//! outage, agents killed).
+
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use integration::{
+    agent::binary,
+    etcd::Etcd,
+    fixtures,
+    http::{self, Request},
+    Agent, AgentOptions,
+};
+
+use crate::{
+    check_interrupted,
+    directory::{agent_with, etcd_version, register, uuid, Stats, Watcher},
+    wrk::clock_ticks_per_second,
+};
+
+const PREFIX: &str = "/rkt-mds/pods/";
+const TTL_SECS: u64 = 10;
+/// The steady part of the registrations, paced.
+const STEADY_RATE: f64 = 200.0;
+const STEADY: u32 = 1000;
+/// Registrations of the leader-kill burst; the leader dies after a third.
+const FAULT_BURST: u32 = 600;
+/// How long etcd is away in the outage (the issue asks 60 s; cut to keep
+/// the bench within minutes).
+const OUTAGE: Duration = Duration::from_secs(20);
+const IDLE: Duration = Duration::from_secs(30);
+
+/// GET `path` from `127.0.0.1:port` (HTTP/1.0: read to the end).
+fn get(port: u16, path: &str) -> Result<String, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map_or(text.clone(), |(_, b)| b.to_owned()))
+}
+
+/// The sum of the series of `family` whose labels hold every one of
+/// `labels`, over every running member.
+fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
+    (0..3)
+        .filter_map(|i| {
+            let port: u16 = etcd.member_endpoint(i).rsplit(':').next()?.parse().ok()?;
+            get(port, "/metrics").ok()
+        })
+        .map(|text| {
+            text.lines()
+                .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        })
+        .sum()
+}
+
+/// etcd's applied puts (the same on every member: read from one).
+fn puts(etcd: &Etcd) -> f64 {
+    let port: u16 = etcd
+        .member_endpoint(etcd.leader().unwrap_or(0))
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    get(port, "/metrics")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("etcd_mvcc_put_total "))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        })
+        .unwrap_or(0.0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Runs `rkt-mds args` and returns (wall time, peak RSS in KiB) through a
+/// Python wrapper whose only child it is.
+fn timed_rkt_mds(args: &[&str]) -> Result<(Duration, u64), String> {
+    let script = "import resource, subprocess, sys\nr = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\nprint(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
+    let started = Instant::now();
+    let out = Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .arg(binary())
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut fields = text.split_whitespace();
+    let code = fields.next().unwrap_or("?");
+    if code != "0" {
+        return Err(format!(
+            "rkt-mds {args:?} exited {code}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let rss = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    Ok((took, rss))
+}
+
+/// Registers pods `from..to` of the fleet, round robin over the agents.
+fn register_range(
+    agents: &[Agent],
+    from: u32,
+    to: u32,
+    manifest: &[u8],
+) -> Result<Vec<(String, Instant)>, String> {
+    let mut sent = Vec::new();
+    for i in from..to {
+        if i % 500 == 0 {
+            check_interrupted()?;
+        }
+        let a = (i as usize) % agents.len();
+        let started = Instant::now();
+        register(&agents[a], 100 + a as u32, i, manifest)?;
+        // The watcher's key below the prefix: NODE/UUID.
+        sent.push((format!("fleet-{a:03}/{}", uuid(100 + a as u32, i)), started));
+    }
+    Ok(sent)
+}
+
+/// `/health` on every agent's socket, until stopped: failures counted.
+fn probe(
+    sockets: Vec<std::path::PathBuf>,
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    probes: Arc<AtomicU64>,
+) {
+    while !stop.load(Ordering::Relaxed) {
+        for s in &sockets {
+            probes.fetch_add(1, Ordering::Relaxed);
+            match http::unix(s, &Request::get("/health")) {
+                Ok(r) if r.status == 200 => {}
+                _ => {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
+    if !integration::etcd::available() {
+        return Err("bench --fleet needs /usr/bin/etcd (apt-get install etcd-server)".into());
+    }
+    let manifest = fixtures::read("pods/bare-pod.json");
+    let total = n_agents * pods_per_agent;
+    eprintln!("bench: fleet of {n_agents} agents, {total} pods, on a 3-member etcd");
+    let mut etcd = Etcd::cluster(3);
+    let endpoints = etcd.endpoint();
+    let agents: Vec<Agent> = (0..n_agents)
+        .map(|i| {
+            let a = agent_with(
+                AgentOptions::default()
+                    .arg("--node-name")
+                    .arg(format!("fleet-{i:03}"))
+                    .arg("--etcd")
+                    .arg(&endpoints)
+                    .arg("--etcd-lease-ttl")
+                    .arg(format!("{TTL_SECS}s")),
+            );
+            a.log_line("the agent to publish", |l| l.contains("publishing to etcd"));
+            a
+        })
+        .collect();
+    let leader = etcd.leader().ok_or("no leader")?;
+    // The watch and the counts go through a member the faults spare.
+    let watch_member = (leader + 1) % 3;
+    let watcher = Watcher::start(&etcd.member_endpoint(watch_member), PREFIX)?;
+
+    // 1. Registration to etcd: paced, then the rest back to back.
+    let puts_before = puts(&etcd);
+    let started = Instant::now();
+    let steady_n = STEADY.min(total);
+    let mut steady = Vec::new();
+    for i in 0..steady_n {
+        let t = Instant::now();
+        steady.extend(register_range(&agents, i, i + 1, &manifest)?);
+        std::thread::sleep(Duration::from_secs_f64(1.0 / STEADY_RATE).saturating_sub(t.elapsed()));
+    }
+    let burst = register_range(&agents, steady_n, total, &manifest)?;
+    let steady_ms = watcher.wait_for(&steady, Duration::from_secs(120))?;
+    let burst_ms = watcher.wait_for(&burst, Duration::from_secs(300))?;
+    let fill = started.elapsed();
+    let puts_per_registration = (puts(&etcd) - puts_before) / f64::from(total);
+
+    // 2. Idle: writes per node per minute, agents' CPU and memory.
+    eprintln!("bench: idle for {IDLE:?}");
+    let keepalives = |e: &Etcd| {
+        etcd_metric(
+            e,
+            "grpc_server_msg_received_total",
+            &["grpc_method=\"LeaseKeepAlive\""],
+        )
+    };
+    let (p0, k0) = (puts(&etcd), keepalives(&etcd));
+    let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
+    let ticks0: u64 = pids
+        .iter()
+        .map(|p| crate::wrk::cpu_ticks(*p).unwrap_or(0))
+        .sum();
+    std::thread::sleep(IDLE);
+    let ticks1: u64 = pids
+        .iter()
+        .map(|p| crate::wrk::cpu_ticks(*p).unwrap_or(0))
+        .sum();
+    let minutes = IDLE.as_secs_f64() / 60.0;
+    let idle_puts = (puts(&etcd) - p0) / f64::from(n_agents) / minutes;
+    let idle_keepalives = (keepalives(&etcd) - k0) / f64::from(n_agents) / minutes;
+    let idle_cpu = (ticks1 - ticks0) as f64
+        / clock_ticks_per_second()
+        / IDLE.as_secs_f64()
+        / f64::from(n_agents);
+    let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
+
+    // 3. The readers.
+    let ranges = |e: &Etcd| etcd_metric(e, "grpc_server_handled_total", &["grpc_method=\"Range\""]);
+    let r0 = ranges(&etcd);
+    let (audit_time, audit_rss) = timed_rkt_mds(&["audit", "--etcd", &endpoints, "--json"])?;
+    let audit_ranges = ranges(&etcd) - r0;
+    let (jwks_time, _) = timed_rkt_mds(&["jwks", "--etcd", &endpoints])?;
+
+    // 4. The leader SIGKILLed mid-burst, a probe on every agent.
+    eprintln!("bench: the leader killed mid-burst");
+    let stop = Arc::new(AtomicBool::new(false));
+    let (failures, probes) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let prober = {
+        let sockets = agents.iter().map(|a| a.socket.clone()).collect();
+        let (s, f, p) = (stop.clone(), failures.clone(), probes.clone());
+        std::thread::spawn(move || probe(sockets, s, f, p))
+    };
+    let count = |e: &Etcd| e.count(PREFIX).unwrap_or(-1);
+    let before_fault = count(&etcd);
+    register_range(&agents, total, total + FAULT_BURST / 3, &manifest)?;
+    let leader = etcd.leader().ok_or("no leader")?;
+    etcd.kill_member(leader);
+    let killed = Instant::now();
+    let fault_writes0 = puts(&etcd);
+    register_range(
+        &agents,
+        total + FAULT_BURST / 3,
+        total + FAULT_BURST,
+        &manifest,
+    )?;
+    let want = i64::from(total + FAULT_BURST);
+    let mut lowest = i64::MAX;
+    let complete = loop {
+        let n = count(&etcd);
+        if n >= 0 {
+            lowest = lowest.min(n);
+        }
+        if n >= want {
+            break killed.elapsed();
+        }
+        if killed.elapsed() > Duration::from_secs(120) {
+            return Err(format!(
+                "the directory was not complete 120 s after the leader died ({n} of {want})"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let lost = (before_fault - lowest).max(0);
+    let duplicate_writes = (puts(&etcd) - fault_writes0) - f64::from(FAULT_BURST - FAULT_BURST / 3);
+    etcd.restart_member(leader);
+    stop.store(true, Ordering::Relaxed);
+    let _ = prober.join();
+
+    // 5. An outage: every member stopped, registrations go on.
+    eprintln!("bench: etcd stopped for {OUTAGE:?}");
+    let base = total + FAULT_BURST;
+    etcd.stop();
+    let outage = Instant::now();
+    let mut during = 0;
+    while outage.elapsed() < OUTAGE {
+        register_range(&agents, base + during, base + during + 1, &manifest)?;
+        during += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let restarted_at = std::time::SystemTime::now();
+    let restarted = Instant::now();
+    etcd.restart();
+    let want = i64::from(base + during);
+    let mut peak_rate = 0.0f64;
+    let mut last = (Instant::now(), puts(&etcd));
+    let storm = loop {
+        std::thread::sleep(Duration::from_millis(250));
+        let now = (Instant::now(), puts(&etcd));
+        let rate = (now.1 - last.1) / now.0.duration_since(last.0).as_secs_f64();
+        peak_rate = peak_rate.max(rate);
+        last = now;
+        if count(&etcd) >= want {
+            break restarted.elapsed();
+        }
+        if restarted.elapsed() > Duration::from_secs(180) {
+            return Err("the directory was not complete 180 s after the outage".into());
+        }
+    };
+    // When each agent re-published, from its log (its clock is the same).
+    let back: Vec<f64> = agents
+        .iter()
+        .filter_map(|a| {
+            let line = a
+                .log()
+                .lines()
+                .rev()
+                .find(|l| l.contains("re-published everything"))?
+                .to_owned();
+            parse_stamp(line.get(..26)?)
+        })
+        .map(|t| {
+            t - restarted_at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        })
+        .collect();
+
+    // 6. A tenth of the agents SIGKILLed: their keys go at lease expiry.
+    let doomed = (n_agents / 10).max(1);
+    eprintln!("bench: {doomed} agents killed");
+    let mut agents = agents;
+    let remaining_before = count(&etcd);
+    let mut doomed_pods = 0;
+    for a in agents.iter_mut().take(doomed as usize) {
+        a.kill();
+    }
+    for i in 0..doomed {
+        doomed_pods += etcd.count(&format!("{PREFIX}fleet-{i:03}/")).unwrap_or(0);
+    }
+    let killed_at = Instant::now();
+    let want_after = remaining_before - doomed_pods;
+    let vanished = loop {
+        if count(&etcd) <= want_after {
+            break killed_at.elapsed();
+        }
+        if killed_at.elapsed() > Duration::from_secs(TTL_SECS * 6) {
+            return Err("the killed agents' keys did not vanish".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+
+    // The report.
+    let s = Stats::of(&steady_ms);
+    let b = Stats::of(&burst_ms);
+    println!(
+        "Fleet: {n_agents} agents × {pods_per_agent} host-network pods = {total} pods; etcd {} × 3 members on 127.0.0.1 (the same 2 cores); --etcd-lease-ttl {TTL_SECS}s.",
+        etcd_version()
+    );
+    println!();
+    println!("| registration to its key in etcd | n | median ms | p99 ms | max ms |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| steady, {STEADY_RATE:.0}/s | {} | {:.1} | {:.1} | {:.1} |",
+        steady_ms.len(),
+        s.median,
+        s.p99,
+        s.max
+    );
+    println!(
+        "| burst, back to back | {} | {:.1} | {:.1} | {:.1} |",
+        burst_ms.len(),
+        b.median,
+        b.p99,
+        b.max
+    );
+    println!();
+    println!("| figure | value |");
+    println!("| --- | ---: |");
+    println!(
+        "| all {total} keys in etcd after the first registration | {:.1} s |",
+        fill.as_secs_f64()
+    );
+    println!("| etcd puts per registration | {puts_per_registration:.2} |");
+    println!("| etcd puts per idle node per minute | {idle_puts:.1} |");
+    println!("| lease keep-alives per idle node per minute | {idle_keepalives:.1} |");
+    println!(
+        "| agent CPU at idle (mean of {n_agents}) | {:.2}% of a core |",
+        idle_cpu * 100.0
+    );
+    println!(
+        "| agent RSS at idle (max of {n_agents}) | {} MiB |",
+        rss.iter().max().copied().unwrap_or(0) / 1024
+    );
+    println!(
+        "| `audit --etcd` over {total} pods: wall time | {:.2} s |",
+        audit_time.as_secs_f64()
+    );
+    println!("| `audit --etcd`: peak RSS | {} MiB |", audit_rss / 1024);
+    println!("| `audit --etcd`: etcd ranges (pages) | {audit_ranges:.0} |");
+    println!(
+        "| `jwks --etcd`: wall time | {:.2} s |",
+        jwks_time.as_secs_f64()
+    );
+    println!(
+        "| leader SIGKILLed mid-burst: directory complete again after | {:.2} s |",
+        complete.as_secs_f64()
+    );
+    println!("| leader SIGKILLed: keys lost | {lost} |");
+    println!("| leader SIGKILLed: puts beyond one per registration | {duplicate_writes:.0} |");
+    println!(
+        "| leader SIGKILLed: failed local /health probes | {} of {} |",
+        failures.load(Ordering::Relaxed),
+        probes.load(Ordering::Relaxed)
+    );
+    println!("| etcd stopped {} s with {during} registrations meanwhile: complete after restart | {:.2} s |", OUTAGE.as_secs(), storm.as_secs_f64());
+    println!("| the re-publish storm: peak etcd puts/s | {peak_rate:.0} |");
+    if let (Some(first), Some(last)) = (
+        back.iter().cloned().reduce(f64::min),
+        back.iter().cloned().reduce(f64::max),
+    ) {
+        println!("| agents' re-publish after the restart: first, last (jitter) | {first:.2} s, {last:.2} s |");
+    }
+    println!("| {doomed} agents SIGKILLed: their {doomed_pods} keys gone after | {:.1} s (lease {TTL_SECS} s) |", vanished.as_secs_f64());
+    drop(watcher);
+    Ok(())
+}
+
+/// Seconds since the epoch of a log line's `YYYY-MM-DDTHH:MM:SS.uuuuuu`.
+fn parse_stamp(stamp: &str) -> Option<f64> {
+    let (date, time) = stamp.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':');
+    let (h, min, sec) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.trim_end_matches('Z').parse::<f64>().ok()?,
+    );
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + sec)
+}
