@@ -93,6 +93,10 @@ fn run(fault: Fault, name: &str) {
         });
     }
 
+    let leases_before: Vec<i64> = NODES
+        .iter()
+        .map(|node| etcd.node_record(node).ok().flatten().map_or(0, |(_, l)| l))
+        .collect();
     match fault {
         Fault::KillLeader | Fault::KillFollower => etcd.kill_member(victim),
         Fault::Pause => etcd.pause_member(victim),
@@ -150,6 +154,17 @@ fn run(fault: Fault, name: &str) {
     assert!(reads > 0, "no read of the directory succeeded");
     if let Fault::Pause = fault {
         etcd.resume_member(victim);
+    }
+    // The sessions went on: no new lease, so no full re-publish (a
+    // fault the lease outlives costs no writes beyond the changes).
+    for (i, node) in NODES.iter().enumerate() {
+        let (_, lease) = etcd.node_record(node).unwrap().expect("the node record");
+        assert_eq!(
+            lease,
+            leases_before[i],
+            "{node} took a new lease (and re-published everything):\n{}",
+            agents[i].log()
+        );
     }
     // Local service never stopped.
     for agent in &agents {

@@ -119,7 +119,7 @@ pub fn measure() -> Result<(), String> {
     integration::wait_for(
         "the agent to notice etcd's absence",
         Duration::from_secs(30),
-        || scale.log().contains("etcd unreachable").then_some(()),
+        || scale.log().contains("an etcd call failed").then_some(()),
     );
     let restarted = Instant::now();
     etcd.restart_fresh();
