@@ -476,11 +476,17 @@ fn etcd_stopped_and_restarted_ends_with_exactly_the_agents_state() {
     // (Lines reach the log in batches: wait for the last ones.)
     for agent in [&one, &two] {
         let log = agent.wait_log("both outages' lines", |log| {
-            count_lines(log, "an etcd call failed") >= 2
-                && count_lines(log, "re-published everything") >= 1
+            count_lines(log, "re-published everything") >= 1
         });
-        assert_eq!(count_lines(&log, "an etcd call failed"), 2, "{log}");
-        assert_eq!(count_lines(&log, "the etcd lease is gone"), 1, "{log}");
+        // An agent that made no call during an outage has nothing to say
+        // of it.
+        let failed = count_lines(&log, "an etcd call failed");
+        assert!((1..=2).contains(&failed), "{log}");
+        // The empty etcd: the renewal finds the lease gone, or a write
+        // finds the node key gone; either is said once.
+        let noticed = count_lines(&log, "the etcd lease is gone")
+            + count_lines(&log, "no longer attached to this agent's lease");
+        assert_eq!(noticed, 1, "{log}");
         assert_eq!(count_lines(&log, "re-published everything"), 1, "{log}");
     }
 }

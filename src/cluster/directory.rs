@@ -34,32 +34,65 @@ pub struct NodeEntry {
     pub updated: Option<u64>,
 }
 
-/// One pod's entry, as its node published it.
+/// One pod's entry, as its node published it: the JSON text as read (a
+/// reader of 100,000 pods holds text, not trees), and what the readers
+/// decide on, parsed once.
 #[derive(Clone, Debug)]
 pub struct PodEntry {
     pub node: String,
     pub uuid: String,
-    /// The node's `GET /pods` entry of the pod.
-    pub entry: serde_json::Value,
+    /// The node's `GET /pods` entry of the pod, as JSON text.
+    pub raw: Box<str>,
+    state: Box<str>,
+    /// Its addresses that identify it beyond its link (neither loopback
+    /// nor link-local).
+    addresses: Vec<IpAddr>,
+}
+
+/// The fields of an entry the readers decide on.
+#[derive(serde::Deserialize)]
+struct Brief {
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    addresses: Vec<String>,
 }
 
 impl PodEntry {
+    /// Parses `raw` (a JSON object) published by `node` for `uuid`.
+    pub fn parse(node: &str, uuid: &str, raw: &[u8]) -> Result<Self, String> {
+        let text = std::str::from_utf8(raw).map_err(|e| e.to_string())?;
+        if !text.trim_start().starts_with('{') {
+            return Err("not a JSON object".into());
+        }
+        let brief: Brief = serde_json::from_str(text).map_err(|e| e.to_string())?;
+        Ok(Self {
+            node: node.to_owned(),
+            uuid: uuid.to_owned(),
+            raw: text.into(),
+            state: brief.state.into(),
+            addresses: brief
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse::<IpAddr>().ok())
+                .filter(|a| !a.is_loopback() && !netns::is_link_local(a))
+                .collect(),
+        })
+    }
+
     /// The pod's addresses that identify it beyond its link (neither
     /// loopback nor link-local).
     pub fn addresses(&self) -> Vec<IpAddr> {
-        self.entry["addresses"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str()?.parse::<IpAddr>().ok())
-                    .filter(|a| !a.is_loopback() && !netns::is_link_local(a))
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.addresses.clone()
     }
 
     pub fn state(&self) -> &str {
-        self.entry["state"].as_str().unwrap_or("")
+        &self.state
+    }
+
+    /// The entry as a JSON tree (parsed again: for one pod at a time).
+    pub fn entry(&self) -> serde_json::Value {
+        serde_json::from_str(&self.raw).unwrap_or(serde_json::Value::Null)
     }
 }
 
@@ -89,14 +122,28 @@ pub async fn read(
     let mut store = EtcdStore::connect(endpoints, access, timeout)
         .await
         .map_err(wrap)?;
-    let kvs = store.range(layout.prefix()).await.map_err(wrap)?;
-    Ok(Directory::parse(&layout, kvs))
+    // Page by page: what a page held is parsed and dropped before the next.
+    let mut d = Directory::default();
+    store
+        .range_pages(layout.prefix(), |page| d.add(&layout, page))
+        .await
+        .map_err(wrap)?;
+    d.finish();
+    Ok(d)
 }
 
 impl Directory {
     /// The directory from the key-values under `layout`'s prefix.
     pub fn parse(layout: &Layout, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
         let mut d = Directory::default();
+        d.add(layout, kvs);
+        d.finish();
+        d
+    }
+
+    /// Adds the key-values of one page.
+    fn add(&mut self, layout: &Layout, kvs: Vec<(Vec<u8>, Vec<u8>)>) {
+        let d = self;
         for (key, value) in kvs {
             let Ok(key) = String::from_utf8(key) else {
                 continue;
@@ -114,24 +161,20 @@ impl Directory {
                     )),
                     Err(e) => d.unreadable.push((key.clone(), e.to_string())),
                 },
-                Some(Key::Pod { node, uuid }) => {
-                    match serde_json::from_slice::<serde_json::Value>(&value) {
-                        Ok(entry) if entry.is_object() => d.pods.push(PodEntry {
-                            node: node.to_owned(),
-                            uuid: uuid.to_owned(),
-                            entry,
-                        }),
-                        Ok(_) => d.unreadable.push((key.clone(), "not a JSON object".into())),
-                        Err(e) => d.unreadable.push((key.clone(), e.to_string())),
-                    }
-                }
+                Some(Key::Pod { node, uuid }) => match PodEntry::parse(node, uuid, &value) {
+                    Ok(entry) => d.pods.push(entry),
+                    Err(e) => d.unreadable.push((key.clone(), e)),
+                },
                 // Not one of ours: somebody else's key under the prefix.
                 None => {}
             }
         }
-        d.pods
+    }
+
+    /// Orders the pods by node, then UUID.
+    fn finish(&mut self) {
+        self.pods
             .sort_by(|a, b| (&a.node, &a.uuid).cmp(&(&b.node, &b.uuid)));
-        d
     }
 
     /// Addresses held by pods on more than one node, each with the pods

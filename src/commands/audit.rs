@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use rkt_mds::{
     cli::{AuditArgs, Endpoints},
-    cluster::{rfc3339, Directory},
+    cluster::{directory::PodEntry, rfc3339, Directory},
     pods,
 };
 
@@ -95,25 +95,24 @@ async fn run_cluster(args: &AuditArgs, etcd: &Endpoints) -> Result<i32> {
     let now = pods::unix_now();
     let stale_after = args.etcd_lease_ttl * 3;
     let stale = d.stale_nodes(now, stale_after);
-    let pods = cluster_rows(&d);
+    let conflicts = d.cross_node_conflicts();
     if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&cluster_json(&d, &pods, &stale))?
-        );
+        print_cluster_json(&d, &conflicts, &stale)?;
     } else {
-        print_cluster(&d, &pods, &stale);
+        print_cluster(&d, &conflicts, &stale);
     }
     if !args.check {
         return Ok(0);
     }
-    let doubtful = pods
+    let doubtful = d
+        .pods
         .iter()
-        .filter(|p| match p["state"].as_str().unwrap_or("") {
+        .filter(|p| match cluster_state(p, &conflicts) {
             "conflict" | "netns-gone" => true,
             "unenforced" => !args.allow_unenforced_bridge,
             "netns-unknown" => args.grace.is_some_and(|g| {
-                now.saturating_sub(p["registered_at"].as_u64().unwrap_or(0)) >= g.as_secs()
+                let at = p.entry()["registered_at"].as_u64().unwrap_or(0);
+                now.saturating_sub(at) >= g.as_secs()
             }),
             _ => false,
         })
@@ -140,45 +139,52 @@ async fn run_cluster(args: &AuditArgs, etcd: &Endpoints) -> Result<i32> {
     Ok(1)
 }
 
-/// Each pod's entry with its `node`; an address also held on another node
-/// joins its `conflicts`, and a verified pod holding one is `conflict`.
-fn cluster_rows(d: &Directory) -> Vec<Value> {
-    let conflicts = d.cross_node_conflicts();
-    d.pods
-        .iter()
-        .map(|p| {
-            let mut entry = p.entry.clone();
-            let held_elsewhere: Vec<String> = p
-                .addresses()
-                .into_iter()
-                .filter(|a| conflicts.contains_key(a))
-                .map(|a| a.to_string())
-                .collect();
-            if !held_elsewhere.is_empty() {
-                if entry["state"] == "verified" {
-                    entry["state"] = json!("conflict");
-                }
-                let mut listed: Vec<Value> =
-                    entry["conflicts"].as_array().cloned().unwrap_or_default();
-                for a in held_elsewhere {
-                    if !listed.iter().any(|v| v.as_str() == Some(a.as_str())) {
-                        listed.push(json!(a));
-                    }
-                }
-                entry["conflicts"] = Value::Array(listed);
-            }
-            entry["node"] = json!(p.node);
-            entry
-        })
-        .collect()
+/// Addresses held on more than one node, with their holders.
+type Conflicts = BTreeMap<std::net::IpAddr, Vec<(String, String)>>;
+
+/// A pod's state in the cluster: a verified pod holding an address that
+/// a pod on another node holds too is in `conflict`.
+fn cluster_state<'a>(p: &'a PodEntry, conflicts: &Conflicts) -> &'a str {
+    if p.state() == "verified" && p.addresses().iter().any(|a| conflicts.contains_key(a)) {
+        "conflict"
+    } else {
+        p.state()
+    }
 }
 
-fn cluster_json(d: &Directory, pods: &[Value], stale: &[&str]) -> Value {
+/// A pod's entry with its `node`; an address also held on another node
+/// joins its `conflicts`, and its state is [`cluster_state`]. Made one pod
+/// at a time (a reader of 100,000 pods never holds them all as trees).
+fn cluster_row(p: &PodEntry, conflicts: &Conflicts) -> Value {
+    let mut entry = p.entry();
+    let held_elsewhere: Vec<String> = p
+        .addresses()
+        .into_iter()
+        .filter(|a| conflicts.contains_key(a))
+        .map(|a| a.to_string())
+        .collect();
+    if !held_elsewhere.is_empty() {
+        entry["state"] = json!(cluster_state(p, conflicts));
+        let mut listed: Vec<Value> = entry["conflicts"].as_array().cloned().unwrap_or_default();
+        for a in held_elsewhere {
+            if !listed.iter().any(|v| v.as_str() == Some(a.as_str())) {
+                listed.push(json!(a));
+            }
+        }
+        entry["conflicts"] = Value::Array(listed);
+    }
+    entry["node"] = json!(p.node);
+    entry
+}
+
+/// `audit --etcd --json`: one object; its `pods` are written one by one.
+fn print_cluster_json(d: &Directory, conflicts: &Conflicts, stale: &[&str]) -> Result<()> {
+    use std::io::Write;
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &d.pods {
         *per_node.entry(p.node.as_str()).or_default() += 1;
     }
-    json!({
+    let head = json!({
         "nodes": d.nodes.iter().map(|(name, n)| json!({
             "node": name,
             "updated": n.record.updated,
@@ -186,16 +192,31 @@ fn cluster_json(d: &Directory, pods: &[Value], stale: &[&str]) -> Value {
             "pods": per_node.get(name.as_str()).copied().unwrap_or(0),
             "keys": n.record.jwks.keys.iter().map(|k| k.kid.clone()).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
-        "pods": pods,
-        "conflicts": d.cross_node_conflicts().into_iter().map(|(address, holders)| json!({
+        "conflicts": conflicts.iter().map(|(address, holders)| json!({
             "address": address.to_string(),
-            "pods": holders.into_iter().map(|(node, uuid)| json!({"node": node, "uuid": uuid})).collect::<Vec<_>>(),
+            "pods": holders.iter().map(|(node, uuid)| json!({"node": node, "uuid": uuid})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "unreadable": d.unreadable.iter().map(|(key, error)| json!({"key": key, "error": error})).collect::<Vec<_>>(),
-    })
+    });
+    let head = serde_json::to_string_pretty(&head)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // The head without its closing brace, then "pods".
+    let open = head.trim_end().trim_end_matches('}').trim_end();
+    write!(out, "{open},\n  \"pods\": [")?;
+    for (i, p) in d.pods.iter().enumerate() {
+        let sep = if i == 0 { "\n    " } else { ",\n    " };
+        write!(
+            out,
+            "{sep}{}",
+            serde_json::to_string(&cluster_row(p, conflicts))?
+        )?;
+    }
+    writeln!(out, "\n  ]\n}}")?;
+    out.flush()?;
+    Ok(())
 }
 
-fn print_cluster(d: &Directory, pods: &[Value], stale: &[&str]) {
+fn print_cluster(d: &Directory, conflicts: &Conflicts, stale: &[&str]) {
     let mut per_node: BTreeMap<&str, usize> = BTreeMap::new();
     for p in &d.pods {
         *per_node.entry(p.node.as_str()).or_default() += 1;
@@ -228,7 +249,8 @@ fn print_cluster(d: &Directory, pods: &[Value], stale: &[&str]) {
     table::print(&["NODE", "UPDATED", "PODS", "KEYS", "STATUS"], &nodes);
     println!();
     let mut rows = Vec::new();
-    for p in pods {
+    for p in d.pods.iter().map(|p| cluster_row(p, conflicts)) {
+        let p = &p;
         let text = |v: &Value| v.as_str().unwrap_or("-").to_owned();
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()

@@ -70,6 +70,19 @@ impl EtcdStore {
         Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
     }
 
+    /// [`EtcdStore::range`], handed to `page` one page at a time (a reader
+    /// never holds the whole prefix's answer).
+    pub async fn range_pages(
+        &mut self,
+        prefix: &str,
+        mut page: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>),
+    ) -> Result<(), StoreError> {
+        self.each_page(prefix, false, |kvs| {
+            page(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
+        })
+        .await
+    }
+
     /// [`EtcdStore::range`] with each key's lease.
     pub async fn range_with_leases(&mut self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
         self.paged(prefix, false).await
@@ -87,9 +100,22 @@ impl EtcdStore {
 
     /// [`EtcdStore::range`], with empty values when `keys_only`.
     async fn paged(&mut self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>, StoreError> {
+        let mut out = Vec::new();
+        self.each_page(prefix, keys_only, |kvs| out.extend(kvs))
+            .await?;
+        Ok(out)
+    }
+
+    /// Every page of keys under `prefix`, at one revision.
+    async fn each_page(
+        &mut self,
+        prefix: &str,
+        keys_only: bool,
+        mut page: impl FnMut(Vec<KeyValue>),
+    ) -> Result<(), StoreError> {
         let end = B64.encode(range_end(prefix.as_bytes()));
         let mut start = prefix.as_bytes().to_vec();
-        let (mut out, mut revision) = (Vec::new(), 0i64);
+        let mut revision = 0i64;
         loop {
             let mut request = json!({
                 "key": B64.encode(&start),
@@ -100,20 +126,20 @@ impl EtcdStore {
             if revision > 0 {
                 request["revision"] = json!(revision.to_string());
             }
-            let page = self.gateway.call("/v3/kv/range", &request).await?;
+            let answer = self.gateway.call("/v3/kv/range", &request).await?;
             if revision == 0 {
-                revision = int(&page["header"]["revision"]);
+                revision = int(&answer["header"]["revision"]);
             }
-            let more = page["more"].as_bool().unwrap_or(false);
-            let kvs = key_values(&page)?;
+            let more = answer["more"].as_bool().unwrap_or(false);
+            let kvs = key_values(&answer)?;
             let Some(last) = kvs.last() else { break };
             start = next_key(&last.key);
-            out.extend(kvs);
+            page(kvs);
             if !more {
                 break;
             }
         }
-        Ok(out)
+        Ok(())
     }
 
     async fn txn(&mut self, txn: Value) -> Result<Value, StoreError> {
