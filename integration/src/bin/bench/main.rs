@@ -7,6 +7,7 @@ mod churn_long;
 mod directory;
 mod documents;
 mod fleet;
+mod hardened;
 mod isolation;
 mod loopback;
 mod reaction;
