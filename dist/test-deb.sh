@@ -1,15 +1,32 @@
 #!/usr/bin/env bash
-# CI's package test (as root, on a machine where rkt-mds is not installed):
+# CI's package test (as root; with CI=true an rkt-mds already installed is
+# removed first, elsewhere it is refused):
 # builds the package, installs it, runs the installed binary, reads its man
 # page, asks bash for its completions, removes it, and checks that nothing
 # is left but the state directory. Prints one "N passed, N failed" line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if dpkg -s rkt-mds >/dev/null 2>&1; then
-  echo "test-deb: rkt-mds is already installed here; not touching it" >&2
-  exit 1
+# Installed, that is: a package removed but not purged ("config-files",
+# kept for its postrm's purge) is not in the way and `dpkg -s` would say 0.
+installed() { [ "$(dpkg-query -W -f='${db:Status-Status}' rkt-mds 2>/dev/null)" = installed ]; }
+if installed; then
+  # A CI machine may keep what an earlier run installed (one cut off between
+  # install and removal); there it is ours to remove. Anywhere else it is an
+  # operator's install, and this test leaves it alone.
+  if [ "${CI:-}" = true ]; then
+    echo "test-deb: rkt-mds is already installed (an earlier run's?); removing it first"
+    dpkg -r rkt-mds >/dev/null
+  else
+    echo "test-deb: rkt-mds is already installed here; not touching it (CI=true removes it first)" >&2
+    exit 1
+  fi
 fi
+# A state dir from before this test may hold a node's keys: outside CI the
+# purge check (which deletes it) runs only when this test made it.
+state_was_here=false; [ -e /var/lib/rkt-mds ] && state_was_here=true
 deb=$(dist/build-deb.sh | tail -n 1)
+# Whatever happens from here, the package does not stay installed.
+trap 'installed && dpkg -r rkt-mds >/dev/null 2>&1 || true' EXIT
 passed=0 failed=0
 check() {
   local what=$1; shift
@@ -34,6 +51,13 @@ dpkg -r rkt-mds >/dev/null
 left=$(for f in $files; do [ -e "$f" ] && echo "$f"; done || true)
 check "removal leaves none of the package's files" test -z "$left"
 check "removal leaves the state dir" test -d /var/lib/rkt-mds
+check "removal leaves it removed (config-files at most)" sh -c '! dpkg-query -W -f="\${db:Status-Status}" rkt-mds | grep -qx installed'
+if [ "$state_was_here" = false ] || [ "${CI:-}" = true ]; then
+  dpkg -P rkt-mds >/dev/null
+  check "purge removes the state dir" test ! -e /var/lib/rkt-mds
+else
+  echo "test-deb: /var/lib/rkt-mds was here before this test; purge not tried"
+fi
 [ -z "$left" ] || echo "test-deb: left behind: $left" >&2
 echo "test-deb: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
