@@ -161,7 +161,9 @@ pub struct ServeArgs {
     /// <dir>/pods/run/<uuid>/netns.
     #[arg(long, default_value = "/var/lib/rkt", value_name = "PATH")]
     pub dir: PathBuf,
-    /// Durable state (HMAC keys). Created 0700.
+    /// Durable state: the HMAC and JWT keys, the lock that keeps a second
+    /// agent off it, and with --etcd the node's secret and last lease.
+    /// Created 0700.
     #[arg(long, default_value = "/var/lib/rkt-mds", value_name = "PATH")]
     pub state_dir: PathBuf,
     /// Registrations (survive an agent restart, not a reboot). Created 0700.
@@ -285,17 +287,17 @@ pub struct Endpoints(pub Vec<String>);
 pub struct EtcdAccessArgs {
     /// The CA that signed etcd's server certificate (PEM), for https://
     /// endpoints (default: the system's CA bundle).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", requires = "etcd")]
     pub etcd_cacert: Option<PathBuf>,
     /// A client certificate (PEM) for etcd's --client-cert-auth.
-    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_key", "etcd"])]
     pub etcd_cert: Option<PathBuf>,
     /// The client certificate's private key (PEM).
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
     /// The etcd user (with --etcd-password-file); see `rkt-mds cluster
     /// roles` for the permissions it needs.
-    #[arg(long, value_name = "NAME", requires = "etcd_password_file")]
+    #[arg(long, value_name = "NAME", requires_all = ["etcd_password_file", "etcd"])]
     pub etcd_user: Option<String>,
     /// A file holding the etcd user's password (never on the command line).
     #[arg(long, value_name = "FILE", requires = "etcd_user")]
@@ -303,6 +305,21 @@ pub struct EtcdAccessArgs {
 }
 
 impl EtcdAccessArgs {
+    /// The first of these flags given, if any: they mean nothing without
+    /// `--etcd` (clap's `requires` does not see that where `--etcd` is one
+    /// of a group, as in `verify-token`).
+    pub fn first_given(&self) -> Option<&'static str> {
+        [
+            (self.etcd_cacert.is_some(), "--etcd-cacert"),
+            (self.etcd_cert.is_some(), "--etcd-cert"),
+            (self.etcd_key.is_some(), "--etcd-key"),
+            (self.etcd_user.is_some(), "--etcd-user"),
+            (self.etcd_password_file.is_some(), "--etcd-password-file"),
+        ]
+        .into_iter()
+        .find_map(|(given, flag)| given.then_some(flag))
+    }
+
     /// The flags for `cluster::etcd::Access::load`.
     pub fn flags(&self) -> crate::cluster::etcd::AccessFlags {
         crate::cluster::etcd::AccessFlags {

@@ -81,7 +81,8 @@ impl Keyring {
     pub fn load_or_create(state_dir: &Path, retention: usize) -> Result<Self, KeyError> {
         store::ensure_private_dir(state_dir)?;
         let path = state_dir.join(FILE);
-        let keys = match std::fs::read(&path) {
+        // Like every state file: a FIFO in its place cannot hang the start.
+        let keys = match store::read_regular_file(&path, 1 << 20) {
             Ok(bytes) => parse(&path, &bytes)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(source) => return Err(store::StoreError { path, source }.into()),
@@ -212,6 +213,22 @@ fn now() -> u64 {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_fifo_in_place_of_the_key_file_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join(FILE);
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        // A plain read would wait for a writer forever.
+        let err = Keyring::load_or_create(dir.path(), 4)
+            .err()
+            .expect("refused");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
 
     #[derive(Deserialize)]
     struct Vectors {

@@ -309,7 +309,7 @@ fn render_directory(out: &mut String, d: &crate::cluster::stats::Snapshot) {
         ),
         (
             "rkt_mds_etcd_publish_errors_total",
-            "Publishing sessions that ended on an etcd failure (down, unreachable, too slow, lease lost, fenced).",
+            "Failed etcd calls within a session (each retry counts) and sessions that ended on an etcd failure, a refusal or fencing.",
             d.errors,
             "counter",
         ),

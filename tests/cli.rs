@@ -90,3 +90,35 @@ fn verify_outside_a_pod_is_an_error_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+#[test]
+fn etcd_access_flags_without_etcd_are_refused() {
+    // Silently ignored, a --etcd-cacert or --etcd-user would leave an
+    // operator believing a hardened setup is in use when none is.
+    for args in [
+        &["serve", "--etcd-cacert", "/ca.pem"][..],
+        &["serve", "--etcd-user", "u", "--etcd-password-file", "/p"][..],
+        &["audit", "--etcd-cert", "/c.pem", "--etcd-key", "/k.pem"][..],
+    ] {
+        let out = rkt_mds(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--etcd <ENDPOINTS>"), "{args:?}: {err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, br#"{"keys":[]}"#).unwrap();
+    let out = rkt_mds(&[
+        "verify-token",
+        "--audience",
+        "a",
+        "--jwks",
+        jwks.to_str().unwrap(),
+        "--etcd-cacert",
+        "/ca.pem",
+        "t",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--etcd-cacert goes with --etcd"), "{err}");
+}

@@ -249,7 +249,7 @@ impl<S: Source> Publisher<S> {
                 tracing::error!(
                     node,
                     holder = format!("{holder:x}"),
-                    "this node name is held in etcd under another live lease (another agent with the same --node-name, or this agent's previous run until its lease expires): not publishing; local service goes on; the claim is retried"
+                    "this node name is held in etcd under another live lease (another agent with the same --node-name, or a previous run that cannot be proven this node's: a lost node secret): not publishing; local service goes on; the claim is retried"
                 );
                 self.said = Said::Refused;
             }

@@ -42,6 +42,9 @@ pub async fn run(args: VerifyTokenArgs) -> Result<i32> {
 }
 
 async fn load(args: &VerifyTokenArgs) -> Result<(String, JwkSet)> {
+    if let (None, Some(flag)) = (&args.etcd, args.etcd_access.first_given()) {
+        anyhow::bail!("{flag} goes with --etcd ENDPOINTS only");
+    }
     let token = match args.token.strip_prefix('@') {
         Some(file) => {
             std::fs::read_to_string(file).with_context(|| format!("cannot read {file}"))?

@@ -32,8 +32,9 @@ pub struct Access {
     pub tls: Option<Arc<ClientConfig>>,
     /// The user and its password.
     pub user: Option<Credentials>,
-    /// Whether a client certificate is presented (with etcd's
-    /// --client-cert-auth, its common name is the user).
+    /// Whether a client certificate is presented. It has no common name
+    /// (etcd's JSON gateway refuses one that has), so the user comes from
+    /// `--etcd-user` only.
     pub client_cert: bool,
 }
 

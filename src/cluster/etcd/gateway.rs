@@ -237,7 +237,7 @@ impl Gateway {
     fn who(&self) -> Option<String> {
         match (&self.access.user, self.access.client_cert) {
             (Some(u), _) => Some(format!("user {}", u.name)),
-            (None, true) => Some("the client certificate's user".into()),
+            (None, true) => Some("this agent (a client certificate and no --etcd-user)".into()),
             (None, false) => None,
         }
     }
