@@ -37,9 +37,9 @@ const STEADY_RATE: f64 = 200.0;
 const STEADY: u32 = 1000;
 /// Registrations of the leader-kill burst; the leader dies after a third.
 const FAULT_BURST: u32 = 600;
-/// How long etcd is away in the outage (the issue asks 60 s; cut to keep
-/// the bench within minutes).
-const OUTAGE: Duration = Duration::from_secs(20);
+/// How long etcd is away in the outage: six lease TTLs, so every lease
+/// would have expired had etcd not extended them on its return.
+const OUTAGE: Duration = Duration::from_secs(60);
 const IDLE: Duration = Duration::from_secs(30);
 
 /// GET `path` from `127.0.0.1:port` (HTTP/1.0: read to the end).
@@ -72,22 +72,29 @@ fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-/// etcd's applied puts (the same on every member: read from one).
+/// etcd's applied puts: the most any running member has applied (a
+/// member that is down, or was just restarted with its counter at 0, does
+/// not count). Polled until a member answers: right after the leader's
+/// death no leader is known, and reading one fixed member then gave 0 (a
+/// run reported 10,460 duplicate writes that were that 0).
 fn puts(etcd: &Etcd) -> f64 {
-    let port: u16 = etcd
-        .member_endpoint(etcd.leader().unwrap_or(0))
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    get(port, "/metrics")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("etcd_mvcc_put_total "))
-                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        })
-        .unwrap_or(0.0)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let most = (0..3)
+            .filter_map(|i| {
+                let port: u16 = etcd.member_endpoint(i).rsplit(':').next()?.parse().ok()?;
+                let text = get(port, "/metrics").ok()?;
+                text.lines()
+                    .find(|l| l.starts_with("etcd_mvcc_put_total "))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            })
+            .reduce(f64::max);
+        match most {
+            Some(n) => return n,
+            None if Instant::now() > deadline => return f64::NAN,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -260,11 +267,14 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     };
     let count = |e: &Etcd| e.count(PREFIX).unwrap_or(-1);
     let before_fault = count(&etcd);
+    // Every put of the burst, those of its first third still in flight at
+    // the kill included; node-record refreshes (one per agent every half
+    // TTL) count too.
+    let burst_puts0 = puts(&etcd);
     register_range(&agents, total, total + FAULT_BURST / 3, &manifest)?;
     let leader = etcd.leader().ok_or("no leader")?;
     etcd.kill_member(leader);
     let killed = Instant::now();
-    let fault_writes0 = puts(&etcd);
     register_range(
         &agents,
         total + FAULT_BURST / 3,
@@ -289,7 +299,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let lost = (before_fault - lowest).max(0);
-    let duplicate_writes = (puts(&etcd) - fault_writes0) - f64::from(FAULT_BURST - FAULT_BURST / 3);
+    let duplicate_writes = (puts(&etcd) - burst_puts0) - f64::from(FAULT_BURST);
     etcd.restart_member(leader);
     stop.store(true, Ordering::Relaxed);
     let _ = prober.join();
@@ -324,7 +334,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
             return Err("the directory was not complete 180 s after the outage".into());
         }
     };
-    // When each agent re-published, from its log (its clock is the same).
+    // When each agent was back, from its log (its clock is the same).
     let back: Vec<f64> = agents
         .iter()
         .filter_map(|a| {
@@ -332,7 +342,11 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
                 .log()
                 .lines()
                 .rev()
-                .find(|l| l.contains("re-published everything"))?
+                // The session goes on through an outage shorter than etcd's
+                // memory of the lease; a new one re-publishes everything.
+                .find(|l| {
+                    l.contains("etcd answers again") || l.contains("re-published everything")
+                })?
                 .to_owned();
             parse_stamp(line.get(..26)?)
         })
@@ -437,7 +451,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
         back.iter().cloned().reduce(f64::min),
         back.iter().cloned().reduce(f64::max),
     ) {
-        println!("| agents' re-publish after the restart: first, last (jitter) | {first:.2} s, {last:.2} s |");
+        println!("| agents back in etcd after the restart: first, last of {} (jitter) | {first:.2} s, {last:.2} s |", back.len());
     }
     println!("| {doomed} agents SIGKILLed: their {doomed_pods} keys gone after | {:.1} s (lease {TTL_SECS} s) |", vanished.as_secs_f64());
     drop(watcher);

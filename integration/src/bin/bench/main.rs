@@ -104,11 +104,20 @@ pub enum Section {
     Validation,
     /// The churn test's long form, every identity mode.
     Churn,
+    /// The same as --etcd (only with --only: a full run leaves it out).
+    Etcd,
+    /// The same as --fleet (only with --only: a full run leaves it out).
+    Fleet,
 }
 
 impl Args {
     fn wants(&self, s: Section) -> bool {
         (self.only.is_empty() || self.only.contains(&s)) && !self.skip.contains(&s)
+    }
+
+    /// Whether this run is a separate measurement that needs no wrk.
+    fn only(&self, s: Section) -> bool {
+        self.only.contains(&s) && !self.skip.contains(&s)
     }
 }
 
@@ -131,7 +140,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    if args.fleet {
+    if args.fleet || args.only(Section::Fleet) {
         return match fleet::measure(args.fleet_agents, args.fleet_pods) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
@@ -140,7 +149,7 @@ fn main() -> std::process::ExitCode {
             }
         };
     }
-    if args.etcd {
+    if args.etcd || args.only(Section::Etcd) {
         return match directory::measure() {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
