@@ -107,11 +107,22 @@ pub struct Directory {
     pub unreadable: Vec<(String, String)>,
 }
 
+/// What a reader needs of the directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Node records and pod entries (`audit`).
+    Everything,
+    /// Node records only (the trust bundle): a few keys per node, however
+    /// many pods the cluster holds.
+    Nodes,
+}
+
 /// Reads the directory under `prefix` from `endpoints`.
 pub async fn read(
     endpoints: &[String],
     access: &super::etcd::Access,
     prefix: &str,
+    scope: Scope,
     timeout: Duration,
 ) -> Result<Directory, ReadError> {
     let layout = Layout::new(prefix);
@@ -124,8 +135,12 @@ pub async fn read(
         .map_err(wrap)?;
     // Page by page: what a page held is parsed and dropped before the next.
     let mut d = Directory::default();
+    let under = match scope {
+        Scope::Everything => layout.prefix().to_owned(),
+        Scope::Nodes => layout.node(""),
+    };
     store
-        .range_pages(layout.prefix(), |page| d.add(&layout, page))
+        .range_pages(&under, |page| d.add(&layout, page))
         .await
         .map_err(wrap)?;
     d.finish();

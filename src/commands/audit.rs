@@ -91,7 +91,13 @@ pub async fn run(args: AuditArgs) -> Result<i32> {
 
 /// `audit --etcd`: every node's pods from the cluster directory.
 async fn run_cluster(args: &AuditArgs, etcd: &Endpoints) -> Result<i32> {
-    let d = super::cluster::read(etcd, &args.etcd_access, &args.etcd_prefix).await?;
+    let d = super::cluster::read(
+        etcd,
+        &args.etcd_access,
+        &args.etcd_prefix,
+        rkt_mds::cluster::directory::Scope::Everything,
+    )
+    .await?;
     let now = pods::unix_now();
     let stale_after = args.etcd_lease_ttl * 3;
     let stale = d.stale_nodes(now, stale_after);

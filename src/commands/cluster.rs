@@ -7,21 +7,26 @@ use anyhow::{Context, Result};
 
 use rkt_mds::{
     cli::{Endpoints, EtcdAccessArgs, EtcdPrefixArg},
-    cluster::{directory, etcd::Access, Directory},
+    cluster::{
+        directory::{self, Scope},
+        etcd::Access,
+        Directory,
+    },
 };
 
 /// The bound of each etcd call of a reader.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The directory under the prefix; entries that cannot be read are named
+/// The directory under the prefix (or only its node records); entries that cannot be read are named
 /// on stderr.
 pub async fn read(
     endpoints: &Endpoints,
     access: &EtcdAccessArgs,
     prefix: &EtcdPrefixArg,
+    scope: Scope,
 ) -> Result<Directory> {
     let access = Access::load(&access.flags(), endpoints.https())?;
-    let d = directory::read(&endpoints.0, &access, &prefix.prefix, CALL_TIMEOUT)
+    let d = directory::read(&endpoints.0, &access, &prefix.prefix, scope, CALL_TIMEOUT)
         .await
         .with_context(|| format!("etcd at {}", endpoints.0.join(",")))?;
     for (key, why) in &d.unreadable {

@@ -3,10 +3,16 @@
 
 use anyhow::Result;
 
-use rkt_mds::cli::JwksArgs;
+use rkt_mds::{cli::JwksArgs, cluster::directory::Scope};
 
 pub async fn run(args: JwksArgs) -> Result<()> {
-    let d = super::cluster::read(&args.etcd, &args.etcd_access, &args.etcd_prefix).await?;
+    let d = super::cluster::read(
+        &args.etcd,
+        &args.etcd_access,
+        &args.etcd_prefix,
+        Scope::Nodes,
+    )
+    .await?;
     if d.nodes.is_empty() {
         eprintln!(
             "rkt-mds jwks: no node has published under {:?}: the bundle is empty",

@@ -64,7 +64,13 @@ async fn load(args: &VerifyTokenArgs) -> Result<(String, JwkSet)> {
             serde_json::from_slice(&reply.body).context("the agent's JWK Set is not valid")?
         }
         (None, None, Some(etcd)) => {
-            let d = super::cluster::read(etcd, &args.etcd_access, &args.etcd_prefix).await?;
+            let d = super::cluster::read(
+                etcd,
+                &args.etcd_access,
+                &args.etcd_prefix,
+                rkt_mds::cluster::directory::Scope::Nodes,
+            )
+            .await?;
             if d.nodes.is_empty() {
                 anyhow::bail!(
                     "no node has published under {:?}: the cluster's trust bundle is empty",
