@@ -10,7 +10,7 @@ use std::{
 
 use super::{
     etcd::EtcdStore,
-    layout::{Key, Layout, NodeRecord},
+    layout::{range_end, Key, Layout, NodeRecord},
     rfc3339,
     store::StoreError,
 };
@@ -134,17 +134,57 @@ pub async fn read(
         .await
         .map_err(wrap)?;
     // Page by page: what a page held is parsed and dropped before the next.
+    // Every range reads the snapshot of the first.
     let mut d = Directory::default();
-    let under = match scope {
-        Scope::Everything => layout.prefix().to_owned(),
-        Scope::Nodes => layout.node(""),
-    };
+    let mut revision = 0;
+    let nodes = layout.node("");
     store
-        .range_pages(&under, |page| d.add(&layout, page))
+        .range_pages_between(
+            nodes.as_bytes(),
+            &range_end(nodes.as_bytes()),
+            &mut revision,
+            |page| d.add(&layout, page),
+        )
         .await
         .map_err(wrap)?;
+    if scope == Scope::Everything {
+        // Node by node, and then the gaps between nodes (pods whose node
+        // has no record, keys of other shapes): short ranges, so that no
+        // page costs etcd the whole rest of the directory (see
+        // `EtcdStore::pages_between`). The gaps are empty when all is well.
+        for (start, end) in pod_ranges(&layout, d.nodes.keys()) {
+            store
+                .range_pages_between(&start, &end, &mut revision, |page| d.add(&layout, page))
+                .await
+                .map_err(wrap)?;
+        }
+    }
     d.finish();
     Ok(d)
+}
+
+/// `PREFIX pods/` cut into disjoint ranges that cover it: each node's
+/// `pods/NODE/`, and the gaps between them, in key order.
+fn pod_ranges<'a>(
+    layout: &Layout,
+    nodes: impl Iterator<Item = &'a String>,
+) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let pods = format!("{}pods/", layout.prefix()).into_bytes();
+    // By key, not by name: "a-b/" sorts before "a/".
+    let mut of_nodes: Vec<Vec<u8>> = nodes.map(|n| layout.pods_of(n).into_bytes()).collect();
+    of_nodes.sort();
+    let mut ranges = Vec::new();
+    let mut from = pods.clone();
+    for p in of_nodes {
+        let end = range_end(&p);
+        if from < p {
+            ranges.push((from, p.clone()));
+        }
+        ranges.push((p, end.clone()));
+        from = end;
+    }
+    ranges.push((from, range_end(&pods)));
+    ranges
 }
 
 impl Directory {
@@ -241,6 +281,34 @@ mod tests {
     use super::*;
     use crate::jwt::Jwk;
     use serde_json::json;
+
+    #[test]
+    fn pod_ranges_cover_every_pod_key_once_in_order() {
+        let l = Layout::new("/p/");
+        let nodes = ["a".to_string(), "a-b".to_string(), "z".to_string()];
+        let ranges = pod_ranges(&l, nodes.iter());
+        // Disjoint, in order, and together exactly `pods/`.
+        assert_eq!(ranges.first().unwrap().0, b"/p/pods/".to_vec());
+        assert_eq!(ranges.last().unwrap().1, range_end(b"/p/pods/"));
+        for pair in ranges.windows(2) {
+            assert_eq!(pair[0].1, pair[1].0, "{ranges:?}");
+        }
+        assert!(ranges.iter().all(|(s, e)| s < e), "{ranges:?}");
+        // Each node's keys lie in its own range; an orphan in a gap.
+        let holder = |key: &str| {
+            ranges
+                .iter()
+                .position(|(s, e)| s.as_slice() <= key.as_bytes() && key.as_bytes() < e.as_slice())
+        };
+        for n in &nodes {
+            let i = holder(&l.pod(n, "u")).unwrap();
+            assert_eq!(ranges[i].0, l.pods_of(n).into_bytes());
+        }
+        let orphan = holder(&l.pod("m", "u")).unwrap();
+        assert!(!nodes
+            .iter()
+            .any(|n| ranges[orphan].0 == l.pods_of(n).into_bytes()));
+    }
 
     fn jwk(seed: u8) -> Jwk {
         let mut point = vec![0x04];
