@@ -146,14 +146,7 @@ pub fn measure() -> Result<(), String> {
             at_scale.as_slice(),
         ),
     ] {
-        let s = Stats::of(v);
-        println!(
-            "| {what} | {} | {:.1} | {:.1} | {:.1} |",
-            v.len(),
-            s.median,
-            s.p99,
-            s.max
-        );
+        println!("{}", Stats::row(&what, v));
     }
     println!();
     let extra = secs(scale_cpu) - secs(plain_cpu);
@@ -395,5 +388,17 @@ impl Stats {
             p99: at(0.99),
             max: at(1.0),
         }
+    }
+
+    /// A markdown row `| what | n | median | p99 | max |` of delays in ms.
+    pub(crate) fn row(what: &str, v: &[f64]) -> String {
+        let s = Self::of(v);
+        format!(
+            "| {what} | {} | {:.1} | {:.1} | {:.1} |",
+            v.len(),
+            s.median,
+            s.p99,
+            s.max
+        )
     }
 }

@@ -383,8 +383,6 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     };
 
     // The report.
-    let s = Stats::of(&steady_ms);
-    let b = Stats::of(&burst_ms);
     println!(
         "Fleet: {n_agents} agents × {pods_per_agent} host-network pods = {total} pods; etcd {} × 3 members on 127.0.0.1 (the same 2 cores); --etcd-lease-ttl {TTL_SECS}s.",
         etcd_version()
@@ -393,19 +391,10 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     println!("| registration to its key in etcd | n | median ms | p99 ms | max ms |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     println!(
-        "| steady, {STEADY_RATE:.0}/s | {} | {:.1} | {:.1} | {:.1} |",
-        steady_ms.len(),
-        s.median,
-        s.p99,
-        s.max
+        "{}",
+        Stats::row(&format!("steady, {STEADY_RATE:.0}/s"), &steady_ms)
     );
-    println!(
-        "| burst, back to back | {} | {:.1} | {:.1} | {:.1} |",
-        burst_ms.len(),
-        b.median,
-        b.p99,
-        b.max
-    );
+    println!("{}", Stats::row("burst, back to back", &burst_ms));
     println!();
     println!("| figure | value |");
     println!("| --- | ---: |");

@@ -220,14 +220,7 @@ pub fn measure() -> Result<(), String> {
     );
     println!("| --- | ---: | ---: | ---: | ---: |");
     for (what, v) in [("plaintext", &plain_ms), ("TLS + auth", &tls_ms)] {
-        let s = Stats::of(v);
-        println!(
-            "| {what} | {} | {:.1} | {:.1} | {:.1} |",
-            v.len(),
-            s.median,
-            s.p99,
-            s.max
-        );
+        println!("{}", Stats::row(what, v));
     }
     println!();
     println!(
