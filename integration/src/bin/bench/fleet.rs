@@ -334,29 +334,29 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
             return Err("the directory was not complete 180 s after the outage".into());
         }
     };
-    // When each agent was back, from its log (its clock is the same).
-    let back: Vec<f64> = agents
-        .iter()
-        .filter_map(|a| {
-            let line = a
-                .log()
-                .lines()
-                .rev()
-                // The session goes on through an outage shorter than etcd's
-                // memory of the lease; a new one re-publishes everything.
-                .find(|l| {
-                    l.contains("etcd answers again") || l.contains("re-published everything")
-                })?
-                .to_owned();
-            parse_stamp(line.get(..26)?)
+    // When each agent was back, from its log (its clock is the same): the
+    // first line after the restart saying so, waited for (an agent with
+    // nothing queued may come back after the directory is complete).
+    let since = restarted_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let back_of = |a: &Agent| -> Option<(f64, bool)> {
+        a.log().lines().find_map(|l| {
+            let went_on = l.contains("etcd answers again");
+            let anew = l.contains("re-published everything") || l.contains("publishing to etcd");
+            let t = parse_stamp(l.get(..26)?)? - since;
+            ((went_on || anew) && t > 0.0).then_some((t, went_on))
         })
-        .map(|t| {
-            t - restarted_at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0)
-        })
-        .collect();
+    };
+    let waited = Instant::now();
+    let mut back: Vec<Option<(f64, bool)>> = agents.iter().map(back_of).collect();
+    while back.iter().any(Option::is_none) && waited.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(200));
+        back = agents.iter().map(back_of).collect();
+    }
+    let went_on = back.iter().flatten().filter(|(_, w)| *w).count();
+    let back: Vec<f64> = back.into_iter().flatten().map(|(t, _)| t).collect();
 
     // 6. A tenth of the agents SIGKILLed: their keys go at lease expiry.
     let doomed = (n_agents / 10).max(1);
@@ -440,7 +440,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
         back.iter().cloned().reduce(f64::min),
         back.iter().cloned().reduce(f64::max),
     ) {
-        println!("| agents back in etcd after the restart: first, last of {} (jitter) | {first:.2} s, {last:.2} s |", back.len());
+        println!("| agents back in etcd after the restart: first, last of {} (jitter; {went_on} went on in their session, the others re-published) | {first:.2} s, {last:.2} s |", back.len());
     }
     println!("| {doomed} agents SIGKILLed: their {doomed_pods} keys gone after | {:.1} s (lease {TTL_SECS} s) |", vanished.as_secs_f64());
     drop(watcher);
