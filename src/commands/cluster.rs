@@ -17,8 +17,8 @@ use rkt_mds::{
 /// The bound of each etcd call of a reader.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The directory under the prefix (or only its node records); entries that cannot be read are named
-/// on stderr.
+/// The directory under the prefix (or only its node records); entries
+/// that cannot be read are named on stderr.
 pub async fn read(
     endpoints: &Endpoints,
     access: &EtcdAccessArgs,
