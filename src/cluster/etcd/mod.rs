@@ -63,26 +63,6 @@ impl EtcdStore {
         })
     }
 
-    /// Every key and value starting with `prefix`, read page by page at
-    /// one revision (a consistent snapshot).
-    pub async fn range(&mut self, prefix: &str) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
-        let kvs = self.paged(prefix, false).await?;
-        Ok(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
-    }
-
-    /// [`EtcdStore::range`], handed to `page` one page at a time (a reader
-    /// never holds the whole prefix's answer).
-    pub async fn range_pages(
-        &mut self,
-        prefix: &str,
-        mut page: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>),
-    ) -> Result<(), StoreError> {
-        self.each_page(prefix, false, |kvs| {
-            page(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
-        })
-        .await
-    }
-
     /// The keys in `[start, end)`, handed to `page` one page at a time, at
     /// `revision` (0: the current one, which is then stored there, so that
     /// several ranges read one snapshot).
@@ -99,22 +79,8 @@ impl EtcdStore {
         .await
     }
 
-    /// [`EtcdStore::range`] with each key's lease.
-    pub async fn range_with_leases(&mut self, prefix: &str) -> Result<Vec<KeyValue>, StoreError> {
-        self.paged(prefix, false).await
-    }
-
-    /// The leases etcd holds.
-    pub async fn leases(&mut self) -> Result<Vec<i64>, StoreError> {
-        let answer = self.gateway.call("/v3/lease/leases", &json!({})).await?;
-        Ok(answer
-            .get("leases")
-            .and_then(Value::as_array)
-            .map(|ls| ls.iter().map(|l| int(&l["ID"])).collect())
-            .unwrap_or_default())
-    }
-
-    /// [`EtcdStore::range`], with empty values when `keys_only`.
+    /// Every key under `prefix`, read page by page at one revision (a
+    /// consistent snapshot); values are empty when `keys_only`.
     async fn paged(&mut self, prefix: &str, keys_only: bool) -> Result<Vec<KeyValue>, StoreError> {
         let mut out = Vec::new();
         self.each_page(prefix, keys_only, |kvs| out.extend(kvs))
