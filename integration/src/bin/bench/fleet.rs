@@ -55,21 +55,26 @@ fn get(port: u16, path: &str) -> Result<String, String> {
         .map_or(text.clone(), |(_, b)| b.to_owned()))
 }
 
-/// The sum of the series of `family` whose labels hold every one of
-/// `labels`, over every running member.
-fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
+/// Per running member that has any: the sum of the series of `family`
+/// whose labels hold every one of `labels` (members that do not answer,
+/// or have no such series, are left out).
+fn per_member(etcd: &Etcd, family: &str, labels: &[&str]) -> Vec<f64> {
     (0..3)
         .filter_map(|i| {
             let port: u16 = etcd.member_endpoint(i).rsplit(':').next()?.parse().ok()?;
-            get(port, "/metrics").ok()
-        })
-        .map(|text| {
+            let text = get(port, "/metrics").ok()?;
             text.lines()
                 .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum::<f64>()
+                .reduce(|a, b| a + b)
         })
-        .sum()
+        .collect()
+}
+
+/// The sum of the series of `family` whose labels hold every one of
+/// `labels`, over every running member.
+fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
+    per_member(etcd, family, labels).into_iter().sum()
 }
 
 /// etcd's applied puts: the most any running member has applied (a
@@ -80,16 +85,10 @@ fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
 fn puts(etcd: &Etcd) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let most = (0..3)
-            .filter_map(|i| {
-                let port: u16 = etcd.member_endpoint(i).rsplit(':').next()?.parse().ok()?;
-                let text = get(port, "/metrics").ok()?;
-                text.lines()
-                    .find(|l| l.starts_with("etcd_mvcc_put_total "))
-                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            })
-            .reduce(f64::max);
-        match most {
+        match per_member(etcd, "etcd_mvcc_put_total ", &[])
+            .into_iter()
+            .reduce(f64::max)
+        {
             Some(n) => return n,
             None if Instant::now() > deadline => return f64::NAN,
             None => std::thread::sleep(Duration::from_millis(50)),
