@@ -166,7 +166,7 @@ impl Source<'_> {
         match self.attributed {
             Attribution::Routed(c) => Some((c, true)),
             Attribution::Bridged { cookie, enforced } => Some((cookie, enforced)),
-            Attribution::Unwatched | Attribution::Elsewhere(_) => None,
+            Attribution::Unwatched { .. } | Attribution::Elsewhere(_) => None,
         }
     }
 }

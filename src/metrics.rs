@@ -234,7 +234,7 @@ impl Metrics {
             ),
             (
                 "rkt_mds_sources_filtered",
-                "Addresses over their source's connection share whose new connections the kernel drops.",
+                "Tenants (pods, ports, addresses) over their connection share whose new connections the kernel drops.",
                 gauges.sources_filtered as u64,
                 "gauge",
             ),

@@ -105,6 +105,11 @@ fn a_source_over_its_share(v6: bool) {
         1,
         "{log}"
     );
+    assert_eq!(
+        count_lines(&log, &format!("of connections (pod {U_B})")),
+        1,
+        "the line names the pod: {log}"
+    );
     // B frees a slot: the filter is lifted and B connects again.
     drop(held.pop());
     wait_filtered(&agent, 0, "B's SYNs let through");
@@ -199,16 +204,13 @@ fn a_neighbour_in_the_same_64_keeps_its_own_share() {
     }
 }
 
-/// One bridged pod with six addresses (five extra, not pinned: the host
-/// learns them by ARP and attributes them to its namespace) holds idle
-/// connections from each: all count as one tenant, so it cannot fill the
-/// global cap, and its neighbour and a routed pod are still served (when
-/// shares were per address, they got 503).
-#[test]
-fn one_pod_with_many_addresses_cannot_fill_the_cap() {
-    if !require_root("one_pod_with_many_addresses_cannot_fill_the_cap") {
-        return;
-    }
+/// One bridged pod with many addresses (`extra` more than its own, not
+/// pinned: the host learns them by ARP and attributes them to its
+/// namespace) holds idle connections from each, `tries` per address: all
+/// count as one tenant, so it cannot fill the global cap, and its
+/// neighbour and a routed pod are still served (when shares were per
+/// address, they got 503).
+fn one_pod_with_many_addresses(extra: u8, tries: usize) {
     let agent = Agent::start(
         AgentOptions::identity("token+netns")
             .arg("--max-connections")
@@ -229,7 +231,7 @@ fn one_pod_with_many_addresses_cannot_fill_the_cap() {
     agent.register_in(U_C, T_C, &manifest, &routed);
     let to = SocketAddr::new(IpAddr::V4(bridge.v4()), agent.port);
     let mut sources = vec![IpAddr::V4(attacker.v4())];
-    for n in 200..205u8 {
+    for n in 150..150 + extra {
         let (extra, _) = bridge.pod_addresses(n);
         attacker.add_address(IpAddr::V4(extra), 24);
         sources.push(IpAddr::V4(extra));
@@ -241,7 +243,7 @@ fn one_pod_with_many_addresses_cannot_fill_the_cap() {
             bridge.neighbour(*src)
         });
     }
-    let held = hold_from(&attacker, &sources, to, 4);
+    let held = hold_from(&attacker, &sources, to, tries);
     assert!(
         held.len() <= 4,
         "one pod holds {} connections over {} addresses",
@@ -272,6 +274,24 @@ fn one_pod_with_many_addresses_cannot_fill_the_cap() {
     drop(held);
 }
 
+#[test]
+fn one_pod_with_six_addresses_cannot_fill_the_cap() {
+    if !require_root("one_pod_with_six_addresses_cannot_fill_the_cap") {
+        return;
+    }
+    one_pod_with_many_addresses(5, 4);
+}
+
+/// 65 addresses, one connection each (from each new address the first
+/// beyond the share reaches the agent and is closed at accept).
+#[test]
+fn one_pod_with_65_addresses_cannot_fill_the_cap() {
+    if !require_root("one_pod_with_65_addresses_cannot_fill_the_cap") {
+        return;
+    }
+    one_pod_with_many_addresses(64, 1);
+}
+
 /// Holds what `pod` can open to `to` from each of `sources`, `tries` each:
 /// the connections the agent accepted and keeps open.
 fn hold_from(pod: &PodNet, sources: &[IpAddr], to: SocketAddr, tries: usize) -> Vec<TcpStream> {
@@ -300,44 +320,74 @@ fn hold_from(pod: &PodNet, sources: &[IpAddr], to: SocketAddr, tries: usize) -> 
 /// A routed pod with extra addresses (host routes through its veth), and
 /// one that changes addresses while it floods: each is one tenant, held to
 /// one share whatever address it uses; the other pod is served throughout.
+/// Once over its share, the kernel drops its new connections on its veth,
+/// from an address it has never used too (issue 24: the filter knew only
+/// the address that had tried, and a new one reached the agent).
 #[test]
 fn a_routed_pod_is_one_tenant_whatever_address_it_floods_from() {
     if !require_root("a_routed_pod_is_one_tenant_whatever_address_it_floods_from") {
         return;
     }
-    let (agent, a, b) = two_pods(
+    routed_flood(true);
+}
+
+/// The same from a namespace nobody registered: the host-side port it is
+/// behind is its share, whatever addresses it takes (when unattributed
+/// addresses counted one by one, each new one was a new share).
+#[test]
+fn an_unregistered_namespace_is_one_tenant_behind_its_port() {
+    if !require_root("an_unregistered_namespace_is_one_tenant_behind_its_port") {
+        return;
+    }
+    routed_flood(false);
+}
+
+fn routed_flood(registered: bool) {
+    let agent = Agent::start(
         AgentOptions::identity("token+netns")
             .arg("--max-connections")
             .arg("12")
             .arg("--max-connections-per-source")
             .arg("4"),
     );
+    let (a, b) = (PodNet::new(), PodNet::new());
+    let manifest = fixtures::read(fixtures::WEB.manifest);
+    agent.register_in(U_A, T_A, &manifest, &a);
+    if registered {
+        agent.register_in(U_B, T_B, &manifest, &b);
+    }
     let to = SocketAddr::new(IpAddr::V4(b.host_v4()), agent.port);
     let mut sources = vec![IpAddr::V4(b.v4())];
     let mut routes = Vec::new();
-    for _ in 0..3 {
+    let mut add_address = |b: &PodNet| {
         let extra = PodNet::new_addressing_v4();
         b.exec(&["addr", "add", &format!("{extra}/32"), "dev", "eth0"]);
         routes.push(integration::pod::HostRoute::add(
             &format!("{extra}/32"),
             &b.host_if,
         ));
-        sources.push(IpAddr::V4(extra));
+        IpAddr::V4(extra)
+    };
+    for _ in 0..3 {
+        sources.push(add_address(&b));
     }
     let held = hold_from(&b, &sources, to, 4);
     assert!(held.len() <= 4, "B holds {} connections", held.len());
+    wait_filtered(&agent, 1, "B's SYNs filtered");
+    let refused = refused_per_source(&agent);
     // B changes addresses while it floods: a new one, then the flood again.
-    let moved = PodNet::new_addressing_v4();
-    b.exec(&["addr", "add", &format!("{moved}/32"), "dev", "eth0"]);
-    routes.push(integration::pod::HostRoute::add(
-        &format!("{moved}/32"),
-        &b.host_if,
-    ));
-    let more = hold_from(&b, &[IpAddr::V4(moved)], to, 4);
-    assert!(
-        held.len() + more.len() <= 4,
-        "B holds {} connections after moving",
-        held.len() + more.len()
+    let moved = add_address(&b);
+    for _ in 0..5 {
+        let r = b.connect_within(Some(moved), to, Duration::from_millis(300));
+        assert!(
+            matches!(&r, Err(e) if e.kind() == std::io::ErrorKind::TimedOut),
+            "a connection from B's new address completed: {r:?}"
+        );
+    }
+    assert_eq!(
+        refused_per_source(&agent),
+        refused,
+        "none reached the agent"
     );
     let r = Conn::new(connect(&agent, &a))
         .send(&Request::get(&uuid_path(T_A)))
@@ -347,6 +397,16 @@ fn a_routed_pod_is_one_tenant_whatever_address_it_floods_from() {
         agent.metric("rkt_mds_connections_refused_total{reason=\"cap\"}"),
         0
     );
+    // Below its share again, B connects from the new address.
+    drop(held);
+    wait_filtered(&agent, 0, "B's SYNs let through");
+    let r = Conn::new(
+        b.connect_within(Some(moved), to, Duration::from_secs(2))
+            .expect("B connects again"),
+    )
+    .send(&Request::get(&uuid_path(T_B)))
+    .unwrap();
+    assert_eq!(r.status, if registered { 200 } else { 401 });
 }
 
 /// Host processes (and host-network pods) share the loopback and host

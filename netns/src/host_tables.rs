@@ -39,7 +39,12 @@ pub enum Attribution {
     },
     /// A veth into a namespace the set does not watch (never registered, or
     /// its watcher has stopped).
-    Unwatched,
+    Unwatched {
+        /// The host-side end of that veth (routed) or the bridge port it
+        /// is behind (bridged): its interface index. Everything behind one
+        /// port is one neighbour of the host, whatever its addresses.
+        port: u32,
+    },
     /// Not a namespace on this host, with the reason: no route, a route
     /// via a gateway or out of an interface that is not a veth or bridge
     /// (another machine), a link-local address, ambiguous tables.
@@ -386,13 +391,30 @@ impl HostTables {
             }
             LinkKind::Veth => match peer_instance(link.1, nsids) {
                 Some(cookie) => Attribution::Routed(cookie),
-                None => Attribution::Unwatched,
+                None => Attribution::Unwatched { port: link.0 },
             },
             LinkKind::Bridge => self.behind_bridge(link.0, addr, nsids),
             LinkKind::Other => {
                 Attribution::Elsewhere("the host routes it out of an interface that is not a pod's")
             }
         }
+    }
+
+    /// The host-side ends of the veths whose peer is watched instance
+    /// `cookie`, by interface index, in ascending order.
+    pub(crate) fn veths_into(
+        &self,
+        cookie: NetnsCookie,
+        nsids: &HashMap<i32, NsidEntry>,
+    ) -> Vec<u32> {
+        let mut found: Vec<u32> = self
+            .links
+            .iter()
+            .filter(|(_, l)| l.kind == LinkKind::Veth && peer_instance(l, nsids) == Some(cookie))
+            .map(|(i, _)| *i)
+            .collect();
+        found.sort_unstable();
+        found
     }
 
     /// Neighbour entry → MAC → FDB port → veth → instance.
@@ -435,7 +457,7 @@ impl HostTables {
             && entries.iter().all(|e| e.fixed && e.sticky);
         match peer_instance(link, nsids) {
             Some(cookie) => Attribution::Bridged { cookie, enforced },
-            None => Attribution::Unwatched,
+            None => Attribution::Unwatched { port },
         }
     }
 }
@@ -631,11 +653,20 @@ mod tests {
         let stopped = nsids(&[(1, 100, false)]);
         assert_eq!(
             t.attribute(ip("198.18.0.1"), &stopped),
-            Attribution::Unwatched
+            Attribution::Unwatched { port: 10 }
         );
+        // The host-side ends of each instance's veths (12's peer is on
+        // the host); a stopped watcher's instance has none.
+        assert_eq!(t.veths_into(NetnsCookie(100), &n), vec![10]);
+        assert_eq!(t.veths_into(NetnsCookie(200), &n), vec![11]);
+        assert!(t.veths_into(NetnsCookie(100), &stopped).is_empty());
         // The peer moved to another namespace.
         t.apply(&link(10, InfoKind::Veth, Some(7)));
-        assert_eq!(t.attribute(ip("198.18.0.1"), &n), Attribution::Unwatched);
+        assert_eq!(
+            t.attribute(ip("198.18.0.1"), &n),
+            Attribution::Unwatched { port: 10 }
+        );
+        assert!(t.veths_into(NetnsCookie(100), &n).is_empty());
         // The veth is deleted (no RTM_DELROUTE for its IPv4 routes) and the
         // same subnet comes back on another one: the new one wins.
         let mut gone = LinkMessage::default();

@@ -92,6 +92,12 @@ impl HostView {
         self.shared.tables.read().attribute(addr, &nsids)
     }
 
+    /// The host-side ends of watched instance `cookie`'s veths.
+    pub(crate) fn veths_into(&self, cookie: NetnsCookie) -> Vec<u32> {
+        let nsids = self.shared.nsids.read();
+        self.shared.tables.read().veths_into(cookie, &nsids)
+    }
+
     /// Changes whenever an attribution may have changed.
     pub(crate) fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Acquire)

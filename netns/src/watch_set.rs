@@ -212,6 +212,19 @@ impl WatchSet {
         }
     }
 
+    /// The host-side ends of the veths into watched instance `cookie`, by
+    /// interface index: where the host receives what the instance sends
+    /// through a routed veth (the ingress interface a socket filter sees
+    /// as `SKF_AD_IFINDEX`). What it sends over a bridge arrives on the
+    /// bridge instead. Memory only, no syscall; empty until the first
+    /// namespace is acquired.
+    pub fn veths_into(&self, cookie: NetnsCookie) -> Vec<u32> {
+        self.shared
+            .host
+            .get()
+            .map_or_else(Vec::new, |host| host.veths_into(cookie))
+    }
+
     /// A number that changes whenever an answer of this set may: the
     /// index, a watcher's liveness, or the host's attribution.
     pub fn generation(&self) -> u64 {

@@ -253,7 +253,7 @@ impl Pods {
             Attribution::Bridged { cookie, enforced } => {
                 cookie == c && (enforced || self.options.allow_unenforced_bridge)
             }
-            Attribution::Unwatched | Attribution::Elsewhere(_) => false,
+            Attribution::Unwatched { .. } | Attribution::Elsewhere(_) => false,
         }
     }
 }

@@ -112,9 +112,9 @@ impl Pods {
                     bridged = true;
                     enforced &= e;
                 }
-                Attribution::Routed(_) | Attribution::Bridged { .. } | Attribution::Unwatched => {
-                    conflicts.push(*a)
-                }
+                Attribution::Routed(_)
+                | Attribution::Bridged { .. }
+                | Attribution::Unwatched { .. } => conflicts.push(*a),
                 // Not routed to any namespace by the host: harmless.
                 Attribution::Elsewhere(_) => {}
             }

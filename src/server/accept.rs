@@ -11,7 +11,7 @@ use tokio::{
     sync::{watch, Semaphore},
 };
 
-use super::{connection, syn_filter, warn_refusal, Limits};
+use super::{connection, syn_filter, warn_refusal, warn_refusal_with, Limits};
 use crate::{
     api::registration::Peer,
     state::AppState,
@@ -72,11 +72,11 @@ pub(super) async fn public(
         let source = SourceKey::attributed(peer.ip(), state.pods.watches());
         let Some(slot) = state.tenancy.connections.try_open(source, peer.ip()) else {
             state.metrics.refused("connection", "per-source");
-            warn_refusal(
+            warn_refusal_with(
                 &state,
                 Subject::Source(source),
                 "connections-per-source",
-                "connection refused: the source holds its share of connections",
+                || refused_share(&state, source),
             );
             // Closed at once, no body: nothing to parse, nothing to hold.
             // If this address holds the whole share itself, its next
@@ -112,6 +112,20 @@ pub(super) async fn public(
             source,
             (slot, permit),
         );
+    }
+}
+
+/// The refusal line for a tenant over its share, naming a pod's UUIDs
+/// (its namespace cookie alone tells an operator nothing).
+fn refused_share(state: &AppState, source: SourceKey) -> String {
+    let line = "connection refused: the source holds its share of connections";
+    match source {
+        SourceKey::Netns(cookie) => {
+            let pods = state.pods.registry().pods_in(netns::NetnsCookie(cookie));
+            let pods: Vec<String> = pods.iter().map(ToString::to_string).collect();
+            format!("{line} (pod {})", pods.join(", "))
+        }
+        _ => line.to_owned(),
     }
 }
 

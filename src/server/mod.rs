@@ -153,7 +153,17 @@ async fn maintain(state: Arc<AppState>, every: Duration) {
 
 /// A refusal's `warn` line, unless its window already has one.
 pub(crate) fn warn_refusal(state: &AppState, subject: Subject, reason: &'static str, detail: &str) {
+    warn_refusal_with(state, subject, reason, || detail.to_owned());
+}
+
+/// [`warn_refusal`] with a detail made only when the line is written.
+pub(crate) fn warn_refusal_with(
+    state: &AppState,
+    subject: Subject,
+    reason: &'static str,
+    detail: impl FnOnce() -> String,
+) {
     if state.tenancy.refusal_log.first(subject, reason) {
-        tracing::warn!(subject = %subject, reason, "{detail}");
+        tracing::warn!(subject = %subject, reason, "{}", detail());
     }
 }

@@ -1,5 +1,5 @@
 //! Keeps the public listeners' SYN filter (`tenant::syn_filter`) in step
-//! with the addresses that went beyond their source's connection share.
+//! with the tenants that went beyond their connection share.
 
 use std::{io, net::IpAddr, sync::Arc, time::Duration};
 
@@ -10,8 +10,8 @@ use super::warn_refusal;
 use crate::{
     state::AppState,
     tenant::{
-        syn_filter::{filterable, socket_filter, MAX_FILTERED},
-        Subject,
+        syn_filter::{filterable, socket_filter, Entry, MAX_FILTERED, MAX_INTERFACES},
+        SourceKey, Subject,
     },
 };
 
@@ -39,7 +39,7 @@ pub(super) async fn keep(
     }
     // What the listeners hold; `None` after a failure or a shrink, so
     // that the next change applies again, down to an empty list.
-    let mut holding: Option<Vec<IpAddr>> = Some(Vec::new());
+    let mut holding: Option<Vec<Entry>> = Some(Vec::new());
     loop {
         let grace = connections.may_inherit() && connections.filtered() == 0;
         tokio::select! {
@@ -50,10 +50,11 @@ pub(super) async fn keep(
             }
             _ = stop.wait_for(|s| *s) => break,
         }
-        let over: Vec<IpAddr> = connections
+        let over: Vec<Entry> = connections
             .over_share()
             .into_iter()
-            .filter(|a| filterable(*a) && !state.pods.is_host_address(a))
+            .map(|(key, addr)| entry(&state, key, addr))
+            .filter(|e| !e.is_empty())
             .take(MAX_FILTERED)
             .collect();
         if !over.is_empty() {
@@ -67,11 +68,11 @@ pub(super) async fn keep(
                     Subject::Agent,
                     "syn-filter-failed",
                     &format!(
-                        "the listeners' SYN filter holds {attached} of {wanted} addresses (the rest are still closed at accept): {e}"
+                        "the listeners' SYN filter holds {attached} of {wanted} sources (the rest are still closed at accept): {e}"
                     ),
                 );
             }
-            tracing::debug!(addresses = attached, "SYN filter updated");
+            tracing::debug!(sources = attached, "SYN filter updated");
             connections.set_filtered(attached);
         }
         tokio::select! {
@@ -83,13 +84,30 @@ pub(super) async fn keep(
     connections.set_filtered(0);
 }
 
+/// What to drop for tenant `key`, over its share, that last tried from
+/// `addr`: a pod's routed veths (the ingress interfaces only it sends
+/// through), or an unwatched namespace's port, and the address unless
+/// other tenants share it (loopback, the host's own addresses).
+fn entry(state: &AppState, key: SourceKey, addr: IpAddr) -> Entry {
+    let mut interfaces = match key {
+        SourceKey::Netns(cookie) => state.pods.watches().veths_into(netns::NetnsCookie(cookie)),
+        SourceKey::Port(port) => vec![port],
+        SourceKey::V4(_) | SourceKey::V6Prefix(_) => Vec::new(),
+    };
+    interfaces.truncate(MAX_INTERFACES);
+    Entry {
+        interfaces,
+        address: Some(addr).filter(|a| filterable(*a) && !state.pods.is_host_address(a)),
+    }
+}
+
 /// Applies `over` unless the listeners hold it already; returns what
 /// `apply` said. After a failure or a shrink what they hold is unknown, and
 /// the next call applies again, even an empty list.
 fn reconcile(
-    holding: &mut Option<Vec<IpAddr>>,
-    over: Vec<IpAddr>,
-    apply: impl FnOnce(&[IpAddr]) -> (usize, Option<io::Error>),
+    holding: &mut Option<Vec<Entry>>,
+    over: Vec<Entry>,
+    apply: impl FnOnce(&[Entry]) -> (usize, Option<io::Error>),
 ) -> Option<(usize, Option<io::Error>)> {
     if holding.as_ref() == Some(&over) {
         return None;
@@ -99,21 +117,21 @@ fn reconcile(
     Some((attached, error))
 }
 
-/// Sets the program for `addrs` on every listener; returns how many
-/// addresses it holds, and the error that made it hold fewer. A program
+/// Sets the program for `entries` on every listener; returns how many
+/// entries it holds, and the error that made it hold fewer. A program
 /// that does not fit the socket's option memory is retried with half the
-/// addresses; on any other failure no listener keeps a filter (the refusal
+/// entries; on any other failure no listener keeps a filter (the refusal
 /// at accept still holds).
-fn apply(listeners: &[Socket], addrs: &[IpAddr]) -> (usize, Option<io::Error>) {
+fn apply(listeners: &[Socket], entries: &[Entry]) -> (usize, Option<io::Error>) {
     // Detach first: the kernel charges a replacement before it frees the
     // program it replaces.
     if let Err(e) = detach_all(listeners) {
         return (0, Some(e));
     }
-    let mut n = addrs.len();
+    let mut n = entries.len();
     let mut error = None;
     while n > 0 {
-        let program = socket_filter(&addrs[..n]);
+        let program = socket_filter(&entries[..n]);
         match listeners.iter().try_for_each(|l| l.attach_filter(&program)) {
             Ok(()) => return (n, error),
             Err(e) => {
@@ -155,6 +173,16 @@ mod tests {
 
     use super::*;
 
+    fn by_address(addrs: &[IpAddr]) -> Vec<Entry> {
+        addrs
+            .iter()
+            .map(|a| Entry {
+                interfaces: Vec::new(),
+                address: Some(*a),
+            })
+            .collect()
+    }
+
     fn connect_from(src: &str, to: SocketAddr) -> io::Result<Socket> {
         let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
         s.bind(&SocketAddr::new(src.parse::<IpAddr>().unwrap(), 0).into())?;
@@ -170,7 +198,7 @@ mod tests {
         let open = connect_from("127.0.0.3", to).expect("before the filter");
         // (Loopback is never filtered by the agent; the kernel doesn't mind.)
         let listed: IpAddr = "127.0.0.3".parse().unwrap();
-        assert_eq!(apply(&filtered, &[listed]).0, 1);
+        assert_eq!(apply(&filtered, &by_address(&[listed])).0, 1);
         let r = connect_from("127.0.0.3", to);
         assert!(
             matches!(&r, Err(e) if e.kind() == io::ErrorKind::TimedOut),
@@ -189,10 +217,37 @@ mod tests {
         // Replacing, then what `keep` does at start and at stop (twice is
         // no error).
         let other: IpAddr = "127.0.0.5".parse().unwrap();
-        assert_eq!(apply(&filtered, &[other, listed]).0, 2);
+        assert_eq!(apply(&filtered, &by_address(&[other, listed])).0, 2);
         assert_eq!(apply(&filtered, &[]).0, 0);
         detach_all(&filtered).unwrap();
         assert!(connect_from("127.0.0.3", to).is_ok(), "lifted");
+    }
+
+    /// By interface: everything that arrives on loopback (index 1) is
+    /// dropped, whatever its address; another interface's entry drops
+    /// nothing here. (The agent never lists loopback; the kernel doesn't
+    /// mind. `isolation.rs` runs it with a routed pod's veth.)
+    #[test]
+    fn the_kernel_drops_new_connections_arriving_on_a_listed_interface() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap();
+        let filtered = vec![Socket::from(listener.try_clone().unwrap())];
+        let on = |interfaces: Vec<u32>| Entry {
+            interfaces,
+            address: None,
+        };
+        assert_eq!(apply(&filtered, &[on(vec![u32::MAX - 1])]).0, 1);
+        assert!(connect_from("127.0.0.3", to).is_ok(), "another interface");
+        assert_eq!(apply(&filtered, &[on(vec![1])]).0, 1);
+        for src in ["127.0.0.3", "127.0.0.9"] {
+            let r = connect_from(src, to);
+            assert!(
+                matches!(&r, Err(e) if e.kind() == io::ErrorKind::TimedOut),
+                "{src}: {r:?}"
+            );
+        }
+        detach_all(&filtered).unwrap();
+        assert!(connect_from("127.0.0.9", to).is_ok(), "lifted");
     }
 
     /// However little option memory the socket has (`optmem_max` is 20 KiB
@@ -205,7 +260,7 @@ mod tests {
         let addrs: Vec<IpAddr> = (0..MAX_FILTERED as u128)
             .map(|i| IpAddr::V6(std::net::Ipv6Addr::from(0xfd00_u128 << 112 | i)))
             .collect();
-        let (attached, error) = apply(&filtered, &addrs);
+        let (attached, error) = apply(&filtered, &by_address(&addrs));
         assert!(attached >= 1, "{error:?}");
         assert_eq!(
             attached < addrs.len(),
@@ -225,11 +280,12 @@ mod tests {
     /// an empty list after it lifts the filter.
     #[test]
     fn after_a_shrink_the_next_change_applies_even_an_empty_list() {
-        let a: IpAddr = "198.18.0.2".parse().unwrap();
-        let b: IpAddr = "198.18.0.3".parse().unwrap();
+        let [a, b] = by_address(&["198.18.0.2".parse().unwrap(), "198.18.0.3".parse().unwrap()])
+            .try_into()
+            .unwrap();
         let mut holding = Some(Vec::new());
         let mut calls = Vec::new();
-        let mut step = |holding: &mut Option<Vec<IpAddr>>, over: Vec<IpAddr>, shrink: bool| {
+        let mut step = |holding: &mut Option<Vec<Entry>>, over: Vec<Entry>, shrink: bool| {
             reconcile(holding, over, |l| {
                 calls.push(l.to_vec());
                 if shrink {
@@ -243,11 +299,17 @@ mod tests {
             })
         };
         assert!(step(&mut holding, vec![], false).is_none(), "nothing to do");
-        assert_eq!(step(&mut holding, vec![a, b], true).map(|r| r.0), Some(1));
+        assert_eq!(
+            step(&mut holding, vec![a.clone(), b.clone()], true).map(|r| r.0),
+            Some(1)
+        );
         assert_eq!(step(&mut holding, vec![], false).map(|r| r.0), Some(0));
         assert!(step(&mut holding, vec![], false).is_none(), "held now");
-        assert_eq!(step(&mut holding, vec![a], false).map(|r| r.0), Some(1));
-        assert!(step(&mut holding, vec![a], false).is_none());
-        assert_eq!(calls, vec![vec![a, b], vec![], vec![a]]);
+        assert_eq!(
+            step(&mut holding, vec![a.clone()], false).map(|r| r.0),
+            Some(1)
+        );
+        assert!(step(&mut holding, vec![a.clone()], false).is_none());
+        assert_eq!(calls, vec![vec![a.clone(), b], vec![], vec![a]]);
     }
 }

@@ -19,14 +19,18 @@ use tokio::sync::Notify;
 /// A tenant, as the isolation controls count them: the network namespace
 /// instance the host attributes the address to (a pod: all its addresses,
 /// pinned or not, are one tenant, and two pods never share a share because
-/// they share a /64); for an address the host attributes to no namespace,
-/// the address: an IPv4 address, or an IPv6 /64 (one host usually holds a
-/// whole /64, so counting single IPv6 addresses would be no limit at all).
-/// IPv4-mapped IPv6 addresses count as IPv4.
+/// they share a /64); for a veth into a namespace the agent does not watch,
+/// the host-side port the address is behind (whatever addresses that
+/// neighbour takes); for an address the host puts behind no pod port at
+/// all, the address: an IPv4 address, or an IPv6 /64 (one host usually
+/// holds a whole /64, so counting single IPv6 addresses would be no limit
+/// at all). IPv4-mapped IPv6 addresses count as IPv4.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum SourceKey {
     /// A watched namespace instance (its cookie).
     Netns(u64),
+    /// The host-side port (interface index) of a namespace not watched.
+    Port(u32),
     V4(std::net::Ipv4Addr),
     V6Prefix(u64),
 }
@@ -41,15 +45,24 @@ impl SourceKey {
     }
 
     /// The tenant of `ip`: the watched namespace the host routes or
-    /// bridges it into, else the address's own key. An in-memory lookup
-    /// (no syscall): done once per connection, at accept.
+    /// bridges it into, else the port it is behind, else the address's own
+    /// key. An in-memory lookup (no syscall): done once per connection, at
+    /// accept.
     pub fn attributed(ip: IpAddr, watches: &netns::WatchSet) -> Self {
         match watches.attribute(ip.to_canonical()) {
             netns::Attribution::Routed(c) | netns::Attribution::Bridged { cookie: c, .. } => {
                 Self::Netns(c.0)
             }
-            netns::Attribution::Unwatched | netns::Attribution::Elsewhere(_) => Self::of(ip),
+            netns::Attribution::Unwatched { port } => Self::Port(port),
+            netns::Attribution::Elsewhere(_) => Self::of(ip),
         }
+    }
+
+    /// Whether every address of this tenant is its own (a pod's, or
+    /// behind its port), so the address that finds the share full is the
+    /// tenant's own flood, whichever it is.
+    fn owns_its_addresses(self) -> bool {
+        matches!(self, Self::Netns(_) | Self::Port(_))
     }
 }
 
@@ -57,6 +70,7 @@ impl fmt::Display for SourceKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Netns(c) => write!(f, "netns {c:x}"),
+            Self::Port(i) => write!(f, "host interface #{i}"),
             Self::V4(a) => a.fmt(f),
             Self::V6Prefix(p) => write!(f, "{}/64", Ipv6Addr::from(u128::from(*p) << 64)),
         }
@@ -131,11 +145,10 @@ impl SourceConnections {
         let shares = &mut *shares;
         let n = shares.open.entry(key).or_default();
         if *n >= self.per_source {
-            let alone = match (key, addr) {
-                (SourceKey::Netns(_), _) | (_, IpAddr::V4(_)) => true,
-                (_, IpAddr::V6(a)) => {
-                    shares.open_v6.get(&a).copied().unwrap_or(0) >= self.per_source
-                }
+            let alone = match addr {
+                _ if key.owns_its_addresses() => true,
+                IpAddr::V4(_) => true,
+                IpAddr::V6(a) => shares.open_v6.get(&a).copied().unwrap_or(0) >= self.per_source,
             };
             if alone && shares.over.insert(key, addr) != Some(addr) {
                 self.over_changed.notify_one();
@@ -158,10 +171,11 @@ impl SourceConnections {
         self.shares.lock().open.get(&key).copied().unwrap_or(0)
     }
 
-    /// The addresses over their source's share (see
-    /// [`SourceConnections::try_open`]), in a stable order.
-    pub fn over_share(&self) -> Vec<IpAddr> {
-        self.shares.lock().over.values().copied().collect()
+    /// The tenants over their share, each with the address it last tried
+    /// from (see [`SourceConnections::try_open`]), in a stable order.
+    pub fn over_share(&self) -> Vec<(SourceKey, IpAddr)> {
+        let shares = self.shares.lock();
+        shares.over.iter().map(|(k, a)| (*k, *a)).collect()
     }
 
     /// Resolves when the set of addresses over their share may have
@@ -266,7 +280,7 @@ mod tests {
         ];
         assert!(conns.try_open(pod, c).is_none());
         // The address that tried is filtered, whichever of the pod's.
-        assert_eq!(conns.over_share(), vec![c]);
+        assert_eq!(conns.over_share(), vec![(pod, c)]);
         // A neighbour in the same /64 has its own share.
         let n = ip("fd12:3456:789a:1::9");
         assert!(conns.try_open(neighbour, n).is_some());
@@ -284,7 +298,11 @@ mod tests {
             open(&conns, other).is_some(),
             "another source is unaffected"
         );
-        assert_eq!(conns.over_share(), vec![k], "it tried to go beyond");
+        assert_eq!(
+            conns.over_share(),
+            vec![(SourceKey::of(k), k)],
+            "it tried to go beyond"
+        );
         drop(s1);
         assert_eq!(conns.open(SourceKey::of(k)), 1);
         assert!(conns.over_share().is_empty(), "below its share again");
@@ -303,7 +321,7 @@ mod tests {
         assert!(open(&conns, a).is_none());
         assert!(conns.over_share().is_empty());
         assert!(open(&conns, b).is_none());
-        assert_eq!(conns.over_share(), vec![b]);
+        assert_eq!(conns.over_share(), vec![(SourceKey::of(b), b)]);
         drop(held);
         assert!(conns.over_share().is_empty());
         // Split between two addresses, nobody holds it alone.
@@ -317,6 +335,30 @@ mod tests {
             open(&conns, v4).unwrap(),
         ];
         assert!(open(&conns, ip("::ffff:198.18.0.2")).is_none());
-        assert_eq!(conns.over_share(), vec![v4]);
+        assert_eq!(conns.over_share(), vec![(SourceKey::of(v4), v4)]);
+    }
+
+    /// Behind one port of a namespace nobody registered: one tenant, and
+    /// any of its addresses that finds the share full is its flood, even
+    /// one in a /64 it shares.
+    #[test]
+    fn a_port_is_one_tenant_whatever_addresses_it_uses() {
+        let conns = SourceConnections::new(2);
+        let port = SourceKey::Port(42);
+        let (a, b, c) = (
+            ip("fd12:3456:789a:1::5"),
+            ip("fd12:3456:789a:1::9"),
+            ip("198.18.0.7"),
+        );
+        let _held = [
+            conns.try_open(port, a).unwrap(),
+            conns.try_open(port, c).unwrap(),
+        ];
+        assert!(conns.try_open(port, b).is_none());
+        assert_eq!(conns.over_share(), vec![(port, b)]);
+        assert_eq!(port.to_string(), "host interface #42");
+        // Another port, or the address outside any port, has its own.
+        assert!(conns.try_open(SourceKey::Port(43), b).is_some());
+        assert!(open(&conns, b).is_some());
     }
 }

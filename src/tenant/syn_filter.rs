@@ -1,6 +1,7 @@
 //! A classic BPF socket filter for the public listeners that drops a new
-//! connection's first packet (a bare SYN) from addresses over their
-//! source's connection share.
+//! connection's first packet (a bare SYN) from tenants over their
+//! connection share: by the interface it arrives on where that is the
+//! tenant's own (a routed pod's veth), and by the address it came from.
 //!
 //! Why: a source beyond its share of connections used to be accepted and
 //! closed at once. A flooding client reconnects at once, so each refusal
@@ -14,20 +15,45 @@
 //! the packet's data begins at the TCP header; the IP header is reached
 //! through `SKF_NET_OFF`.
 //!
-//! Addresses, not sources: bridged pods share a /64, and only the one
-//! address that floods is dropped (see `SourceConnections::try_open`).
-//! Addresses that many tenants share never are (see [`filterable`]).
+//! The interface is what holds a routed pod, whatever source address it
+//! picks next: only that pod sends into the host through its veth. A
+//! bridged pod's packets arrive on the bridge, which all its pods share, so
+//! for it only the address that floods is dropped; a new address of its
+//! own gets through to the accept, where it is closed (the README says so).
+//! Addresses that many tenants share never are dropped (see
+//! [`filterable`]).
 
 use std::net::IpAddr;
 
 use socket2::SockFilter;
 
-/// At most this many addresses in one program (an IPv6 one takes 9
-/// instructions: far below the kernel's 4096). The kernel also charges a
-/// program to the socket's option memory (`net.core.optmem_max`, 20 KiB
-/// on older kernels): the keeper shrinks the list when it does not fit.
-/// Addresses left out are still refused at accept.
+/// At most this many tenants in one program (an IPv6 address takes 9
+/// instructions, an interface 2: far below the kernel's 4096 in all). The
+/// kernel also charges a program to the socket's option memory
+/// (`net.core.optmem_max`, 20 KiB on older kernels): the keeper shrinks
+/// the list when it does not fit. Tenants left out are still refused at
+/// accept.
 pub const MAX_FILTERED: usize = 128;
+
+/// At most this many interfaces of one tenant.
+pub const MAX_INTERFACES: usize = 8;
+
+/// What the filter drops the new connections of, for one tenant over its
+/// share.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Entry {
+    /// The host-side interfaces (indexes) its packets arrive on: a routed
+    /// pod's veths.
+    pub interfaces: Vec<u32>,
+    /// The address it tried to go beyond its share from, if filterable.
+    pub address: Option<IpAddr>,
+}
+
+impl Entry {
+    pub fn is_empty(&self) -> bool {
+        self.interfaces.is_empty() && self.address.is_none()
+    }
+}
 
 /// Whether new connections from `addr` may be dropped in the kernel. Not
 /// loopback, link-local or unspecified addresses: host processes and
@@ -52,6 +78,8 @@ const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 /// "ancillary" offsets spell them.
 const NET: u32 = libc::SKF_NET_OFF as u32;
 const IP_VERSION: u32 = NET;
+/// The interface the packet arrived on (`skb->dev->ifindex`).
+const IFINDEX: u32 = (libc::SKF_AD_OFF + libc::SKF_AD_IFINDEX) as u32;
 const IPV4_SOURCE: u32 = NET + 12;
 const IPV6_SOURCE: u32 = NET + 8;
 /// The TCP flags byte, from the start of the TCP header.
@@ -77,35 +105,49 @@ fn insn(code: u16, jt: u8, jf: u8, k: u32) -> Insn {
 }
 
 /// The filter for `SO_ATTACH_FILTER`: see [`program`].
-pub fn socket_filter(addrs: &[IpAddr]) -> Vec<SockFilter> {
-    program(addrs)
+pub fn socket_filter(entries: &[Entry]) -> Vec<SockFilter> {
+    program(entries)
         .into_iter()
         .map(|i| SockFilter::new(i.code, i.jt, i.jf, i.k))
         .collect()
 }
 
-/// The program that drops bare SYNs from `addrs` and keeps every other
-/// packet. Every jump is short and forward, so the program is valid for
-/// any number of addresses up to [`MAX_FILTERED`].
-fn program(addrs: &[IpAddr]) -> Vec<Insn> {
-    let addrs = &addrs[..addrs.len().min(MAX_FILTERED)];
-    let (mut v4, mut v6) = (Vec::new(), Vec::new());
-    for a in addrs {
-        match a.to_canonical() {
-            IpAddr::V4(a) => v4.push(u32::from(a)),
-            IpAddr::V6(a) => v6.push(u128::from(a)),
+/// The program that drops bare SYNs arriving on the entries' interfaces or
+/// from their addresses, and keeps every other packet. Every jump is short
+/// and forward, so the program is valid for any number of entries up to
+/// [`MAX_FILTERED`] of [`MAX_INTERFACES`] each.
+fn program(entries: &[Entry]) -> Vec<Insn> {
+    let entries = &entries[..entries.len().min(MAX_FILTERED)];
+    let (mut interfaces, mut v4, mut v6) = (Vec::new(), Vec::new(), Vec::new());
+    for e in entries {
+        interfaces.extend(e.interfaces.iter().copied().take(MAX_INTERFACES));
+        match e.address.map(|a| a.to_canonical()) {
+            Some(IpAddr::V4(a)) => v4.push(u32::from(a)),
+            Some(IpAddr::V6(a)) => v6.push(u128::from(a)),
+            None => {}
         }
     }
+    interfaces.sort_unstable();
+    interfaces.dedup();
     let mut p = vec![
         // Only a SYN without ACK opens a connection.
         insn(LD_B_ABS, 0, 0, TCP_FLAGS),
         insn(AND_K, 0, 0, SYN | ACK),
         insn(JEQ_K, 1, 0, SYN),
         insn(RET_K, 0, 0, KEEP),
+    ];
+    if !interfaces.is_empty() {
+        p.push(insn(LD_W_ABS, 0, 0, IFINDEX));
+        for i in interfaces {
+            p.push(insn(JEQ_K, 0, 1, i));
+            p.push(insn(RET_K, 0, 0, DROP));
+        }
+    }
+    p.extend([
         insn(LD_B_ABS, 0, 0, IP_VERSION),
         insn(RSH_K, 0, 0, 4),
         insn(JEQ_K, 1, 0, 4),
-    ];
+    ]);
     // Not IPv4: past the IPv4 section (its load, its entries, its return).
     let v4_section = 1 + 2 * v4.len() + 1;
     p.push(insn(JA, 0, 0, v4_section as u32));
@@ -139,13 +181,20 @@ mod tests {
 
     use super::*;
 
-    /// A packet as `tcp_filter` sees it: the IP header, then TCP's.
+    /// A packet as `tcp_filter` sees it: the IP header, then TCP's, and
+    /// the interface it arrived on.
     struct Packet {
         ip: Vec<u8>,
         tcp: Vec<u8>,
+        ifindex: u32,
     }
 
+    /// A packet that arrived on interface 1.
     fn packet(src: IpAddr, flags: u8) -> Packet {
+        packet_on(src, flags, 1)
+    }
+
+    fn packet_on(src: IpAddr, flags: u8, ifindex: u32) -> Packet {
         let ip = match src {
             IpAddr::V4(a) => {
                 let mut h = vec![0x45u8; 20];
@@ -160,10 +209,13 @@ mod tests {
         };
         let mut tcp = vec![0u8; 20];
         tcp[13] = flags;
-        Packet { ip, tcp }
+        Packet { ip, tcp, ifindex }
     }
 
     fn load(p: &Packet, k: u32, width: usize) -> Option<u32> {
+        if k == IFINDEX {
+            return Some(p.ifindex);
+        }
         let (bytes, at) = if k >= NET {
             (&p.ip, (k - NET) as usize)
         } else {
@@ -205,6 +257,16 @@ mod tests {
         IpAddr::V6(s.parse::<Ipv6Addr>().unwrap())
     }
 
+    fn addresses(addrs: &[IpAddr]) -> Vec<Entry> {
+        addrs
+            .iter()
+            .map(|a| Entry {
+                interfaces: Vec::new(),
+                address: Some(*a),
+            })
+            .collect()
+    }
+
     #[test]
     fn only_new_connections_of_listed_addresses_are_dropped() {
         let listed = [
@@ -213,7 +275,7 @@ mod tests {
             v4("198.18.0.10"),
             v6("fd12:3456:789a:3::1"),
         ];
-        let prog = program(&listed);
+        let prog = program(&addresses(&listed));
         let verdict = |src: &str, flags| {
             let ip = src.parse::<IpAddr>().unwrap();
             run(&prog, &packet(ip, flags))
@@ -249,6 +311,7 @@ mod tests {
     #[test]
     fn an_empty_list_and_a_full_one_are_valid_programs() {
         let empty = program(&[]);
+        assert_eq!(empty, program(&[Entry::default()]));
         for src in ["198.18.0.2", "fd12::1"] {
             let p = packet(src.parse().unwrap(), SYN_ONLY);
             assert_eq!(run(&empty, &p), Some(KEEP));
@@ -263,11 +326,69 @@ mod tests {
                 }
             })
             .collect();
-        let prog = program(&addrs);
+        // Each with as many interfaces as an entry may hold, and more.
+        let entries: Vec<Entry> = addresses(&addrs)
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut e)| {
+                let first = 100 + 10 * i as u32;
+                e.interfaces = (first..first + MAX_INTERFACES as u32 + 1).collect();
+                e
+            })
+            .collect();
+        let prog = program(&entries);
         assert!(prog.len() < 4096, "{}", prog.len());
-        for (i, a) in addrs.iter().enumerate() {
+        for (i, (a, e)) in addrs.iter().zip(&entries).enumerate() {
             let want = if i < MAX_FILTERED { DROP } else { KEEP };
             assert_eq!(run(&prog, &packet(*a, SYN_ONLY)), Some(want), "{a}");
+            let (last_held, beyond) = (
+                e.interfaces[MAX_INTERFACES - 1],
+                e.interfaces[MAX_INTERFACES],
+            );
+            let other = v4("198.19.255.1");
+            assert_eq!(
+                run(&prog, &packet_on(other, SYN_ONLY, last_held)),
+                Some(want),
+                "{i}"
+            );
+            assert_eq!(
+                run(&prog, &packet_on(other, SYN_ONLY, beyond)),
+                Some(KEEP),
+                "{i}"
+            );
+        }
+    }
+
+    /// A routed pod over its share: its new connections are dropped on
+    /// its interface whatever address they come from; established ones
+    /// pass, and so does every other interface's SYN from its address
+    /// (unless the address is listed too).
+    #[test]
+    fn an_interface_is_dropped_whatever_the_address() {
+        let prog = program(&[
+            Entry {
+                interfaces: vec![7, 9],
+                address: None,
+            },
+            Entry {
+                interfaces: vec![9],
+                address: Some(v6("fd12::5")),
+            },
+        ]);
+        for src in ["198.18.0.2", "198.18.7.7", "fd12::5", "fd99::1"] {
+            let ip: IpAddr = src.parse().unwrap();
+            for on in [7, 9] {
+                assert_eq!(
+                    run(&prog, &packet_on(ip, SYN_ONLY, on)),
+                    Some(DROP),
+                    "{src} {on}"
+                );
+                for flags in [SYN_ACK, ACK_ONLY, PSH_ACK] {
+                    assert_eq!(run(&prog, &packet_on(ip, flags, on)), Some(KEEP), "{src}");
+                }
+            }
+            let want = if src == "fd12::5" { DROP } else { KEEP };
+            assert_eq!(run(&prog, &packet_on(ip, SYN_ONLY, 8)), Some(want), "{src}");
         }
     }
 
