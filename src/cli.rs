@@ -201,12 +201,13 @@ pub struct ServeArgs {
     /// the open-file limit holds.
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_connections: usize,
-    /// Concurrent public connections of one source (an IPv4 address or an
-    /// IPv6 /64); beyond, closed at accept. An address that holds the
-    /// whole share by itself then has its new connections dropped by the
-    /// kernel (a SYN filter on the listeners; its connects wait) until one
-    /// of its own closes. Only many sources together can fill
-    /// --max-connections. 0 turns the limit off.
+    /// Concurrent public connections of one tenant: a pod (all its
+    /// addresses), an unregistered namespace (per host-side port), else an
+    /// IPv4 address or IPv6 /64. Beyond, closed at accept, and the kernel
+    /// then drops the tenant's new connections (a SYN filter on the
+    /// listeners; its connects wait) until one of its own closes. At most a
+    /// quarter of --max-connections, so only many tenants together can fill
+    /// it. 0 turns the limit off.
     #[arg(long, default_value_t = 64, value_name = "N")]
     pub max_connections_per_source: usize,
     /// Public requests per second per pod (per source address when no pod

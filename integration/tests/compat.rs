@@ -745,10 +745,14 @@ fn idle_keep_alive_outlives_the_head_deadline_then_closes() {
 
 #[test]
 fn connections_beyond_the_cap_get_503() {
+    // One source (loopback) fills the cap only with no per-source share:
+    // a share is at most a quarter of the cap.
     let agent = Agent::start(
         AgentOptions::identity("token")
             .arg("--max-connections")
-            .arg("2"),
+            .arg("2")
+            .arg("--max-connections-per-source")
+            .arg("0"),
     );
     let (u, t) = (uuid(1), token(1));
     agent.register_fixture(&u, &t, &fixtures::BARE, "");

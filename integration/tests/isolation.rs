@@ -346,7 +346,7 @@ fn routed_flood(registered: bool) {
     let agent = Agent::start(
         AgentOptions::identity("token+netns")
             .arg("--max-connections")
-            .arg("12")
+            .arg("16")
             .arg("--max-connections-per-source")
             .arg("4"),
     );
@@ -407,6 +407,32 @@ fn routed_flood(registered: bool) {
     .send(&Request::get(&uuid_path(T_B)))
     .unwrap();
     assert_eq!(r.status, if registered { 200 } else { 401 });
+}
+
+/// A cap set low (or lowered by the open-file limit) below the default
+/// share: the share drops to a quarter of the cap, so one pod still cannot
+/// fill it (before, B held all 8 and A got 503).
+#[test]
+fn a_low_cap_lowers_the_share() {
+    if !require_root("a_low_cap_lowers_the_share") {
+        return;
+    }
+    let (agent, a, b) = two_pods(
+        AgentOptions::identity("token+netns")
+            .arg("--max-connections")
+            .arg("8"),
+    );
+    agent.wait_log("the share lowered", |l| {
+        l.contains("--max-connections-per-source lowered to a quarter")
+            && l.contains("max_connections_per_source=2")
+    });
+    let to = SocketAddr::new(IpAddr::V4(b.host_v4()), agent.port);
+    let held = hold_from(&b, &[IpAddr::V4(b.v4())], to, 8);
+    assert_eq!(held.len(), 2, "B holds a quarter of the cap");
+    let r = Conn::new(connect(&agent, &a))
+        .send(&Request::get(&uuid_path(T_A)))
+        .unwrap();
+    assert_eq!((r.status, r.text()), (200, U_A.to_owned()));
 }
 
 /// Host processes (and host-network pods) share the loopback and host

@@ -24,7 +24,7 @@ use rkt_mds::{
     state::AppState,
     state_lock,
     store::ensure_private_dir,
-    tenant::Tenancy,
+    tenant::{self, Tenancy},
 };
 
 use super::{Fatal, Fate};
@@ -224,6 +224,14 @@ async fn serve(
     let started = std::time::Instant::now();
     let reloaded = pods.reload().await;
     let docs = IdentityDocs::new(s.jwt_keys, s.doc_config, args.jwks_file.clone());
+    let share = tenant::share_of(args.max_connections_per_source, s.max_connections);
+    if share != args.max_connections_per_source {
+        tracing::warn!(
+            max_connections = s.max_connections,
+            max_connections_per_source = share,
+            "--max-connections-per-source lowered to a quarter of the connection cap, so that no one pod can fill it"
+        );
+    }
     docs.write_jwks_file()
         .context("cannot write the JWK Set file (--jwks-file)")
         .transient()?;
@@ -232,11 +240,7 @@ async fn serve(
         keys: s.keys,
         docs,
         metrics: Metrics::default(),
-        tenancy: Tenancy::new(
-            args.rate_limit,
-            args.rate_burst,
-            args.max_connections_per_source,
-        ),
+        tenancy: Tenancy::new(args.rate_limit, args.rate_burst, share),
         require_metadata_flavor: args.require_metadata_flavor,
         registration_group: args.registration_group,
         public_port: s.public_port,
@@ -244,7 +248,7 @@ async fn serve(
     });
     let limits = Limits {
         max_connections: s.max_connections,
-        max_connections_per_source: args.max_connections_per_source,
+        max_connections_per_source: share,
         header_timeout: args.header_timeout,
         idle_timeout: args.idle_timeout,
         ..Limits::default()
