@@ -269,8 +269,20 @@ impl PodNet {
     /// A non-blocking TCP connection started from inside the pod to `dst`,
     /// its handshake left to finish (or not) in the background.
     pub fn connect_started(&self, dst: SocketAddr) -> std::io::Result<Socket> {
+        self.connect_started_from(None, dst)
+    }
+
+    /// [`PodNet::connect_started`] from source address `src`.
+    pub fn connect_started_from(
+        &self,
+        src: Option<IpAddr>,
+        dst: SocketAddr,
+    ) -> std::io::Result<Socket> {
         netns::run_in(&self.netns(), move || -> std::io::Result<Socket> {
             let s = Socket::new(Domain::for_address(dst), Type::STREAM, Some(Protocol::TCP))?;
+            if let Some(src) = src {
+                s.bind(&SocketAddr::new(src, 0).into())?;
+            }
             s.set_nonblocking(true)?;
             match s.connect(&dst.into()) {
                 Err(e) if e.raw_os_error() != Some(nix::errno::Errno::EINPROGRESS as i32) => Err(e),

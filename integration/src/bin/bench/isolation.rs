@@ -16,7 +16,10 @@ use integration::{
 use serde_json::{json, Value};
 use socket2::Socket;
 
-use crate::{check_interrupted, wrk};
+use crate::{
+    bridged_attacks::{self, BridgedAttacks},
+    check_interrupted, wrk,
+};
 
 const T_V: &str = "victim56789abcdef0123456789abcde";
 const T_A: &str = "attack56789abcdef0123456789abcde";
@@ -43,6 +46,7 @@ pub struct Isolation {
     pub rss_header_attack_unlimited_kib: u64,
     /// Heads of 15 KB, just under the 16 KiB bound: held open, not refused.
     pub rss_head_just_under_kib: u64,
+    pub bridged: BridgedAttacks,
 }
 
 pub struct Flood {
@@ -82,6 +86,7 @@ impl Isolation {
             self.rss_header_attack_kib as f64 / 1024.0, self.rss_header_attack_unlimited_kib as f64 / 1024.0,
             self.rss_head_just_under_kib as f64 / 1024.0,
         );
+        s += &self.bridged.markdown();
         s
     }
 
@@ -101,6 +106,7 @@ impl Isolation {
             "rss_header_attack_kib": self.rss_header_attack_kib,
             "rss_header_attack_unlimited_kib": self.rss_header_attack_unlimited_kib,
             "rss_head_just_under_kib": self.rss_head_just_under_kib,
+            "bridged_attacks": self.bridged.json(),
         })
     }
 }
@@ -297,5 +303,6 @@ pub fn measure(scripts: &std::path::Path) -> Result<Isolation, String> {
         rss_header_attack_kib: rss[0],
         rss_header_attack_unlimited_kib: rss[1],
         rss_head_just_under_kib: rss[2],
+        bridged: bridged_attacks::measure()?,
     })
 }

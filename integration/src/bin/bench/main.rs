@@ -3,6 +3,7 @@
 //! one run. Prints a markdown table and writes every figure as JSON.
 //! Needs root and `wrk` (see integration/bench.sh).
 
+mod bridged_attacks;
 mod churn_long;
 mod directory;
 mod documents;
