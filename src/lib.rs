@@ -26,4 +26,5 @@ pub mod server;
 pub mod state;
 pub mod state_lock;
 pub mod store;
+pub mod svid;
 pub mod tenant;

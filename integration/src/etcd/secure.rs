@@ -12,7 +12,7 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose, SanType,
 };
 
@@ -31,8 +31,8 @@ pub struct CertFiles {
 /// A CA that signs the test's certificates.
 pub struct Pki {
     dir: PathBuf,
-    ca: Certificate,
-    ca_key: KeyPair,
+    name: String,
+    ca: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl Pki {
@@ -47,11 +47,11 @@ impl Pki {
             KeyUsagePurpose::DigitalSignature,
         ];
         let ca_key = KeyPair::generate().expect("ca key");
-        let ca = params.self_signed(&ca_key).expect("ca cert");
+        let ca = CertifiedIssuer::self_signed(params, ca_key).expect("ca cert");
         let pki = Self {
             dir: dir.to_path_buf(),
+            name: name.to_owned(),
             ca,
-            ca_key,
         };
         std::fs::write(pki.ca_path(), pki.ca.pem()).expect("write ca");
         pki
@@ -61,16 +61,8 @@ impl Pki {
         self.dir.join(format!("{}-ca.pem", self.name()))
     }
 
-    fn name(&self) -> String {
-        self.ca
-            .params()
-            .distinguished_name
-            .get(&DnType::CommonName)
-            .map(|v| match v {
-                rcgen::DnValue::Utf8String(s) => s.clone(),
-                other => format!("{other:?}"),
-            })
-            .unwrap_or_default()
+    fn name(&self) -> &str {
+        &self.name
     }
 
     /// The CA certificate's file.
@@ -116,9 +108,7 @@ impl Pki {
             params.not_after = now + time::Duration::days(1);
         }
         let key = KeyPair::generate().expect("key");
-        let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
-            .expect("sign");
+        let cert = params.signed_by(&key, &self.ca).expect("sign");
         let stem = format!(
             "{cn}{}{}",
             if with_cn { "" } else { "-client" },
