@@ -237,6 +237,9 @@ pub struct ServeArgs {
     /// How long an identity document is valid (at most 1h).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub jwt_ttl: Duration,
+    /// How long an X509-SVID is valid (at most 24h).
+    #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
+    pub x509_ttl: Duration,
     /// Also write the JWK Set (the public keys that verify identity
     /// documents) to this file, atomically, at start and on every rotation.
     #[arg(long, value_name = "PATH")]

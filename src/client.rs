@@ -84,7 +84,9 @@ where
     let mut builder = Request::builder()
         .method(method)
         .uri(path)
-        .header(header::HOST, host);
+        .header(header::HOST, host)
+        // Identity endpoints want it (SPEC §9): this is no forged request.
+        .header("metadata", "true");
     let payload = match body {
         Some((bytes, content_type)) => {
             builder = builder.header(header::CONTENT_TYPE, content_type);

@@ -1,7 +1,9 @@
 //! The state every request handler may touch: below both APIs and the
 //! server loop, which only pass it along.
 
-use crate::{jwt::IdentityDocs, keys::Keyring, metrics::Metrics, pods::Pods, tenant::Tenancy};
+use crate::{
+    jwt::IdentityDocs, keys::Keyring, metrics::Metrics, pods::Pods, svid::Svids, tenant::Tenancy,
+};
 
 /// Everything a request handler may touch.
 pub struct AppState {
@@ -9,6 +11,8 @@ pub struct AppState {
     pub keys: Keyring,
     /// Identity documents: their signing keys and what they say.
     pub docs: IdentityDocs,
+    /// X509-SVIDs: the node's CA and their lifetime.
+    pub svids: Svids,
     pub metrics: Metrics,
     pub tenancy: Tenancy,
     pub require_metadata_flavor: bool,

@@ -113,7 +113,7 @@ fn from_pod(agent: &Agent, pod: &PodNet, path: &str) -> (u16, String) {
         .connect(None, SocketAddr::new(IpAddr::V4(pod.host_v4()), agent.port))
         .expect("connect from pod");
     let r = Conn::new(s)
-        .send(&Request::get(path))
+        .send(&Request::new("GET", path, None, &[("Metadata", "true")]))
         .expect("request from pod");
     (r.status, r.text())
 }

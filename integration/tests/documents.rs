@@ -79,8 +79,18 @@ fn from_pod(agent: &Agent, pod: &PodNet, path: &str) -> Response {
         .connect(None, SocketAddr::new(IpAddr::V4(pod.host_v4()), agent.port))
         .expect("connect from pod");
     Conn::new(s)
-        .send(&Request::get(path))
+        .send(&Request::new("GET", path, None, &[("Metadata", "true")]))
         .expect("request from pod")
+}
+
+/// An identity request from the host (its loopback), as clients make it
+/// (SPEC §9: `Metadata: true`).
+fn get_doc(agent: &Agent, path: &str) -> Response {
+    http::tcp(
+        agent.loopback(),
+        &Request::new("GET", path, None, &[("Metadata", "true")]),
+    )
+    .expect("request over loopback")
 }
 
 fn setup(mode: &'static str, extra: &[&str]) -> (Agent, PodNet, PodNet) {
@@ -153,13 +163,24 @@ fn pods_get_documents_that_pyjwt_verifies() {
             format!("spiffe://example.org/rkt/node/node-1/pod/{U_A}/app/web")
         );
         assert_eq!(c["rkt"]["app"], "web");
+        // Without `Metadata: true` (a forged request): 400.
+        let forged = Conn::new(
+            a.connect(None, SocketAddr::new(IpAddr::V4(a.host_v4()), agent.port))
+                .unwrap(),
+        )
+        .send(&Request::get(&doc_path(T_A, None, "?audience=db")))
+        .unwrap();
+        assert_eq!(
+            (forged.status, forged.text()),
+            (400, "Metadata: true header is required".to_owned())
+        );
         // The identity rules of every other endpoint.
         let stolen = from_pod(&agent, &b, &doc_path(T_A, None, "?audience=db"));
         assert_eq!(stolen.status, 403, "A's token from B");
         let r = from_pod(&agent, &a, &doc_path(T_A, Some("nope"), "?audience=db"));
         assert_eq!(r.status, 404);
         // A pod without a namespace: from the host only, and it says so.
-        let r = agent.get(&doc_path(T_H, None, "?audience=db"));
+        let r = get_doc(&agent, &doc_path(T_H, None, "?audience=db"));
         assert_eq!(r.status, 200, "{}", r.text());
         let c = pyjwt(&keys, &r.text(), "db").unwrap();
         assert_eq!(c["rkt"]["identity"], "host-network");
@@ -200,13 +221,16 @@ fn a_pod_whose_namespace_is_gone_gets_no_document_and_token_mode_none() {
     wait_for("A's namespace to be gone", Duration::from_secs(5), || {
         (agent.pod_entry(U_A).unwrap()["state"] == "netns-gone").then_some(())
     });
-    let r = agent.get(&doc_path(T_A, None, "?audience=db"));
+    let r = get_doc(&agent, &doc_path(T_A, None, "?audience=db"));
     assert_eq!(r.status, 403);
     // rkt's token mode checks nothing but the token: no documents.
     let agent = Agent::start(AgentOptions::identity("token"));
     let r = agent.register(U_H, T_H, &fixtures::read("pods/bare-pod.json"), "");
     assert_eq!(r.status, 200);
-    assert_eq!(agent.get(&doc_path(T_H, None, "?audience=db")).status, 403);
+    assert_eq!(
+        get_doc(&agent, &doc_path(T_H, None, "?audience=db")).status,
+        403
+    );
 }
 
 #[test]
@@ -364,7 +388,10 @@ fn documents_expire_and_survive_rotations_and_restarts() {
     let pk8: Vec<_> = std::fs::read_dir(agent.state_dir())
         .unwrap()
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().ends_with(".pk8"))
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.starts_with("jwt-") && name.ends_with(".pk8")
+        })
         .collect();
     assert_eq!(pk8.len(), 2);
     for e in pk8 {

@@ -21,6 +21,7 @@ use crate::{
     pods::Refused,
     registry::{AnnotationBodies, Pod},
     state::AppState,
+    svid,
     tenant::{PodLimiter, Rates, SourceKey, Subject},
 };
 
@@ -42,6 +43,8 @@ pub enum Route<'a> {
     AppImageId(&'a str),
     PodIdentityDocument,
     AppIdentityDocument(&'a str),
+    PodX509,
+    AppX509(&'a str),
 }
 
 /// Splits `/{token}/acMetadata/v1/...` (or tokenless `/acMetadata/v1/...`)
@@ -64,6 +67,7 @@ pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
             "hmac/sign" => Route::Sign,
             "hmac/verify" => Route::Verify,
             "identity/jwt" => Route::PodIdentityDocument,
+            "identity/x509" => Route::PodX509,
             other => Route::PodAnnotation(
                 other
                     .strip_prefix("annotations/")
@@ -77,6 +81,7 @@ pub fn route(path: &str) -> Option<(Option<&str>, Route<'_>)> {
             "image/manifest" => Route::AppImageManifest(app),
             "image/id" => Route::AppImageId(app),
             "identity/jwt" => Route::AppIdentityDocument(app),
+            "identity/x509" => Route::AppX509(app),
             other => Route::AppAnnotation(
                 app,
                 other
@@ -104,7 +109,29 @@ impl Route<'_> {
             Route::AppImageId(_) => "apps/{app}/image/id",
             Route::PodIdentityDocument => "pod/identity/jwt",
             Route::AppIdentityDocument(_) => "apps/{app}/identity/jwt",
+            Route::PodX509 => "pod/identity/x509",
+            Route::AppX509(_) => "apps/{app}/identity/x509",
         }
+    }
+
+    /// Whether the request posts a body.
+    fn is_post(&self) -> bool {
+        matches!(
+            self,
+            Route::Sign | Route::Verify | Route::PodX509 | Route::AppX509(_)
+        )
+    }
+
+    /// Whether it fetches an identity (a JWT or an X509-SVID): those need
+    /// `Metadata: true` (SPEC §9, against request forgery).
+    fn is_identity(&self) -> bool {
+        matches!(
+            self,
+            Route::PodIdentityDocument
+                | Route::AppIdentityDocument(_)
+                | Route::PodX509
+                | Route::AppX509(_)
+        )
     }
 }
 
@@ -113,6 +140,7 @@ impl Route<'_> {
 pub enum WellKnown {
     Jwks,
     OpenidConfiguration,
+    SpiffeBundle,
 }
 
 impl WellKnown {
@@ -120,6 +148,7 @@ impl WellKnown {
         match path {
             "/.well-known/jwks.json" => Some(Self::Jwks),
             "/.well-known/openid-configuration" => Some(Self::OpenidConfiguration),
+            "/.well-known/spiffe-bundle" => Some(Self::SpiffeBundle),
             _ => None,
         }
     }
@@ -128,6 +157,7 @@ impl WellKnown {
         match self {
             Self::Jwks => ".well-known/jwks.json",
             Self::OpenidConfiguration => ".well-known/openid-configuration",
+            Self::SpiffeBundle => ".well-known/spiffe-bundle",
         }
     }
 }
@@ -242,6 +272,11 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
     // A cheap clone (shared bytes): the route borrows from it while the
     // request moves on.
     let uri = req.uri().clone();
+    if came_through_a_proxy(req.headers()) {
+        // A pod's web application made to fetch a URL by someone else
+        // must not fetch identities for them (SPEC §9).
+        return text(StatusCode::FORBIDDEN, "request came through a proxy").into();
+    }
     if let Some(doc) = WellKnown::of(uri.path()) {
         if req.method() != Method::GET {
             return method_not_allowed("GET").into();
@@ -255,13 +290,14 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
                 Some(doc) => json(doc),
                 None => super::text(StatusCode::NOT_FOUND, NO_DISCOVERY),
             },
+            WellKnown::SpiffeBundle => json(Bytes::from(state.svids.bundle_json(&state.docs))),
         }
         .into();
     }
     let Some((token, route)) = route(uri.path()) else {
         return not_found().into();
     };
-    let post = matches!(route, Route::Sign | Route::Verify);
+    let post = route.is_post();
     match (post, req.method()) {
         (true, &Method::POST) | (false, &Method::GET) => {}
         (true, _) => return method_not_allowed("POST").into(),
@@ -278,6 +314,14 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
             "Metadata-Flavor: AppContainer header is required",
         )
         .into();
+    }
+    if route.is_identity()
+        && req
+            .headers()
+            .get("metadata")
+            .is_none_or(|v| v.as_bytes() != b"true")
+    {
+        return text(StatusCode::BAD_REQUEST, "Metadata: true header is required").into();
     }
     if route == Route::Verify {
         // Any caller may verify any pod's signature (SPEC §3): no pod, so
@@ -340,11 +384,79 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
         }),
         Route::PodIdentityDocument => identity_document(state, pod, None, uri.query()),
         Route::AppIdentityDocument(app) => identity_document(state, pod, Some(app), uri.query()),
+        Route::PodX509 => Box::pin(x509_svid(state, pod, None, req)).await,
+        Route::AppX509(app) => Box::pin(x509_svid(state, pod, Some(app), req)).await,
         Route::Verify => not_found(),
     };
     Handled {
         response,
         pod: Some(pod.uuid),
+    }
+}
+
+/// Whether a proxy says it forwarded the request.
+fn came_through_a_proxy(headers: &hyper::HeaderMap) -> bool {
+    ["forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|h| headers.contains_key(*h))
+}
+
+/// Refuses identities in `token` mode, and an app the pod does not have;
+/// `None` when the request may have one.
+fn identity_refused(
+    state: &AppState,
+    pod: &Pod,
+    app: Option<&str>,
+) -> Option<hyper::Response<Body>> {
+    if state.pods.mode() == Mode::Token {
+        // An identity is checked offline as proof of where its bearer
+        // runs: rkt's token mode checks nothing but the token.
+        return Some(text(
+            StatusCode::FORBIDDEN,
+            "identity documents need --identity token+netns or netns",
+        ));
+    }
+    let app = app?;
+    if !is_ac_name(app) {
+        return Some(text(
+            StatusCode::BAD_REQUEST,
+            format!("App name {app:?} is not a valid AC Name"),
+        ));
+    }
+    if pod.manifest.app(app).is_none() {
+        return Some(text(StatusCode::NOT_FOUND, "app not found"));
+    }
+    None
+}
+
+/// `POST .../identity/x509` with a PEM CSR: an X509-SVID for the pod (or
+/// one of its apps) and the CSR's key, as a PEM chain.
+async fn x509_svid(
+    state: &AppState,
+    pod: &Pod,
+    app: Option<&str>,
+    req: Request<Incoming>,
+) -> hyper::Response<Body> {
+    if let Some(refused) = identity_refused(state, pod, app) {
+        return refused;
+    }
+    let (parts, body) = req.into_parts();
+    let body = match read_body(&parts.headers, body, svid::csr::MAX_CSR).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let key = match svid::csr::public_key(&body) {
+        Ok(k) => k,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let id = state.docs.config.subject(&pod.uuid, app);
+    match state.svids.authority.issue(&id, &key, state.svids.ttl) {
+        Ok(der) => respond(
+            StatusCode::OK,
+            "application/pem-certificate-chain",
+            Bytes::from(svid::pem("CERTIFICATE", &der)),
+        ),
+        Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }
 
@@ -356,13 +468,8 @@ fn identity_document(
     app: Option<&str>,
     query: Option<&str>,
 ) -> hyper::Response<Body> {
-    if state.pods.mode() == Mode::Token {
-        // A document is checked offline as proof of where its bearer runs:
-        // rkt's token mode checks nothing but the token.
-        return text(
-            StatusCode::FORBIDDEN,
-            "identity documents need --identity token+netns or netns",
-        );
+    if let Some(refused) = identity_refused(state, pod, app) {
+        return refused;
     }
     let mut given = query
         .into_iter()
@@ -378,17 +485,6 @@ fn identity_document(
         Ok(a) => a,
         Err(why) => return text(StatusCode::BAD_REQUEST, why),
     };
-    if let Some(app) = app {
-        if !is_ac_name(app) {
-            return text(
-                StatusCode::BAD_REQUEST,
-                format!("App name {app:?} is not a valid AC Name"),
-            );
-        }
-        if pod.manifest.app(app).is_none() {
-            return text(StatusCode::NOT_FOUND, "app not found");
-        }
-    }
     let assurance = if pod.lease().is_some() {
         jwt::Assurance::Verified
     } else {

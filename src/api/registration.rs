@@ -34,6 +34,7 @@ pub fn endpoint(path: &str) -> &'static str {
         ["keys"] => "keys",
         ["keys", "rotate"] => "keys/rotate",
         [".well-known", "jwks.json"] => ".well-known/jwks.json",
+        [".well-known", "spiffe-bundle"] => ".well-known/spiffe-bundle",
         _ => "unknown",
     }
 }
@@ -75,6 +76,10 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
         [".well-known", "jwks.json"] => match method {
             // Public keys: anyone on the host may read them.
             Method::GET => json(Bytes::from(state.docs.jwks_json())).into(),
+            _ => method_not_allowed("GET").into(),
+        },
+        [".well-known", "spiffe-bundle"] => match method {
+            Method::GET => json(Bytes::from(state.svids.bundle_json(&state.docs))).into(),
             _ => method_not_allowed("GET").into(),
         },
         ["info"] => match method {

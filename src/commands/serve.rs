@@ -24,6 +24,7 @@ use rkt_mds::{
     state::AppState,
     state_lock,
     store::ensure_private_dir,
+    svid,
     tenant::{self, Tenancy},
 };
 
@@ -45,6 +46,13 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
     )
     .map_err(anyhow::Error::msg)
     .config()?;
+    if args.x509_ttl.is_zero() || args.x509_ttl > svid::MAX_SVID_TTL {
+        return Err(anyhow::anyhow!(
+            "--x509-ttl {:?}: more than nothing and at most 24h",
+            args.x509_ttl
+        ))
+        .config();
+    }
     let etcd_access = match &args.etcd {
         Some(endpoints) => Some(
             cluster::etcd::Access::load(&args.etcd_access.flags(), endpoints.https()).config()?,
@@ -90,6 +98,9 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
                 args.state_dir.display()
             )
         })
+        .config()?;
+    let x509 = svid::X509Authority::load_or_create(&args.state_dir, &args.trust_domain)
+        .with_context(|| format!("cannot load the X.509 CA in {}", args.state_dir.display()))
         .config()?;
     // Namespace instances are told apart by their cookies, which are
     // unique only within one boot.
@@ -165,6 +176,7 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
         Started {
             keys,
             jwt_keys,
+            x509,
             doc_config,
             store,
             node,
@@ -187,6 +199,7 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
 struct Started {
     keys: Keyring,
     jwt_keys: JwtKeyring,
+    x509: svid::X509Authority,
     doc_config: DocConfig,
     store: PodStore,
     node: String,
@@ -239,6 +252,10 @@ async fn serve(
         pods,
         keys: s.keys,
         docs,
+        svids: svid::Svids {
+            authority: s.x509,
+            ttl: args.x509_ttl,
+        },
         metrics: Metrics::default(),
         tenancy: Tenancy::new(args.rate_limit, args.rate_burst, share),
         require_metadata_flavor: args.require_metadata_flavor,

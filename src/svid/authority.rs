@@ -57,6 +57,7 @@ pub enum AuthorityError {
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
     der: Vec<u8>,
+    not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 }
 
@@ -95,7 +96,7 @@ impl X509Authority {
                 };
                 let key = KeyPair::try_from(key_der.as_slice())
                     .map_err(|e| corrupt(&key_path, e.to_string()))?;
-                let (found, not_after) =
+                let (found, not_before, not_after) =
                     ca_facts(&cert_der).map_err(|reason| corrupt(&cert_path, reason))?;
                 let wanted = format!("spiffe://{trust_domain}");
                 if found != wanted {
@@ -116,6 +117,7 @@ impl X509Authority {
                     Ca {
                         issuer,
                         der: cert_der,
+                        not_before,
                         not_after,
                     },
                 );
@@ -181,6 +183,12 @@ impl X509Authority {
             self.earlier.write().push(old.der.clone());
         }
         Ok(())
+    }
+
+    /// When the current CA certificate was made (Unix seconds).
+    pub fn issued_at(&self) -> u64 {
+        let not_before = self.current.read().not_before;
+        u64::try_from((not_before + BACKDATE).unix_timestamp()).unwrap_or(0)
     }
 
     /// The current CA certificate (DER).
@@ -260,16 +268,17 @@ fn make_ca(trust_domain: &str, key: KeyPair, now: OffsetDateTime) -> Result<Ca, 
     params.not_before = now - BACKDATE;
     params.not_after = now + CA_LIFETIME;
     let der = params.self_signed(&key)?.der().to_vec();
-    let not_after = params.not_after;
+    let (not_before, not_after) = (params.not_before, params.not_after);
     Ok(Ca {
         issuer: Issuer::new(params, key),
         der,
+        not_before,
         not_after,
     })
 }
 
-/// A CA certificate's URI SAN and end of validity.
-fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime), String> {
+/// A CA certificate's URI SAN and validity.
+fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime, OffsetDateTime), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let uri = cert
         .subject_alternative_name()
@@ -282,7 +291,12 @@ fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime), String> {
             })
         })
         .ok_or("no URI SAN")?;
-    Ok((uri, cert.validity().not_after.to_datetime()))
+    let validity = cert.validity();
+    Ok((
+        uri,
+        validity.not_before.to_datetime(),
+        validity.not_after.to_datetime(),
+    ))
 }
 
 #[cfg(test)]

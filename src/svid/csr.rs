@@ -40,9 +40,11 @@ pub fn public_key(body: &[u8]) -> Result<SubjectPublicKeyInfo, CsrError> {
     if !trailing.is_empty() {
         return Err(CsrError::Malformed);
     }
-    csr.verify_signature().map_err(|_| CsrError::Signature)?;
+    // The key first: ring verifies no signature of a key it deems too
+    // short, and "too short" is the answer that helps.
     let spki = &csr.certification_request_info.subject_pki;
     check_key(spki)?;
+    csr.verify_signature().map_err(|_| CsrError::Signature)?;
     SubjectPublicKeyInfo::from_der(spki.raw).map_err(|_| CsrError::Key("not one rcgen encodes"))
 }
 

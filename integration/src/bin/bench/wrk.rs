@@ -83,6 +83,10 @@ pub fn run_counting(
     if load.close {
         cmd.args(["-H", "Connection: close"]);
     }
+    if load.url.contains("/identity/") {
+        // Identity endpoints want it (SPEC §9).
+        cmd.args(["-H", "Metadata: true"]);
+    }
     if let Some(body) = load.form {
         let script = scripts.join("post.lua");
         std::fs::write(
