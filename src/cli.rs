@@ -155,6 +155,18 @@ pub struct ServeArgs {
     /// and IPv6 address (one dual-stack socket).
     #[arg(long = "listen-address", value_name = "ADDR")]
     pub listen_addresses: Vec<IpAddr>,
+    /// TCP port of the SPIFFE Workload API (gRPC, cleartext HTTP/2), on
+    /// the public API's addresses; pods use
+    /// SPIFFE_ENDPOINT_SOCKET=tcp://HOST:PORT. Callers are attested by
+    /// their source address (off in --identity token). 0 turns it off.
+    #[arg(long, default_value_t = 18114, value_name = "PORT")]
+    pub workload_api_port: u16,
+    /// IP TTL / IPv6 hop limit of everything the public and Workload API
+    /// ports send, the TCP handshake included: 1 keeps answers on the
+    /// pod's own link, so a client behind a router cannot hold a
+    /// conversation (a defence against forged requests).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..), value_name = "HOPS")]
+    pub response_hop_limit: u8,
     #[command(flatten)]
     pub socket: SocketArg,
     /// rkt's data directory: pods' network namespaces are discovered from

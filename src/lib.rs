@@ -28,3 +28,4 @@ pub mod state_lock;
 pub mod store;
 pub mod svid;
 pub mod tenant;
+pub mod workload;

@@ -28,6 +28,8 @@ pub enum ListenError {
 pub struct Listeners {
     pub registration: std::os::unix::net::UnixListener,
     pub public: Vec<std::net::TcpListener>,
+    /// The SPIFFE Workload API's (none when its port is 0).
+    pub workload: Vec<std::net::TcpListener>,
     /// The socket file to remove on clean exit (`None` under activation:
     /// systemd owns it).
     pub owned_socket: Option<PathBuf>,
@@ -39,6 +41,12 @@ pub struct Plan<'a> {
     pub socket: &'a Path,
     pub port: u16,
     pub addresses: &'a [IpAddr],
+    /// The Workload API's port (0: none), on the same addresses; bound by
+    /// the agent even under socket activation.
+    pub workload_port: u16,
+    /// IP TTL and IPv6 hop limit of what the TCP listeners send: 1 keeps
+    /// every answer, the handshake's included, on the pod's own link.
+    pub hop_limit: u8,
 }
 
 /// What systemd passed (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`).
@@ -102,7 +110,15 @@ pub fn listen(plan: &Plan<'_>, activation: Activation) -> Result<Listeners, List
     if public.is_empty() {
         public = bind_tcp(plan.port, plan.addresses)?;
     }
-    for l in &public {
+    let workload = match plan.workload_port {
+        0 => Vec::new(),
+        port => bind_tcp(port, plan.addresses)?,
+    };
+    for l in public.iter().chain(&workload) {
+        set_hop_limit(l, plan.hop_limit).map_err(|source| ListenError::Bind {
+            what: format!("hop limit {} on a TCP listener", plan.hop_limit),
+            source,
+        })?;
         l.set_nonblocking(true)
             .map_err(|source| ListenError::Bind {
                 what: "public listener".into(),
@@ -118,6 +134,7 @@ pub fn listen(plan: &Plan<'_>, activation: Activation) -> Result<Listeners, List
     Ok(Listeners {
         registration,
         public,
+        workload,
         owned_socket,
         activated: is_activated,
     })
@@ -192,6 +209,21 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ListenErro
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
     Ok(listener)
+}
+
+/// Sets what a listener (and so the SYN-ACK and every connection it
+/// accepts) sends with: IP TTL, and the IPv6 unicast hop limit on an IPv6
+/// socket (whose IPv4-mapped peers get the TTL).
+fn set_hop_limit(listener: &std::net::TcpListener, hops: u8) -> io::Result<()> {
+    let socket = socket2::SockRef::from(listener);
+    if listener.local_addr()?.is_ipv6() {
+        socket.set_unicast_hops_v6(u32::from(hops))?;
+        // An IPv6-only socket has no IPv4 side to set.
+        let _ = socket.set_ttl_v4(u32::from(hops));
+        Ok(())
+    } else {
+        socket.set_ttl_v4(u32::from(hops))
+    }
 }
 
 /// Binds `port` on each address; with none, one dual-stack `[::]` socket

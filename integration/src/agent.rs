@@ -116,6 +116,8 @@ pub struct Agent {
     pub root: tempfile::TempDir,
     pub socket: PathBuf,
     pub port: u16,
+    /// The SPIFFE Workload API's port.
+    pub workload_port: u16,
     pub options: AgentOptions,
 }
 
@@ -134,6 +136,7 @@ impl Agent {
                 .unwrap_or_else(|| root.path().join("run/metadata-svc.sock")),
             root,
             port: free_port(),
+            workload_port: free_port(),
             options,
         };
         agent.spawn();
@@ -176,6 +179,10 @@ impl Agent {
         if !nix::unistd::geteuid().is_root() {
             a.push("--registration-group".into());
             a.push(nix::unistd::getgid().as_raw().to_string());
+        }
+        if !self.options.args.iter().any(|x| x == "--workload-api-port") {
+            a.push("--workload-api-port".into());
+            a.push(self.workload_port.to_string());
         }
         // Agents run side by side: each scrape port is its own.
         if !self.options.args.iter().any(|x| x == "--metrics-address") {

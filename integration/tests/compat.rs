@@ -680,6 +680,8 @@ fn socket_file_lifecycle() {
     let out = std::process::Command::new(integration::agent::binary())
         .args([
             "serve",
+            "--workload-api-port",
+            "0",
             "--socket",
             agent.socket.to_str().unwrap(),
             "--listen-port",

@@ -43,6 +43,8 @@ fn serve_once(dir: &std::path::Path, extra: &[&str]) -> Output {
     let port = free_port().to_string();
     let mut args = vec![
         "serve",
+        "--workload-api-port",
+        "0",
         "--socket",
         socket.to_str().unwrap(),
         "--listen-port",
@@ -120,6 +122,8 @@ fn a_port_in_use_exits_1_with_its_cause_said_once() {
     let socket = dir.path().join("mds.sock");
     let out = cli(&[
         "serve",
+        "--workload-api-port",
+        "0",
         "--socket",
         socket.to_str().unwrap(),
         "--state-dir",
@@ -149,6 +153,8 @@ fn a_second_agent_on_one_state_dir_is_refused_with_the_first_ones_pid() {
     let socket = dir.path().join("mds.sock");
     let out = cli(&[
         "serve",
+        "--workload-api-port",
+        "0",
         "--socket",
         socket.to_str().unwrap(),
         "--listen-port",

@@ -204,11 +204,22 @@ fn register_sign_verify_unregister_with_the_cli() {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = cli(&args);
         assert!(out.status.success(), "{}", stderr(&out));
-        let line = stdout(&out).trim().to_owned();
-        let url = line
-            .strip_prefix("AC_METADATA_URL=")
+        let printed = stdout(&out);
+        let url = printed
+            .lines()
+            .find_map(|l| l.strip_prefix("AC_METADATA_URL="))
             .expect("prints AC_METADATA_URL")
             .to_owned();
+        // And where the pod's SPIFFE clients find the Workload API.
+        assert!(
+            printed.lines().any(|l| l
+                == format!(
+                    "SPIFFE_ENDPOINT_SOCKET=tcp://{}:{}",
+                    pod.host_v4(),
+                    agent.workload_port
+                )),
+            "{printed}"
+        );
         // The agent's real port (a random one here), a 128-bit hex token.
         let prefix = format!("http://{}:{}/", pod.host_v4(), agent.port);
         let token = url

@@ -86,6 +86,7 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
             Method::GET => json(Bytes::from(
                 serde_json::json!({
                     "public_port": state.public_port,
+                    "workload_api_port": state.workload_api_port,
                     "identity_mode": state.pods.mode().to_string(),
                     "gc_grace_secs": state.pods.gc_grace().as_secs(),
                     "version": env!("CARGO_PKG_VERSION"),

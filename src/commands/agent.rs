@@ -48,6 +48,11 @@ pub fn enc(s: impl AsRef<[u8]>) -> String {
 #[derive(Deserialize)]
 pub struct Info {
     pub public_port: u16,
+    /// Absent from agents before the Workload API, `null` when it is off.
+    #[serde(default)]
+    pub workload_api_port: Option<u16>,
+    #[serde(default)]
+    pub identity_mode: String,
     pub gc_grace_secs: u64,
 }
 

@@ -68,7 +68,8 @@ pub async fn run(args: RegisterArgs) -> Result<()> {
             return Err(e);
         }
     }
-    let port = info(socket).await?.public_port;
+    let info = info(socket).await?;
+    let port = info.public_port;
     let host = match args.host {
         Some(host) => host,
         None if args.netns.is_none() && args.pid.is_none() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -88,6 +89,13 @@ pub async fn run(args: RegisterArgs) -> Result<()> {
         v4 => v4.to_string(),
     };
     println!("AC_METADATA_URL=http://{host}:{port}/{token}");
+    // The Workload API attests callers by address: not in token mode.
+    if let Some(workload) = info
+        .workload_api_port
+        .filter(|_| info.identity_mode != "token")
+    {
+        println!("SPIFFE_ENDPOINT_SOCKET=tcp://{host}:{workload}");
+    }
     Ok(())
 }
 

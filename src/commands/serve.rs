@@ -148,6 +148,8 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             socket: &args.socket.socket,
             port: args.listen_port,
             addresses: &args.listen_addresses,
+            workload_port: args.workload_api_port,
+            hop_limit: args.response_hop_limit,
         },
         activation,
     ) {
@@ -167,6 +169,11 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
         .first()
         .and_then(|l| l.local_addr().ok())
         .map_or(args.listen_port, |a| a.port());
+    let workload_api_port = listeners
+        .workload
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .map(|a| a.port());
     let socket_path = listeners.owned_socket.clone();
     // From here on an error must not leave the socket file behind.
     let result = serve(
@@ -181,6 +188,7 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             store,
             node,
             public_port,
+            workload_api_port,
             max_connections: fds.public_connections,
             etcd_access,
             memory,
@@ -204,6 +212,7 @@ struct Started {
     store: PodStore,
     node: String,
     public_port: u16,
+    workload_api_port: Option<u16>,
     max_connections: usize,
     etcd_access: Option<cluster::etcd::Access>,
     memory: Option<cluster::memory::Memory>,
@@ -256,11 +265,13 @@ async fn serve(
             authority: s.x509,
             ttl: args.x509_ttl,
         },
+        workload_streams: rkt_mds::workload::streams::StreamBudget::new(),
         metrics: Metrics::default(),
         tenancy: Tenancy::new(args.rate_limit, args.rate_burst, share),
         require_metadata_flavor: args.require_metadata_flavor,
         registration_group: args.registration_group,
         public_port: s.public_port,
+        workload_api_port: s.workload_api_port,
         directory: args.etcd.as_ref().map(|_| Arc::default()),
     });
     let limits = Limits {

@@ -113,9 +113,19 @@ impl Pods {
             }
         }
         let claimed = pod.as_ref().map(|p| p.uuid);
-        self.decide(pod, peer.to_canonical())
+        self.decide(self.mode, pod, peer.to_canonical())
             .await
             .map_err(|reason| Refused { reason, claimed })
+    }
+
+    /// The pod a tokenless caller from `peer` is (the tokenless rule of
+    /// SPEC §5, whatever the mode, for the Workload API); `None` in
+    /// `token` mode, which proves nothing about a caller.
+    pub async fn attest(&self, peer: IpAddr) -> Option<Result<Arc<Pod>, Refusal>> {
+        if self.mode == Mode::Token {
+            return None;
+        }
+        Some(self.decide(Mode::Netns, None, peer.to_canonical()).await)
     }
 
     /// Whether `peer` is one of the host's own addresses (loopback
@@ -164,12 +174,17 @@ impl Pods {
         }
     }
 
-    async fn decide(&self, pod: Option<Arc<Pod>>, peer: IpAddr) -> Result<Arc<Pod>, Refusal> {
+    async fn decide(
+        &self,
+        mode: Mode,
+        pod: Option<Arc<Pod>>,
+        peer: IpAddr,
+    ) -> Result<Arc<Pod>, Refusal> {
         // The common cases first, without building the holder list: the
         // host attributes the address to the token's namespace, which
         // holds it; or a pod without a namespace asks from the host.
         if let Some(p) = &pod {
-            let accepted = self.mode == Mode::Token
+            let accepted = mode == Mode::Token
                 || match p.lease() {
                     Some(lease) => {
                         let c = lease.cookie();
@@ -203,7 +218,7 @@ impl Pods {
                 holders: &holders,
             };
             identity::decide(
-                self.mode,
+                mode,
                 self.options,
                 claim,
                 source,

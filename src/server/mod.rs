@@ -75,6 +75,14 @@ pub async fn run(
     for l in &public {
         tracing::info!(addr = %l.local_addr()?, "public API listening");
     }
+    let workload = listeners
+        .workload
+        .into_iter()
+        .map(TcpListener::from_std)
+        .collect::<std::io::Result<Vec<_>>>()?;
+    for l in &workload {
+        tracing::info!(addr = %l.local_addr()?, "SPIFFE Workload API listening");
+    }
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
     let cap = Arc::new(Semaphore::new(limits.max_connections));
@@ -92,6 +100,13 @@ pub async fn run(
             graceful.clone(),
             limits.clone(),
             cap.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    for listener in workload {
+        tasks.push(tokio::spawn(crate::workload::server::accept(
+            listener,
+            state.clone(),
             stop_rx.clone(),
         )));
     }

@@ -245,11 +245,15 @@ fn register(
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    println!("   {line}");
-    line.strip_prefix("AC_METADATA_URL=")
+    let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for line in printed.lines() {
+        println!("   {line}");
+    }
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("AC_METADATA_URL="))
         .map(str::to_owned)
-        .ok_or_else(|| format!("unexpected output {line:?}"))
+        .ok_or_else(|| format!("unexpected output {printed:?}"))
 }
 
 fn short(path: &str) -> &str {

@@ -1,0 +1,323 @@
+//! The Workload API's methods, for one connection: every call is attested
+//! by the connection's source address (the tokenless rule of SPEC §5),
+//! and must carry `workload.spiffe.io: true`.
+
+use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+
+use rcgen::KeyPair;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::{
+    api::spiffe_workload_a_p_i_server::SpiffeWorkloadAPI, claims::to_struct, messages::*,
+    streams::StreamSlot,
+};
+use crate::{appc::PodUuid, jwt, registry::Pod, state::AppState, svid::bundle};
+
+/// How often a stream looks again at its caller and the bundle.
+const RECHECK: Duration = Duration::from_millis(500);
+
+/// The Workload API as one connection's caller sees it.
+pub struct WorkloadApi {
+    state: Arc<AppState>,
+    peer: SocketAddr,
+}
+
+impl WorkloadApi {
+    pub fn new(state: Arc<AppState>, peer: SocketAddr) -> Self {
+        Self { state, peer }
+    }
+
+    /// The header check, then the caller's pod.
+    async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<Pod>, Status> {
+        let header = request.metadata().get("workload.spiffe.io");
+        if header.is_none_or(|v| v.as_bytes() != b"true") {
+            return Err(Status::invalid_argument(
+                "security header missing from request (workload.spiffe.io: true)",
+            ));
+        }
+        attest(&self.state, self.peer).await
+    }
+
+    fn trust_domain_id(&self) -> String {
+        format!("spiffe://{}", self.state.docs.config.trust_domain)
+    }
+}
+
+/// The pod a caller from `peer` is, or `PermissionDenied` with why.
+async fn attest(state: &AppState, peer: SocketAddr) -> Result<Arc<Pod>, Status> {
+    match state.pods.attest(peer.ip()).await {
+        None => Err(Status::permission_denied(
+            "the Workload API attests callers only in --identity token+netns or netns",
+        )),
+        Some(Err(refusal)) => {
+            state.metrics.refusal(refusal.label());
+            Err(Status::permission_denied(refusal.to_string()))
+        }
+        Some(Ok(pod)) => Ok(pod),
+    }
+}
+
+/// The SPIFFE IDs a pod is entitled to: its own, then one per app, with
+/// the app's name.
+fn identities(state: &AppState, pod: &Pod) -> Vec<(String, Option<String>)> {
+    let config = &state.docs.config;
+    std::iter::once((config.subject(&pod.uuid, None), None))
+        .chain(pod.manifest.apps.iter().map(|a| {
+            (
+                config.subject(&pod.uuid, Some(&a.name)),
+                Some(a.name.clone()),
+            )
+        }))
+        .collect()
+}
+
+/// A fresh key and X509-SVID for each of the pod's identities.
+fn x509_response(state: &AppState, pod: &Pod) -> Result<X509SvidResponse, Status> {
+    let bundle = bundle::concatenated(&state.svids.authority.authorities());
+    let mut svids = Vec::new();
+    for (id, _) in identities(state, pod) {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let der = state
+            .svids
+            .authority
+            .issue(&id, &key, state.svids.ttl)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        svids.push(X509Svid {
+            spiffe_id: id,
+            x509_svid: der,
+            x509_svid_key: key.serialize_der(),
+            bundle: bundle.clone(),
+            hint: String::new(),
+        });
+    }
+    Ok(X509SvidResponse {
+        svids,
+        ..Default::default()
+    })
+}
+
+/// What a stream's caller still is: its pod, bound to the same namespace.
+fn same_caller(before: &Pod, now: &Pod) -> bool {
+    before.uuid == now.uuid && before.lease().map(|l| l.cookie()) == now.lease().map(|l| l.cookie())
+}
+
+/// Runs a stream for `pod`'s caller at `peer`: `make` is sent at once and
+/// again whenever `refresh_after` has passed or `version` changes; the
+/// stream ends, with `PermissionDenied`, when the caller is no longer the
+/// pod (unregistered, its namespace gone, the address now another's).
+fn stream<T, F, V>(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    pod: Arc<Pod>,
+    slot: StreamSlot,
+    refresh_after: Option<Duration>,
+    version: V,
+    make: F,
+) -> ReceiverStream<Result<T, Status>>
+where
+    T: Send + 'static,
+    F: Fn(&AppState, &Pod) -> Result<T, Status> + Send + 'static,
+    V: Fn(&AppState) -> Vec<Vec<u8>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        let _slot = slot;
+        loop {
+            let seen = version(&state);
+            let message = make(&state, &pod);
+            let failed = message.is_err();
+            if tx.send(message).await.is_err() || failed {
+                return;
+            }
+            let due = refresh_after.map(|d| tokio::time::Instant::now() + d);
+            loop {
+                tokio::select! {
+                    () = tokio::time::sleep(RECHECK) => {}
+                    () = tx.closed() => return,
+                }
+                match attest(&state, peer).await {
+                    Ok(now) if same_caller(&pod, &now) => {}
+                    Ok(_) | Err(_) => {
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "pod {} is no longer the caller (unregistered, or its namespace is gone)",
+                                pod.uuid
+                            ))))
+                            .await;
+                        return;
+                    }
+                }
+                if due.is_some_and(|d| tokio::time::Instant::now() >= d) || version(&state) != seen
+                {
+                    break;
+                }
+            }
+        }
+    });
+    ReceiverStream::new(rx)
+}
+
+/// What a change of the X.509 bundle looks like.
+fn x509_version(state: &AppState) -> Vec<Vec<u8>> {
+    state.svids.authority.authorities()
+}
+
+/// What a change of the JWT keys looks like.
+fn jwt_version(state: &AppState) -> Vec<Vec<u8>> {
+    vec![state.docs.jwks_json()]
+}
+
+fn jwt_bundles(state: &AppState, td: &str) -> JwtBundlesResponse {
+    JwtBundlesResponse {
+        bundles: HashMap::from([(td.to_owned(), state.docs.jwks_json())]),
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadAPI for WorkloadApi {
+    type FetchX509SVIDStream = ReceiverStream<Result<X509SvidResponse, Status>>;
+    type FetchX509BundlesStream = ReceiverStream<Result<X509BundlesResponse, Status>>;
+    type FetchJWTBundlesStream = ReceiverStream<Result<JwtBundlesResponse, Status>>;
+
+    async fn fetch_x509_svid(
+        &self,
+        request: Request<X509SvidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        let pod = self.caller(&request).await?;
+        let slot = self.state.workload_streams.open(pod.uuid)?;
+        // Again at half the SVIDs' life (SPEC §9), and on a bundle change.
+        let half = self.state.svids.ttl / 2;
+        Ok(Response::new(stream(
+            self.state.clone(),
+            self.peer,
+            pod,
+            slot,
+            Some(half),
+            x509_version,
+            x509_response,
+        )))
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        let pod = self.caller(&request).await?;
+        let slot = self.state.workload_streams.open(pod.uuid)?;
+        let td = self.trust_domain_id();
+        Ok(Response::new(stream(
+            self.state.clone(),
+            self.peer,
+            pod,
+            slot,
+            None,
+            x509_version,
+            move |state, _| {
+                Ok(X509BundlesResponse {
+                    crl: Vec::new(),
+                    bundles: HashMap::from([(
+                        td.clone(),
+                        bundle::concatenated(&state.svids.authority.authorities()),
+                    )]),
+                })
+            },
+        )))
+    }
+
+    async fn fetch_jwt_svid(
+        &self,
+        request: Request<JwtSvidRequest>,
+    ) -> Result<Response<JwtSvidResponse>, Status> {
+        let pod = self.caller(&request).await?;
+        let request = request.into_inner();
+        let audience = match request.audience.as_slice() {
+            [one] => jwt::check_audience(Some(one)).map_err(Status::invalid_argument)?,
+            [] => return Err(Status::invalid_argument("audience is required")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "one audience per JWT-SVID: ask once per audience",
+                ))
+            }
+        };
+        let wanted = (!request.spiffe_id.is_empty()).then_some(request.spiffe_id.as_str());
+        let mut svids = Vec::new();
+        for (id, app) in identities(&self.state, &pod) {
+            if wanted.is_some_and(|w| w != id) {
+                continue;
+            }
+            let token = issue_jwt(&self.state, &pod.uuid, app.as_deref(), audience)?;
+            svids.push(JwtSvid {
+                spiffe_id: id,
+                svid: token,
+                hint: String::new(),
+            });
+        }
+        if svids.is_empty() {
+            return Err(Status::permission_denied(
+                "the caller is not entitled to that SPIFFE ID",
+            ));
+        }
+        Ok(Response::new(JwtSvidResponse { svids }))
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        let pod = self.caller(&request).await?;
+        let slot = self.state.workload_streams.open(pod.uuid)?;
+        let td = self.trust_domain_id();
+        Ok(Response::new(stream(
+            self.state.clone(),
+            self.peer,
+            pod,
+            slot,
+            None,
+            jwt_version,
+            move |state, _| Ok(jwt_bundles(state, &td)),
+        )))
+    }
+
+    async fn validate_jwt_svid(
+        &self,
+        request: Request<ValidateJwtSvidRequest>,
+    ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
+        self.caller(&request).await?;
+        let request = request.into_inner();
+        if request.audience.is_empty() || request.svid.is_empty() {
+            return Err(Status::invalid_argument("audience and svid are required"));
+        }
+        let keys = self.state.docs.keys.jwk_set(jwt::now());
+        let claims = jwt::verify(&request.svid, &keys, &request.audience, jwt::now())
+            .map_err(Status::invalid_argument)?;
+        let spiffe_id = claims["sub"].as_str().unwrap_or_default().to_owned();
+        Ok(Response::new(ValidateJwtSvidResponse {
+            spiffe_id,
+            claims: Some(to_struct(&claims)),
+        }))
+    }
+}
+
+fn issue_jwt(
+    state: &AppState,
+    pod: &PodUuid,
+    app: Option<&str>,
+    audience: &str,
+) -> Result<String, Status> {
+    let docs = &state.docs;
+    // Attested by its namespace: a pod of the host's network is never a
+    // Workload API caller.
+    jwt::issue(
+        &docs.keys,
+        &docs.config,
+        pod,
+        app,
+        jwt::Assurance::Verified,
+        audience,
+        jwt::now(),
+    )
+    .map_err(|e| Status::internal(e.to_string()))
+}
