@@ -69,6 +69,9 @@ pub enum Command {
     /// Print the cluster's trust bundle: the union of every node's JWK Set
     /// in the etcd cluster directory.
     Jwks(JwksArgs),
+    /// Print the trust domain's SPIFFE bundle (X.509 authorities and JWT
+    /// keys): the local agent's, or with --etcd every node's.
+    Bundle(BundleArgs),
     /// Inside a pod: sign a file's contents as this pod (uses AC_METADATA_URL).
     Sign(SignArgs),
     /// Inside a pod: verify another pod's signature (uses AC_METADATA_URL).
@@ -444,6 +447,21 @@ pub struct JwksArgs {
     /// The etcd cluster directory (comma-separated http[s]://host:port).
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Endpoints,
+    #[command(flatten)]
+    pub etcd_prefix: EtcdPrefixArg,
+    #[command(flatten)]
+    pub etcd_access: EtcdAccessArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// The agent's registration socket (without --etcd).
+    #[arg(long, default_value = DEFAULT_SOCKET, value_name = "PATH", conflicts_with = "etcd")]
+    pub socket: PathBuf,
+    /// Every node's authorities, from the etcd cluster directory
+    /// (comma-separated http[s]://host:port).
+    #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
+    pub etcd: Option<Endpoints>,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
     #[command(flatten)]

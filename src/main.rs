@@ -69,6 +69,7 @@ fn main() {
             Command::Token(args) => commands::token::run(args).await.map(|()| 0),
             Command::VerifyToken(args) => commands::verify_token::run(args).await,
             Command::Jwks(args) => commands::jwks::run(args).await.map(|()| 0),
+            Command::Bundle(args) => commands::bundle::run(args).await.map(|()| 0),
             Command::Version | Command::Man(_) | Command::Completions(_) | Command::Cluster(_) => {
                 Ok(0)
             }

@@ -10,6 +10,7 @@ pub mod etcd;
 pub mod fixtures;
 pub mod http;
 pub mod netlink;
+pub mod openssl;
 mod plumbing;
 pub mod pod;
 pub mod privilege;

@@ -6,16 +6,14 @@
 use std::{
     net::{IpAddr, SocketAddr},
     path::Path,
-    process::{Command, Output, Stdio},
-    time::Duration,
 };
 
-use base64::{engine::general_purpose::STANDARD, Engine};
 use integration::{
     fixtures,
     http::{Conn, Request, Response},
+    openssl::{self, csr, ok, P256},
     privilege::require_root,
-    wait_for, Agent, AgentOptions, Bridge, PodNet,
+    Agent, AgentOptions, Bridge, PodNet,
 };
 use serde_json::Value;
 
@@ -39,43 +37,6 @@ fn x509_path(token: &str, app: Option<&str>) -> String {
         None => format!("/{token}/acMetadata/v1/pod/identity/x509"),
     }
 }
-
-fn openssl(pod: Option<&PodNet>, args: &[&str]) -> Output {
-    let mut cmd = match pod {
-        Some(p) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", &p.name, "openssl"]);
-            c
-        }
-        None => Command::new("openssl"),
-    };
-    cmd.args(args).output().expect("run openssl")
-}
-
-fn ok(out: &Output, what: &str) -> String {
-    assert!(
-        out.status.success(),
-        "{what}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A key and a CSR for it, made by OpenSSL inside `pod` (`key_args`: how
-/// to make the key); returns the CSR's PEM.
-fn csr(pod: &PodNet, dir: &Path, name: &str, key_args: &[&str]) -> Vec<u8> {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let mut args = vec!["req", "-new", "-nodes", "-subj", "/CN=ignored"];
-    args.extend_from_slice(key_args);
-    let (key, csr_path) = (key.to_str().unwrap(), csr.to_str().unwrap());
-    args.extend_from_slice(&["-keyout", key, "-out", csr_path]);
-    ok(&openssl(Some(pod), &args), "openssl req");
-    std::fs::read(&csr).unwrap()
-}
-
-const P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
 
 fn post_csr(
     agent: &Agent,
@@ -107,17 +68,8 @@ fn bundle_pem(agent: &Agent, dir: &Path) -> std::path::PathBuf {
     assert!(keys
         .iter()
         .any(|k| k["use"] == "jwt-svid" && k["kid"].is_string()));
-    let mut pem = String::new();
-    for k in keys.iter().filter(|k| k["use"] == "x509-svid") {
-        let der = STANDARD.decode(k["x5c"][0].as_str().unwrap()).unwrap();
-        pem += &format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            STANDARD.encode(der)
-        );
-    }
-    assert!(!pem.is_empty(), "no X.509 authority in {bundle}");
-    let path = dir.join("bundle.pem");
-    std::fs::write(&path, pem).unwrap();
+    let (path, n) = openssl::bundle_file(&bundle, dir, "bundle.pem");
+    assert!(n > 0, "no X.509 authority in {bundle}");
     path
 }
 
@@ -139,7 +91,7 @@ fn setup(mode: &'static str, pods: (PodNet, PodNet)) -> (Agent, PodNet, PodNet) 
 /// The SVID's URI SANs, as OpenSSL prints them.
 fn uri_sans(cert: &Path) -> Vec<String> {
     let text = ok(
-        &openssl(
+        &openssl::run(
             None,
             &[
                 "x509",
@@ -183,7 +135,7 @@ fn pods_get_svids_that_openssl_verifies() {
         let cert = dir.path().join(format!("{name}.pem"));
         std::fs::write(&cert, &r.body).unwrap();
         let verified = ok(
-            &openssl(
+            &openssl::run(
                 None,
                 &[
                     "verify",
@@ -200,7 +152,7 @@ fn pods_get_svids_that_openssl_verifies() {
         assert_eq!(uri_sans(&cert), vec![spiffe_id(U_A, app)], "{name}");
         // The certificate is for the CSR's key.
         let key = dir.path().join(format!("{name}.key"));
-        let pub_of = |args: &[&str]| ok(&openssl(None, args), "openssl pkey");
+        let pub_of = |args: &[&str]| ok(&openssl::run(None, args), "openssl pkey");
         assert_eq!(
             pub_of(&["x509", "-noout", "-pubkey", "-in", cert.to_str().unwrap()]),
             pub_of(&["pkey", "-pubout", "-in", key.to_str().unwrap()]),
@@ -208,7 +160,7 @@ fn pods_get_svids_that_openssl_verifies() {
         );
     }
     let text = ok(
-        &openssl(
+        &openssl::run(
             None,
             &[
                 "x509",
@@ -375,53 +327,25 @@ fn two_pods_talk_mutual_tls_with_their_svids() {
     let (cert_a, key_a) = svid(&a, T_A, "a");
     let (cert_b, key_b) = svid(&b, T_B, "b");
     let port = 18443 + (std::process::id() % 1000) as u16;
-    let mut server = Command::new("ip")
-        .args([
-            "netns", "exec", &a.name, "openssl", "s_server", "-quiet", "-naccept", "1",
-        ])
-        .args(["-accept", &format!("{}:{port}", a.v4())])
-        .arg("-cert")
-        .arg(&cert_a)
-        .arg("-key")
-        .arg(&key_a)
-        .arg("-CAfile")
-        .arg(&bundle)
-        .args(["-Verify", "1", "-verify_return_error"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("openssl s_server");
-    let client = wait_for("the mutual-TLS handshake", Duration::from_secs(10), || {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &b.name, "openssl", "s_client", "-brief"])
-            .args(["-connect", &format!("{}:{port}", a.v4())])
-            .arg("-cert")
-            .arg(&cert_b)
-            .arg("-key")
-            .arg(&key_b)
-            .arg("-CAfile")
-            .arg(&bundle)
-            .args(["-verify_return_error", "-verify", "1"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("openssl s_client");
-        let text = String::from_utf8_lossy(&out.stderr).into_owned();
-        // Until the server listens, the connection is refused: try again.
-        (!text.contains("Connection refused")).then_some((out.status, text))
-    });
-    let _ = server.kill();
-    let served = server.wait_with_output().expect("s_server's output");
-    let server_text = String::from_utf8_lossy(&served.stderr).into_owned();
-    assert!(
-        client.0.success(),
-        "s_client: {}\ns_server: {server_text}",
-        client.1
+    let (ok, client, server) = openssl::mutual_tls(
+        openssl::Tls {
+            pod: &a,
+            cert: &cert_a,
+            key: &key_a,
+            ca: &bundle,
+        },
+        openssl::Tls {
+            pod: &b,
+            cert: &cert_b,
+            key: &key_b,
+            ca: &bundle,
+        },
+        port,
     );
-    assert!(client.1.contains("Verification: OK"), "{}", client.1);
-    // The server saw B's SVID.
+    assert!(ok, "s_client: {client}\ns_server: {server}");
+    assert!(client.contains("Verification: OK"), "{client}");
     assert!(
-        !server_text.contains("verify error"),
-        "s_server refused the client: {server_text}"
+        !server.contains("verify error"),
+        "s_server refused the client: {server}"
     );
 }

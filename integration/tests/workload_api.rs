@@ -144,13 +144,7 @@ fn a_pod_gets_its_identities_from_the_workload_api() {
     assert!(jwt_bundles >= 1);
     // OpenSSL verifies each SVID against the bundle.
     let dir = tempfile::tempdir().unwrap();
-    let pem = |der: &[u8]| {
-        use base64::Engine;
-        format!(
-            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
-            base64::engine::general_purpose::STANDARD.encode(der)
-        )
-    };
+    let pem = integration::openssl::pem_certificate;
     let ca = dir.path().join("bundle.pem");
     std::fs::write(&ca, bundle.iter().map(|c| pem(c)).collect::<String>()).unwrap();
     for (n, (_, leaf, key)) in svids.iter().enumerate() {

@@ -262,6 +262,22 @@ impl Directory {
     }
 
     /// The cluster's trust bundle: every node's keys, each once.
+    /// Every node's X.509 authorities (DER), each once.
+    pub fn x509_authorities(&self) -> Vec<Vec<u8>> {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        let mut seen = BTreeSet::new();
+        let mut all = Vec::new();
+        for n in self.nodes.values() {
+            for a in &n.record.x509 {
+                match STANDARD.decode(a) {
+                    Ok(der) if seen.insert(der.clone()) => all.push(der),
+                    _ => {}
+                }
+            }
+        }
+        all
+    }
+
     pub fn trust_bundle(&self) -> JwkSet {
         let mut seen = BTreeSet::new();
         let mut bundle = JwkSet::default();
@@ -321,6 +337,7 @@ mod tests {
         let record = NodeRecord {
             node: name.into(),
             jwks: JwkSet { keys },
+            x509: Vec::new(),
             updated: updated.into(),
             owner: String::new(),
         };

@@ -83,6 +83,10 @@ pub fn range_end(prefix: &[u8]) -> Vec<u8> {
 pub struct NodeRecord {
     pub node: String,
     pub jwks: JwkSet,
+    /// The node's X.509 authorities: CA certificates, base64 DER (absent
+    /// from agents before X.509-SVIDs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub x509: Vec<String>,
     /// RFC 3339, UTC.
     pub updated: String,
     /// Hex SHA-256 of the node's secret (`memory.rs`): a restarted agent

@@ -13,6 +13,7 @@
 //! - `store`: what the publisher needs of a store; `etcd`: etcd's
 //! - `publisher`: sessions, leases, claims, backoff
 //! - `directory`: the readers' side (audit, trust bundle)
+//! - `trust_domain`: the other nodes' keys, for the bundle pods get
 
 mod backoff;
 pub mod directory;
@@ -27,6 +28,7 @@ pub mod rfc3339;
 pub mod source;
 pub mod stats;
 pub mod store;
+pub mod trust_domain;
 
 pub use directory::{Directory, ReadError};
 pub use layout::{Layout, NodeRecord, DEFAULT_PREFIX};
@@ -65,6 +67,8 @@ pub struct Handle {
     stop: watch::Sender<bool>,
     refresh: Arc<tokio::sync::Notify>,
     task: JoinHandle<()>,
+    /// The trust domain's follower (`trust_domain`), when the agent's own.
+    follower: Option<(watch::Sender<bool>, JoinHandle<()>)>,
 }
 
 impl Handle {
@@ -77,6 +81,10 @@ impl Handle {
     /// Stops publishing and revokes the lease (the node's keys vanish
     /// now rather than at expiry), bounded in time.
     pub async fn stop(self) {
+        if let Some((stop, task)) = self.follower {
+            let _ = stop.send(true);
+            task.abort();
+        }
         let _ = self.stop.send(true);
         let mut task = self.task;
         if tokio::time::timeout(STOP_LIMIT, &mut task).await.is_err() {
@@ -88,7 +96,11 @@ impl Handle {
 /// Starts publishing the agent's state to etcd. Returns at once: etcd
 /// being down delays nothing. `stats` feed the metrics.
 pub fn start(config: Config, state: Arc<crate::state::AppState>, stats: Arc<Stats>) -> Handle {
-    start_with(config, Arc::new(source::StateSource::new(state)), stats)
+    let (stopping, stopped) = watch::channel(false);
+    let follower = tokio::spawn(trust_domain::follow(config.clone(), state.clone(), stopped));
+    let mut handle = start_with(config, Arc::new(source::StateSource::new(state)), stats);
+    handle.follower = Some((stopping, follower));
+    handle
 }
 
 /// Starts publishing `source` to etcd.
@@ -116,5 +128,6 @@ pub fn start_with<S: Source>(config: Config, source: Arc<S>, stats: Arc<Stats>) 
         stop,
         refresh,
         task,
+        follower: None,
     }
 }

@@ -137,7 +137,8 @@ struct Publisher<S: Source> {
     source: Arc<S>,
     published: Published,
     /// The JWK Set in the node record etcd has.
-    jwks: Option<JwkSet>,
+    /// The node's keys as last published.
+    jwks: Option<NodeKeys>,
     /// Leases this agent was granted that may still hold its keys.
     ours: Vec<i64>,
     /// Pods whose entry is too large for one etcd request, with the size
@@ -279,7 +280,7 @@ impl<S: Source> Publisher<S> {
         if self.ours.len() > MAX_OURS {
             self.ours.remove(0);
         }
-        let jwks = self.source.jwks();
+        let jwks = self.node_keys();
         let node_key = self.settings.layout.node(self.node());
         let previous: Vec<i64> = self.ours.clone();
         match store
@@ -431,7 +432,7 @@ impl<S: Source> Publisher<S> {
                     let gap = (started.elapsed() * GAP_FACTOR).min(timing.max_gap);
                     next_pass = Instant::now() + gap;
                 }
-                let jwks = self.source.jwks();
+                let jwks = self.node_keys();
                 if refresh || self.jwks.as_ref() != Some(&jwks) {
                     let record = (s.fence.key.clone(), self.node_record(&jwks));
                     self.apply(store, s, vec![Op::Put(record.0, record.1)])
@@ -642,10 +643,15 @@ impl<S: Source> Publisher<S> {
         }
     }
 
-    fn node_record(&self, jwks: &JwkSet) -> Vec<u8> {
+    fn node_keys(&self) -> NodeKeys {
+        (self.source.jwks(), self.source.x509_authorities())
+    }
+
+    fn node_record(&self, keys: &NodeKeys) -> Vec<u8> {
         let record = NodeRecord {
             node: self.settings.node.clone(),
-            jwks: jwks.clone(),
+            jwks: keys.0.clone(),
+            x509: keys.1.clone(),
             updated: rfc3339::format(crate::jwt::now()),
             owner: self
                 .settings
@@ -657,6 +663,10 @@ impl<S: Source> Publisher<S> {
         serde_json::to_vec(&record).unwrap_or_default()
     }
 }
+
+/// A node's JWT keys and X.509 authorities (base64 DER), as its record
+/// carries them.
+type NodeKeys = (JwkSet, Vec<String>);
 
 /// What an acknowledged op changes in [`Published`].
 enum Record {

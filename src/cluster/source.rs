@@ -28,6 +28,11 @@ pub trait Source: Send + Sync + 'static {
     /// The JWK Set that verifies this node's identity documents now.
     fn jwks(&self) -> JwkSet;
 
+    /// This node's X.509 authorities (CA certificates, base64 DER).
+    fn x509_authorities(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Calls `f` with each pod's UUID and its entry (serialized as in
     /// `GET /pods`, never a token). May take a while: call it off the
     /// async workers.
@@ -99,6 +104,17 @@ impl Source for StateSource {
 
     fn jwks(&self) -> JwkSet {
         self.state.docs.keys.jwk_set(crate::jwt::now())
+    }
+
+    fn x509_authorities(&self) -> Vec<String> {
+        use base64::{engine::general_purpose::STANDARD, Engine};
+        self.state
+            .svids
+            .authority
+            .authorities()
+            .iter()
+            .map(|der| STANDARD.encode(der))
+            .collect()
     }
 
     fn for_each_entry(&self, f: &mut dyn FnMut(&str, &Arc<[u8]>)) {

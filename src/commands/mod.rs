@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod audit;
+pub mod bundle;
 pub mod cluster;
 pub mod completions;
 pub mod jwks;

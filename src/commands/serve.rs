@@ -261,10 +261,7 @@ async fn serve(
         pods,
         keys: s.keys,
         docs,
-        svids: svid::Svids {
-            authority: s.x509,
-            ttl: args.x509_ttl,
-        },
+        svids: svid::Svids::new(s.x509, args.x509_ttl),
         workload_streams: rkt_mds::workload::streams::StreamBudget::new(),
         metrics: Metrics::default(),
         tenancy: Tenancy::new(args.rate_limit, args.rate_burst, share),

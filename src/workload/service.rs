@@ -75,7 +75,7 @@ fn identities(state: &AppState, pod: &Pod) -> Vec<(String, Option<String>)> {
 
 /// A fresh key and X509-SVID for each of the pod's identities.
 fn x509_response(state: &AppState, pod: &Pod) -> Result<X509SvidResponse, Status> {
-    let bundle = bundle::concatenated(&state.svids.authority.authorities());
+    let bundle = bundle::concatenated(&state.svids.authorities());
     let mut svids = Vec::new();
     for (id, _) in identities(state, pod) {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -162,17 +162,23 @@ where
 
 /// What a change of the X.509 bundle looks like.
 fn x509_version(state: &AppState) -> Vec<Vec<u8>> {
-    state.svids.authority.authorities()
+    state.svids.authorities()
 }
 
 /// What a change of the JWT keys looks like.
 fn jwt_version(state: &AppState) -> Vec<Vec<u8>> {
-    vec![state.docs.jwks_json()]
+    vec![jwks_json(state)]
+}
+
+/// The trust domain's JWT keys (this node's and, with `--etcd`, every
+/// other node's), as a JWK Set.
+fn jwks_json(state: &AppState) -> Vec<u8> {
+    serde_json::to_vec(&state.svids.jwt_keys(&state.docs)).unwrap_or_default()
 }
 
 fn jwt_bundles(state: &AppState, td: &str) -> JwtBundlesResponse {
     JwtBundlesResponse {
-        bundles: HashMap::from([(td.to_owned(), state.docs.jwks_json())]),
+        bundles: HashMap::from([(td.to_owned(), jwks_json(state))]),
     }
 }
 
@@ -220,7 +226,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
                     crl: Vec::new(),
                     bundles: HashMap::from([(
                         td.clone(),
-                        bundle::concatenated(&state.svids.authority.authorities()),
+                        bundle::concatenated(&state.svids.authorities()),
                     )]),
                 })
             },
@@ -290,7 +296,8 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         if request.audience.is_empty() || request.svid.is_empty() {
             return Err(Status::invalid_argument("audience and svid are required"));
         }
-        let keys = self.state.docs.keys.jwk_set(jwt::now());
+        // Any node's JWT-SVID of the trust domain.
+        let keys = self.state.svids.jwt_keys(&self.state.docs);
         let claims = jwt::verify(&request.svid, &keys, &request.audience, jwt::now())
             .map_err(Status::invalid_argument)?;
         let spiffe_id = claims["sub"].as_str().unwrap_or_default().to_owned();
