@@ -349,3 +349,169 @@ fn two_pods_talk_mutual_tls_with_their_svids() {
         "s_server refused the client: {server}"
     );
 }
+
+/// A network namespace of the test's own, deleted on drop (its veth ends
+/// with it).
+struct Namespace(String);
+
+impl Namespace {
+    fn new(tag: &str) -> Self {
+        let name = format!("{tag}{}", std::process::id());
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("ip netns add")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        Self(name)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .status();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// SPEC §9's hop limit: a client two hops away, behind a router namespace,
+/// cannot complete a handshake with the agent (its SYN-ACK leaves with TTL
+/// 1 and dies at the router), while the router itself, on the host's link,
+/// is served. With `--response-hop-limit 64` the same client connects:
+/// the topology routes, and the limit is what stops it.
+#[test]
+fn a_client_behind_a_router_cannot_hold_a_conversation() {
+    if !require_root("a_client_behind_a_router_cannot_hold_a_conversation") {
+        return;
+    }
+    let router = PodNet::new();
+    let far = Namespace::new("hop");
+    let (inside, outside) = (PodNet::new_addressing_v4(), PodNet::new_addressing_v4());
+    let (r_if, p_if) = (format!("rp{}", std::process::id()), "pr0".to_owned());
+    ip(&[
+        "-n",
+        &router.name,
+        "link",
+        "add",
+        &r_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &p_if,
+        "netns",
+        &far.0,
+    ]);
+    ip(&[
+        "-n",
+        &router.name,
+        "addr",
+        "add",
+        &format!("{inside}/32"),
+        "dev",
+        &r_if,
+    ]);
+    ip(&["-n", &router.name, "link", "set", &r_if, "up"]);
+    ip(&[
+        "-n",
+        &router.name,
+        "route",
+        "add",
+        &format!("{outside}/32"),
+        "dev",
+        &r_if,
+    ]);
+    let forward = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &router.name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ])
+        .status()
+        .unwrap();
+    assert!(forward.success());
+    ip(&["-n", &far.0, "link", "set", "lo", "up"]);
+    ip(&[
+        "-n",
+        &far.0,
+        "addr",
+        "add",
+        &format!("{outside}/32"),
+        "dev",
+        &p_if,
+    ]);
+    ip(&["-n", &far.0, "link", "set", &p_if, "up"]);
+    ip(&[
+        "-n",
+        &far.0,
+        "route",
+        "add",
+        &format!("{inside}/32"),
+        "dev",
+        &p_if,
+    ]);
+    ip(&[
+        "-n",
+        &far.0,
+        "route",
+        "add",
+        "default",
+        "via",
+        &inside.to_string(),
+        "dev",
+        &p_if,
+        "onlink",
+    ]);
+    // The host reaches the far client through the router (gone with the
+    // router's veth).
+    ip(&[
+        "route",
+        "add",
+        &format!("{outside}/32"),
+        "via",
+        &router.v4().to_string(),
+        "dev",
+        &router.host_if,
+    ]);
+    let far_file =
+        netns::NetnsFile::open(format!("/run/netns/{}", far.0)).expect("the far namespace");
+    for (hops, far_connects) in [(None, false), (Some("64"), true)] {
+        let mut options = AgentOptions::identity("token+netns");
+        if let Some(h) = hops {
+            options = options.arg("--response-hop-limit").arg(h);
+        }
+        let agent = Agent::start(options);
+        let to = SocketAddr::new(IpAddr::V4(router.host_v4()), agent.port);
+        // The router is on the host's link: served at any limit.
+        let r = Conn::new(router.connect(None, to).expect("the router connects"))
+            .send(&Request::get("/.well-known/jwks.json"))
+            .unwrap();
+        assert_eq!(r.status, 200);
+        let connected = netns::run_in(&far_file, move || {
+            std::net::TcpStream::connect_timeout(&to, std::time::Duration::from_secs(2)).is_ok()
+        })
+        .unwrap();
+        assert_eq!(
+            connected,
+            far_connects,
+            "a client two hops away with --response-hop-limit {}",
+            hops.unwrap_or("1 (default)")
+        );
+    }
+}
