@@ -2275,3 +2275,98 @@ fn pod_store() {
     std::fs::remove_dir_all(&dir).expect("remove the runtime directory");
     assert!(store.load().is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// CSRs (SPEC §9): a pod's PEM PKCS#10 request, mutated.
+
+/// Valid requests, one per key kind rcgen makes (RSA comes from OpenSSL in
+/// `svids.rs`), and their keys: the only keys a mutated request may yield,
+/// since any other would be a signature forged by the mutation.
+fn csr_seeds() -> &'static [(Vec<u8>, Vec<u8>)] {
+    static SEEDS: OnceLock<Vec<(Vec<u8>, Vec<u8>)>> = OnceLock::new();
+    SEEDS.get_or_init(|| {
+        use rcgen::PublicKeyData;
+        [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_ED25519,
+        ]
+        .into_iter()
+        .map(|alg| {
+            let key = rcgen::KeyPair::generate_for(alg).expect("a key");
+            let mut params =
+                rcgen::CertificateParams::new(vec!["x.example".to_owned()]).expect("params");
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "fuzz");
+            let der = params
+                .serialize_request(&key)
+                .expect("a CSR")
+                .der()
+                .to_vec();
+            (der, key.subject_public_key_info())
+        })
+        .collect()
+    })
+}
+
+fn pem_block(label: &str, der: &[u8]) -> Vec<u8> {
+    use base64::{engine::general_purpose::STANDARD, Engine};
+    format!(
+        "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+        STANDARD.encode(der)
+    )
+    .into_bytes()
+}
+
+/// A seed's DER mutated, then wrapped in PEM (mostly), or PEM text itself
+/// mutated.
+fn csr_case() -> BoxedStrategy<(usize, Vec<Edit>, u8)> {
+    (0..csr_seeds().len(), vec(edit(), 0..6), any::<u8>()).boxed()
+}
+
+#[test]
+fn csrs() {
+    let donors: Vec<Vec<u8>> = csr_seeds().iter().map(|(d, _)| d.clone()).collect();
+    fuzz("csrs", csr_case(), |(seed, edits, how), stats| {
+        let (der, _) = &csr_seeds()[*seed];
+        let body = match how % 4 {
+            // Mutated DER in a proper block.
+            0 | 1 => {
+                let mut d = der.clone();
+                apply_edits(&mut d, edits, &donors);
+                pem_block("CERTIFICATE REQUEST", &d)
+            }
+            // Mutated PEM text.
+            2 => {
+                let mut p = pem_block("CERTIFICATE REQUEST", der);
+                apply_edits(&mut p, edits, &donors);
+                p
+            }
+            // Raw bytes, no PEM at all.
+            _ => {
+                let mut d = der.clone();
+                apply_edits(&mut d, edits, &donors);
+                d
+            }
+        };
+        match rkt_mds::svid::csr::public_key(&body) {
+            Ok(spki) => {
+                stats.hit("accepted");
+                use rcgen::PublicKeyData;
+                let key = spki.subject_public_key_info();
+                prop_assert!(
+                    csr_seeds().iter().any(|(_, k)| *k == key),
+                    "a mutated request yielded a key no seed signed for"
+                );
+            }
+            Err(e) => stats.hit(match e {
+                rkt_mds::svid::csr::CsrError::NotPem => "not-pem",
+                rkt_mds::svid::csr::CsrError::Malformed => "malformed",
+                rkt_mds::svid::csr::CsrError::Signature => "signature",
+                rkt_mds::svid::csr::CsrError::Key(_) => "key",
+            }),
+        }
+        Ok(())
+    });
+}

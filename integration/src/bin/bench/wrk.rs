@@ -92,7 +92,9 @@ pub fn run_counting(
         std::fs::write(
             &script,
             format!(
-                "wrk.method = \"POST\"\nwrk.body = \"{body}\"\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n"
+                // A long bracket: a PEM body's new lines and quotes stay as
+                // they are.
+                "wrk.method = \"POST\"\nwrk.body = [==[{body}]==]\nwrk.headers[\"Content-Type\"] = \"application/x-www-form-urlencoded\"\n"
             ),
         )
         .map_err(|e| e.to_string())?;
