@@ -508,6 +508,9 @@ pub enum KeyKind {
     Hmac,
     /// The identity documents' key.
     Jwt,
+    /// The node's X.509 CA (only when named: the old CA stays in the
+    /// bundle for a day, until every SVID it signed has expired).
+    X509,
 }
 
 #[derive(Args, Debug)]

@@ -172,7 +172,9 @@ fn pods_on_two_nodes_trust_each_other() {
 
 /// The `x5c` of `agent`'s own authority (its CA file in the state dir).
 fn local_x5c(agent: &Agent) -> Value {
-    use base64::Engine;
-    let der = std::fs::read(agent.state_dir().join("x509-ca.der")).expect("the CA certificate");
-    serde_json::json!([base64::engine::general_purpose::STANDARD.encode(der)])
+    let stored: Value = serde_json::from_slice(
+        &std::fs::read(agent.state_dir().join("x509-ca.json")).expect("the CA file"),
+    )
+    .expect("the CA file's JSON");
+    serde_json::json!([stored["cert"]])
 }

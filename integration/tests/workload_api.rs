@@ -308,3 +308,57 @@ fn the_svid_stream_rotates_and_ends_with_its_pod() {
     let end = end.unwrap_or_default().to_lowercase();
     assert!(end.contains("permission") || end.is_empty(), "{end}");
 }
+
+/// `keys rotate --kind x509` while a bundle stream is open: the stream
+/// pushes the new bundle at once, with the old CA still in it (SVIDs it
+/// signed are still valid).
+#[test]
+fn a_ca_rotation_reaches_the_bundle_stream() {
+    if !require_root("a_ca_rotation_reaches_the_bundle_stream") {
+        return;
+    }
+    let (agent, pod) = start("token+netns", &[]);
+    let endpoint = format!("tcp://{}:{}", pod.host_v4(), agent.workload_port);
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (rotated_tx, rotated_rx) = std::sync::mpsc::channel::<()>();
+    let ns = pod.netns();
+    let client = std::thread::spawn(move || {
+        netns::run_in(&ns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    let client = WorkloadApiClient::connect_to(&endpoint)
+                        .await
+                        .expect("connect");
+                    let mut stream =
+                        Box::pin(client.stream_x509_bundles().await.expect("a stream"));
+                    let td = TrustDomain::new(TD).unwrap();
+                    let mut counts = Vec::new();
+                    for round in 0..2 {
+                        if round == 1 {
+                            ready_tx.send(()).unwrap();
+                            rotated_rx.recv().unwrap();
+                        }
+                        let set = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                            .await
+                            .expect("a bundle within 10 s")
+                            .expect("the stream goes on")
+                            .expect("a bundle set");
+                        counts.push(set.get(&td).expect("our bundle").authorities().len());
+                    }
+                    (counts[0], counts[1])
+                })
+        })
+        .unwrap()
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first bundle");
+    let r = agent.unix(&Request::new("POST", "/keys/rotate?kind=x509", None, &[]));
+    assert_eq!(r.status, 200, "{}", r.text());
+    rotated_tx.send(()).unwrap();
+    let (before, after) = client.join().expect("the client thread");
+    assert_eq!((before, after), (1, 2), "the old CA and the new");
+}

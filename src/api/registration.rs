@@ -146,7 +146,8 @@ pub async fn handle(state: Arc<AppState>, req: Request<Incoming>, peer: Peer) ->
     }
 }
 
-/// `POST /keys/rotate[?kind=hmac|jwt]`: both kinds unless one is named.
+/// `POST /keys/rotate[?kind=hmac|jwt|x509]`: HMAC and JWT unless one kind
+/// is named; the X.509 CA only when named.
 /// Durable (fsync'd) before the answer, off the runtime's workers.
 async fn rotate(state: Arc<AppState>, query: Option<&str>) -> hyper::Response<super::Body> {
     let kind = query.and_then(|q| {
@@ -154,14 +155,15 @@ async fn rotate(state: Arc<AppState>, query: Option<&str>) -> hyper::Response<su
             .find(|(k, _)| k == "kind")
             .map(|(_, v)| v.into_owned())
     });
-    let (hmac, jwt) = match kind.as_deref() {
-        None => (true, true),
-        Some("hmac") => (true, false),
-        Some("jwt") => (false, true),
+    let (hmac, jwt, x509) = match kind.as_deref() {
+        None => (true, true, false),
+        Some("hmac") => (true, false, false),
+        Some("jwt") => (false, true, false),
+        Some("x509") => (false, false, true),
         Some(other) => {
             return text(
                 StatusCode::BAD_REQUEST,
-                format!("kind {other:?}: expected hmac or jwt"),
+                format!("kind {other:?}: expected hmac, jwt or x509"),
             )
         }
     };
@@ -183,6 +185,15 @@ async fn rotate(state: Arc<AppState>, query: Option<&str>) -> hyper::Response<su
                 tracing::warn!(error = %e, "cannot write the JWK Set file");
             }
             out.insert("jwt".into(), serde_json::json!({ "kid": kid }));
+        }
+        if x509 {
+            let fingerprint = state
+                .svids
+                .authority
+                .rotate()
+                .map_err(|e| e.to_string())?;
+            tracing::info!(sha256 = %fingerprint, "X.509 CA rotated; the old one stays in the bundle for a day");
+            out.insert("x509".into(), serde_json::json!({ "sha256": fingerprint }));
         }
         Ok(serde_json::Value::Object(out))
     })

@@ -21,6 +21,7 @@ pub async fn run(args: KeysArgs) -> Result<()> {
                 None => "/keys/rotate",
                 Some(KeyKind::Hmac) => "/keys/rotate?kind=hmac",
                 Some(KeyKind::Jwt) => "/keys/rotate?kind=jwt",
+                Some(KeyKind::X509) => "/keys/rotate?kind=x509",
             };
             let reply = call(&a.socket.socket, Method::POST, path, None).await?;
             expect_ok(&reply, "rotating keys")?;

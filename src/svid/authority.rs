@@ -1,10 +1,14 @@
-//! The node's X.509 CA (SPEC §9): an ECDSA P-256 key (PKCS#8, 0600) and a
-//! self-signed CA certificate for `spiffe://TRUST_DOMAIN` in the state
-//! directory, and the X509-SVIDs it signs.
+//! The node's X.509 CA (SPEC §9): an ECDSA P-256 key and a self-signed CA
+//! certificate for `spiffe://TRUST_DOMAIN`, kept in one 0600 file of the
+//! state directory (`x509-ca.json`, written atomically: a crash never
+//! leaves a key beside another key's certificate), and the X509-SVIDs it
+//! signs.
 //!
 //! The CA certificate is valid for a year. Within a month of its end it is
 //! renewed with the same key and subject, so every SVID it signed still
-//! verifies against the new certificate (and the old one, while it lasts).
+//! verifies against the new certificate. `rotate` makes a new key; the old
+//! CA stays in the bundle for the longest SVID life, until every SVID it
+//! signed has expired.
 
 use std::{
     path::{Path, PathBuf},
@@ -12,18 +16,19 @@ use std::{
     time::Duration,
 };
 
+use base64::{engine::general_purpose::STANDARD, Engine};
 use parking_lot::RwLock;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::store;
 
-const KEY_FILE: &str = "x509-ca.pk8";
-const CERT_FILE: &str = "x509-ca.der";
+const FILE: &str = "x509-ca.json";
 
 /// A CA certificate's life, and how long before its end it is renewed.
 const CA_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -41,35 +46,58 @@ pub enum AuthorityError {
     Store(#[from] store::StoreError),
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
-    #[error("the X.509 CA in {dir} is for {found}, not {wanted}: move {key} and {cert} away to make a new one")]
+    #[error(
+        "the X.509 CA in {dir} is for {found}, not {wanted}: move {file} away to make a new one"
+    )]
     OtherTrustDomain {
         dir: PathBuf,
         found: String,
         wanted: String,
-        key: &'static str,
-        cert: &'static str,
+        file: &'static str,
     },
     #[error("cannot make a certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
 }
 
-/// One CA certificate, and what signing under it needs.
+/// `x509-ca.json`: the key (PKCS#8) and certificate, base64 DER, and the
+/// retired CAs still in the bundle.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    key: String,
+    cert: String,
+    #[serde(default)]
+    retired: Vec<StoredRetired>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredRetired {
+    cert: String,
+    /// Unix seconds: in the bundle until then.
+    until: i64,
+}
+
+/// One CA: its key, its certificate, and what signing under it needs.
 struct Ca {
     issuer: Issuer<'static, KeyPair>,
+    key_der: Vec<u8>,
     der: Vec<u8>,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 }
 
-/// The node's X.509 CA. Certificates it made this run, oldest first, are
-/// all in the bundle: they share one key and subject.
+/// A rotated-out CA certificate, in the bundle until `until`.
+#[derive(Clone)]
+struct Retired {
+    der: Vec<u8>,
+    until: OffsetDateTime,
+}
+
+/// The node's X.509 CA.
 pub struct X509Authority {
     trust_domain: String,
-    dir: Option<PathBuf>,
-    key_der: Vec<u8>,
+    file: Option<PathBuf>,
     current: RwLock<Arc<Ca>>,
-    /// Earlier certificates of the same key, still valid (for the bundle).
-    earlier: RwLock<Vec<Vec<u8>>>,
+    retired: RwLock<Vec<Retired>>,
     rng: SystemRandom,
 }
 
@@ -78,111 +106,143 @@ impl X509Authority {
     /// self-signed certificate) when there is none.
     pub fn load_or_create(state_dir: &Path, trust_domain: &str) -> Result<Self, AuthorityError> {
         store::ensure_private_dir(state_dir)?;
-        let (key_path, cert_path) = (state_dir.join(KEY_FILE), state_dir.join(CERT_FILE));
-        let read = |path: &Path| match store::read_regular_file(path, 64 * 1024) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(store::StoreError {
-                path: path.to_path_buf(),
-                source,
-            }),
-        };
+        let path = state_dir.join(FILE);
         let now = OffsetDateTime::now_utc();
-        match (read(&key_path)?, read(&cert_path)?) {
-            (Some(key_der), Some(cert_der)) => {
-                let corrupt = |path: &Path, reason: String| AuthorityError::Corrupt {
-                    path: path.to_path_buf(),
-                    reason,
-                };
-                let key = KeyPair::try_from(key_der.as_slice())
-                    .map_err(|e| corrupt(&key_path, e.to_string()))?;
-                let (found, not_before, not_after) =
-                    ca_facts(&cert_der).map_err(|reason| corrupt(&cert_path, reason))?;
-                let wanted = format!("spiffe://{trust_domain}");
-                if found != wanted {
-                    return Err(AuthorityError::OtherTrustDomain {
-                        dir: state_dir.to_path_buf(),
-                        found,
-                        wanted,
-                        key: KEY_FILE,
-                        cert: CERT_FILE,
-                    });
-                }
-                let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
-                    .map_err(|e| corrupt(&cert_path, e.to_string()))?;
-                let authority = Self::with(
-                    trust_domain,
-                    Some(state_dir),
-                    key_der,
-                    Ca {
-                        issuer,
-                        der: cert_der,
-                        not_before,
-                        not_after,
-                    },
-                );
-                authority.renew_if_due(now)?;
-                Ok(authority)
+        let bytes = match store::read_regular_file(&path, 1 << 20) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let ca = make_ca(trust_domain, new_key()?, now)?;
+                let authority = Self::with(trust_domain, Some(path), ca, Vec::new());
+                authority.save()?;
+                return Ok(authority);
             }
-            (None, None) => {
-                let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-                let key_der = key.serialize_der();
-                let ca = make_ca(trust_domain, key, now)?;
-                store::write_atomic(&key_path, &key_der)?;
-                store::write_atomic(&cert_path, &ca.der)?;
-                Ok(Self::with(trust_domain, Some(state_dir), key_der, ca))
-            }
-            (Some(_), None) => Err(AuthorityError::Corrupt {
-                path: cert_path,
-                reason: format!("missing while {KEY_FILE} is there"),
-            }),
-            (None, Some(_)) => Err(AuthorityError::Corrupt {
-                path: key_path,
-                reason: format!("missing while {CERT_FILE} is there"),
-            }),
+            Err(source) => return Err(store::StoreError { path, source }.into()),
+        };
+        let corrupt = |reason: String| AuthorityError::Corrupt {
+            path: path.clone(),
+            reason,
+        };
+        let stored: Stored = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let decode = |b: &str| STANDARD.decode(b).map_err(|e| corrupt(e.to_string()));
+        let (key_der, cert_der) = (decode(&stored.key)?, decode(&stored.cert)?);
+        let key = KeyPair::try_from(key_der.as_slice()).map_err(|e| corrupt(e.to_string()))?;
+        let (found, not_before, not_after, cert_key) = ca_facts(&cert_der).map_err(&corrupt)?;
+        if cert_key != key.subject_public_key_info() {
+            return Err(corrupt("the certificate is not the key's".into()));
         }
+        let wanted = format!("spiffe://{trust_domain}");
+        if found != wanted {
+            return Err(AuthorityError::OtherTrustDomain {
+                dir: state_dir.to_path_buf(),
+                found,
+                wanted,
+                file: FILE,
+            });
+        }
+        let issuer = Issuer::from_ca_cert_der(&cert_der.as_slice().into(), key)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let mut retired = Vec::new();
+        for r in stored.retired {
+            let until =
+                OffsetDateTime::from_unix_timestamp(r.until).map_err(|e| corrupt(e.to_string()))?;
+            if until > now {
+                retired.push(Retired {
+                    der: decode(&r.cert)?,
+                    until,
+                });
+            }
+        }
+        let ca = Ca {
+            issuer,
+            key_der,
+            der: cert_der,
+            not_before,
+            not_after,
+        };
+        let authority = Self::with(trust_domain, Some(path), ca, retired);
+        authority.renew_if_due(now)?;
+        Ok(authority)
     }
 
     /// A CA with no files (tests, benchmarks).
     pub fn ephemeral(trust_domain: &str) -> Result<Self, AuthorityError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let key_der = key.serialize_der();
-        let ca = make_ca(trust_domain, key, OffsetDateTime::now_utc())?;
-        Ok(Self::with(trust_domain, None, key_der, ca))
+        let ca = make_ca(trust_domain, new_key()?, OffsetDateTime::now_utc())?;
+        Ok(Self::with(trust_domain, None, ca, Vec::new()))
     }
 
-    fn with(trust_domain: &str, dir: Option<&Path>, key_der: Vec<u8>, ca: Ca) -> Self {
+    fn with(trust_domain: &str, file: Option<PathBuf>, ca: Ca, retired: Vec<Retired>) -> Self {
         Self {
             trust_domain: trust_domain.to_owned(),
-            dir: dir.map(Path::to_path_buf),
-            key_der,
+            file,
             current: RwLock::new(Arc::new(ca)),
-            earlier: RwLock::default(),
+            retired: RwLock::new(retired),
             rng: SystemRandom::new(),
         }
     }
 
+    /// Writes the CA and the retired ones, atomically, fsync'd.
+    fn save(&self) -> Result<(), AuthorityError> {
+        let Some(file) = &self.file else {
+            return Ok(());
+        };
+        let current = self.current.read().clone();
+        let stored = Stored {
+            key: STANDARD.encode(&current.key_der),
+            cert: STANDARD.encode(&current.der),
+            retired: self
+                .retired
+                .read()
+                .iter()
+                .map(|r| StoredRetired {
+                    cert: STANDARD.encode(&r.der),
+                    until: r.until.unix_timestamp(),
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&stored).unwrap_or_default();
+        store::write_atomic(file, &bytes)?;
+        Ok(())
+    }
+
     /// Renews the CA certificate (same key, same subject) when it ends
-    /// within [`RENEW_BEFORE`].
+    /// within [`RENEW_BEFORE`]: what the old one signed verifies against
+    /// the new one.
     fn renew_if_due(&self, now: OffsetDateTime) -> Result<(), AuthorityError> {
         if self.current.read().not_after - now > RENEW_BEFORE {
             return Ok(());
         }
-        let mut current = self.current.write();
-        if current.not_after - now > RENEW_BEFORE {
-            return Ok(());
+        {
+            let mut current = self.current.write();
+            if current.not_after - now > RENEW_BEFORE {
+                return Ok(());
+            }
+            let key = KeyPair::try_from(current.key_der.as_slice())?;
+            *current = Arc::new(make_ca(&self.trust_domain, key, now)?);
         }
-        let key = KeyPair::try_from(self.key_der.as_slice())?;
-        let renewed = make_ca(&self.trust_domain, key, now)?;
-        if let Some(dir) = &self.dir {
-            store::write_atomic(&dir.join(CERT_FILE), &renewed.der)?;
-        }
+        self.save()?;
         tracing::info!(trust_domain = %self.trust_domain, "X.509 CA certificate renewed (same key)");
-        let old = std::mem::replace(&mut *current, Arc::new(renewed));
-        if old.not_after > now {
-            self.earlier.write().push(old.der.clone());
-        }
         Ok(())
+    }
+
+    /// A new CA key and certificate; the old CA stays in the bundle for
+    /// the longest SVID life. Returns the new certificate's SHA-256
+    /// fingerprint (hex).
+    pub fn rotate(&self) -> Result<String, AuthorityError> {
+        let now = OffsetDateTime::now_utc();
+        let ca = make_ca(&self.trust_domain, new_key()?, now)?;
+        let fingerprint = hex_sha256(&ca.der);
+        {
+            let mut current = self.current.write();
+            let mut retired = self.retired.write();
+            retired.retain(|r| r.until > now);
+            retired.push(Retired {
+                der: current.der.clone(),
+                until: now + MAX_SVID_TTL + BACKDATE,
+            });
+            *current = Arc::new(ca);
+        }
+        self.save()?;
+        Ok(fingerprint)
     }
 
     /// When the current CA certificate was made (Unix seconds).
@@ -196,16 +256,24 @@ impl X509Authority {
         self.current.read().der.clone()
     }
 
-    /// Every CA certificate a pod should trust for this node, DER.
+    /// Every CA certificate a pod should trust for this node, DER: the
+    /// retired ones still in the bundle, then the current one.
     pub fn authorities(&self) -> Vec<Vec<u8>> {
-        let mut all = self.earlier.read().clone();
+        let now = OffsetDateTime::now_utc();
+        let mut all: Vec<Vec<u8>> = self
+            .retired
+            .read()
+            .iter()
+            .filter(|r| r.until > now)
+            .map(|r| r.der.clone())
+            .collect();
         all.push(self.ca_der());
         all
     }
 
-    /// The CA's public key as an uncompressed P-256 point.
+    /// The current CA's public key as an uncompressed P-256 point.
     pub fn public_point(&self) -> Vec<u8> {
-        KeyPair::try_from(self.key_der.as_slice())
+        KeyPair::try_from(self.current.read().key_der.as_slice())
             .map(|k| k.public_key_raw().to_vec())
             .unwrap_or_default()
     }
@@ -253,6 +321,14 @@ impl X509Authority {
     }
 }
 
+fn new_key() -> Result<KeyPair, AuthorityError> {
+    Ok(KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?)
+}
+
+fn hex_sha256(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
 fn make_ca(trust_domain: &str, key: KeyPair, now: OffsetDateTime) -> Result<Ca, AuthorityError> {
     let mut params = CertificateParams::default();
     params.distinguished_name = DistinguishedName::new();
@@ -269,16 +345,18 @@ fn make_ca(trust_domain: &str, key: KeyPair, now: OffsetDateTime) -> Result<Ca, 
     params.not_after = now + CA_LIFETIME;
     let der = params.self_signed(&key)?.der().to_vec();
     let (not_before, not_after) = (params.not_before, params.not_after);
+    let key_der = key.serialize_der();
     Ok(Ca {
         issuer: Issuer::new(params, key),
+        key_der,
         der,
         not_before,
         not_after,
     })
 }
 
-/// A CA certificate's URI SAN and validity.
-fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime, OffsetDateTime), String> {
+/// A CA certificate's URI SAN, validity and public key (SPKI DER).
+fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime, OffsetDateTime, Vec<u8>), String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
     let uri = cert
         .subject_alternative_name()
@@ -296,6 +374,7 @@ fn ca_facts(der: &[u8]) -> Result<(String, OffsetDateTime, OffsetDateTime), Stri
         uri,
         validity.not_before.to_datetime(),
         validity.not_after.to_datetime(),
+        cert.public_key().raw.to_vec(),
     ))
 }
 
@@ -350,7 +429,7 @@ mod tests {
         assert_eq!(first.ca_der(), again.ca_der());
         assert_eq!(first.public_point(), again.public_point());
         let mode = std::os::unix::fs::PermissionsExt::mode(
-            &std::fs::metadata(dir.path().join(KEY_FILE))
+            &std::fs::metadata(dir.path().join(FILE))
                 .unwrap()
                 .permissions(),
         );
@@ -361,9 +440,19 @@ mod tests {
             "{:?}",
             other.err()
         );
-        std::fs::remove_file(dir.path().join(CERT_FILE)).unwrap();
-        let half = X509Authority::load_or_create(dir.path(), "rkt.local");
-        assert!(matches!(half, Err(AuthorityError::Corrupt { .. })));
+        // A certificate that is not the key's (a crash between two files
+        // could have made one): refused.
+        let mut stored: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(FILE)).unwrap()).unwrap();
+        let other = X509Authority::ephemeral("rkt.local").unwrap();
+        stored["cert"] = STANDARD.encode(other.ca_der()).into();
+        std::fs::write(dir.path().join(FILE), serde_json::to_vec(&stored).unwrap()).unwrap();
+        let mixed = X509Authority::load_or_create(dir.path(), "rkt.local");
+        assert!(
+            matches!(mixed, Err(AuthorityError::Corrupt { .. })),
+            "{:?}",
+            mixed.err()
+        );
     }
 
     #[test]
@@ -377,11 +466,40 @@ mod tests {
         ca.renew_if_due(OffsetDateTime::now_utc() + CA_LIFETIME - RENEW_BEFORE / 2)
             .unwrap();
         assert_ne!(ca.ca_der(), before);
-        assert_eq!(ca.authorities(), vec![before, ca.ca_der()]);
+        // The same key: only the new certificate is needed.
+        assert_eq!(ca.authorities(), vec![ca.ca_der()]);
         let renewed_der = ca.ca_der();
         let (_, renewed) = parse_x509_certificate(&renewed_der).unwrap();
         let (_, cert) = parse_x509_certificate(&svid).unwrap();
         cert.verify_signature(Some(renewed.public_key())).unwrap();
         assert_eq!(cert.issuer(), renewed.subject());
+    }
+
+    #[test]
+    fn a_rotated_ca_stays_in_the_bundle_and_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = X509Authority::load_or_create(dir.path(), "rkt.local").unwrap();
+        let old = ca.ca_der();
+        let key = KeyPair::generate().unwrap();
+        let before = ca
+            .issue("spiffe://rkt.local/x", &key, Duration::from_secs(60))
+            .unwrap();
+        ca.rotate().unwrap();
+        let new = ca.ca_der();
+        assert_ne!(old, new);
+        assert_eq!(ca.authorities(), vec![old.clone(), new.clone()]);
+        let after = ca
+            .issue("spiffe://rkt.local/x", &key, Duration::from_secs(60))
+            .unwrap();
+        let (_, after) = parse_x509_certificate(&after).unwrap();
+        let (_, new_cert) = parse_x509_certificate(&new).unwrap();
+        after.verify_signature(Some(new_cert.public_key())).unwrap();
+        let (_, before) = parse_x509_certificate(&before).unwrap();
+        assert!(before
+            .verify_signature(Some(new_cert.public_key()))
+            .is_err());
+        drop(ca);
+        let again = X509Authority::load_or_create(dir.path(), "rkt.local").unwrap();
+        assert_eq!(again.authorities(), vec![old, new]);
     }
 }

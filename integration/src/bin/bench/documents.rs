@@ -89,7 +89,10 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Documents, Stri
     // The bench's one CSR, for its whole run.
     let csr: &'static str = Box::leak(csr.into_boxed_str());
     let urls = [
-        (format!("{base}/pod/identity/jwt?audience=bench.example"), None),
+        (
+            format!("{base}/pod/identity/jwt?audience=bench.example"),
+            None,
+        ),
         (format!("{base}/pod/uuid"), None),
         (format!("{base}/pod/identity/x509"), Some(csr)),
     ];
@@ -115,7 +118,11 @@ pub fn measure(args: &Args, scripts: &std::path::Path) -> Result<Documents, Stri
 }
 
 /// `FetchX509SVID` calls one after another from inside `pod` for `span`.
-fn workload_api(agent: &integration::Agent, pod: &PodNet, span: Duration) -> Result<Workload, String> {
+fn workload_api(
+    agent: &integration::Agent,
+    pod: &PodNet,
+    span: Duration,
+) -> Result<Workload, String> {
     let endpoint = format!("tcp://{}:{}", pod.host_v4(), agent.workload_port);
     let pid = agent.pid().unwrap_or(0);
     let cpu_before = wrk::cpu_ticks(pid)?;
