@@ -164,6 +164,16 @@ pub struct ServeArgs {
     /// their source address (off in --identity token). 0 turns it off.
     #[arg(long, default_value_t = 18114, value_name = "PORT")]
     pub workload_api_port: u16,
+    /// The SPIFFE Workload API on a Unix socket too (mode 0666; its
+    /// directory is made 0755): a runtime bind-mounts the directory into
+    /// its pods, which use SPIFFE_ENDPOINT_SOCKET=unix://PATH. Callers are
+    /// attested by their pidfd's network namespace. `off` disables it.
+    #[arg(
+        long,
+        default_value = "/run/rkt-mds/workload/api.sock",
+        value_name = "PATH|off"
+    )]
+    pub workload_api_socket: PathBuf,
     /// IP TTL / IPv6 hop limit of everything the public and Workload API
     /// ports send, the TCP handshake included: 1 keeps answers on the
     /// pod's own link, so a client behind a router cannot hold a

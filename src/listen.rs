@@ -30,6 +30,9 @@ pub struct Listeners {
     pub public: Vec<std::net::TcpListener>,
     /// The SPIFFE Workload API's (none when its port is 0).
     pub workload: Vec<std::net::TcpListener>,
+    /// The Workload API's Unix socket and its path (removed at a clean
+    /// stop), unless `off`.
+    pub workload_unix: Option<(std::os::unix::net::UnixListener, PathBuf)>,
     /// The socket file to remove on clean exit (`None` under activation:
     /// systemd owns it).
     pub owned_socket: Option<PathBuf>,
@@ -47,6 +50,9 @@ pub struct Plan<'a> {
     /// IP TTL and IPv6 hop limit of what the TCP listeners send: 1 keeps
     /// every answer, the handshake's included, on the pod's own link.
     pub hop_limit: u8,
+    /// The Workload API's Unix socket (mode 0666, its directory 0755 if
+    /// made), or none.
+    pub workload_socket: Option<&'a Path>,
 }
 
 /// What systemd passed (`LISTEN_PID`, `LISTEN_FDS`, `LISTEN_FDNAMES`).
@@ -114,6 +120,19 @@ pub fn listen(plan: &Plan<'_>, activation: Activation) -> Result<Listeners, List
         0 => Vec::new(),
         port => bind_tcp(port, plan.addresses)?,
     };
+    // Any process may connect: who it is comes from its namespace.
+    let workload_unix = match plan.workload_socket {
+        Some(path) => {
+            let l = bind_unix_mode(path, 0o666)?;
+            l.set_nonblocking(true)
+                .map_err(|source| ListenError::Bind {
+                    what: path.display().to_string(),
+                    source,
+                })?;
+            Some((l, path.to_path_buf()))
+        }
+        None => None,
+    };
     for l in public.iter().chain(&workload) {
         set_hop_limit(l, plan.hop_limit).map_err(|source| ListenError::Bind {
             what: format!("hop limit {} on a TCP listener", plan.hop_limit),
@@ -135,6 +154,7 @@ pub fn listen(plan: &Plan<'_>, activation: Activation) -> Result<Listeners, List
         registration,
         public,
         workload,
+        workload_unix,
         owned_socket,
         activated: is_activated,
     })
@@ -180,6 +200,10 @@ fn take_activated(activation: Activation) -> Result<Option<Activated>, ListenErr
 }
 
 fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ListenError> {
+    bind_unix_mode(path, 0o660)
+}
+
+fn bind_unix_mode(path: &Path, mode: u32) -> Result<std::os::unix::net::UnixListener, ListenError> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         if !dir.exists() {
             std::fs::create_dir_all(dir)
@@ -207,7 +231,7 @@ fn bind_unix(path: &Path) -> Result<std::os::unix::net::UnixListener, ListenErro
         source,
     };
     let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(bind_err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
     Ok(listener)
 }
 

@@ -152,6 +152,10 @@ impl Agent {
     pub fn runtime_dir(&self) -> PathBuf {
         self.root.path().join("run/mds")
     }
+    /// The Workload API's Unix socket (in a directory pods may be given).
+    pub fn workload_socket(&self) -> PathBuf {
+        self.root.path().join("workload/api.sock")
+    }
     pub fn log_path(&self) -> PathBuf {
         self.root.path().join("agent.log")
     }
@@ -179,6 +183,15 @@ impl Agent {
         if !nix::unistd::geteuid().is_root() {
             a.push("--registration-group".into());
             a.push(nix::unistd::getgid().as_raw().to_string());
+        }
+        if !self
+            .options
+            .args
+            .iter()
+            .any(|x| x == "--workload-api-socket")
+        {
+            a.push("--workload-api-socket".into());
+            a.push(self.workload_socket().display().to_string());
         }
         if !self.options.args.iter().any(|x| x == "--workload-api-port") {
             a.push("--workload-api-port".into());

@@ -682,6 +682,8 @@ fn socket_file_lifecycle() {
             "serve",
             "--workload-api-port",
             "0",
+            "--workload-api-socket",
+            "off",
             "--socket",
             agent.socket.to_str().unwrap(),
             "--listen-port",

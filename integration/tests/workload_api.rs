@@ -362,3 +362,54 @@ fn a_ca_rotation_reaches_the_bundle_stream() {
     let (before, after) = client.join().expect("the client thread");
     assert_eq!((before, after), (1, 2), "the old CA and the new");
 }
+
+/// The Workload API on its Unix socket: a process inside the pod's
+/// namespace (rust-spiffe's client, run with `ip netns exec`) gets its
+/// SVIDs, attested by its pidfd's namespace; a host process and a process
+/// in a namespace nobody registered get `PermissionDenied`.
+#[test]
+fn the_unix_socket_attests_the_calling_process() {
+    if !require_root("the_unix_socket_attests_the_calling_process") {
+        return;
+    }
+    let (agent, pod) = start("token+netns", &[]);
+    let stranger = PodNet::new();
+    let endpoint = format!("unix://{}", agent.workload_socket().display());
+    let mode = std::fs::metadata(agent.workload_socket())
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .expect("the socket");
+    assert_eq!(mode, 0o666);
+    let client = |netns: Option<&str>| {
+        let mut cmd = match netns {
+            Some(name) => {
+                let mut c = std::process::Command::new("ip");
+                c.args(["netns", "exec", name, env!("CARGO_BIN_EXE_spiffe-client")]);
+                c
+            }
+            None => std::process::Command::new(env!("CARGO_BIN_EXE_spiffe-client")),
+        };
+        let out = cmd
+            .env("SPIFFE_ENDPOINT_SOCKET", &endpoint)
+            .output()
+            .expect("run spiffe-client");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, ids, err) = client(Some(&pod.name));
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        ids.lines().collect::<Vec<_>>(),
+        vec![id(None), id(Some("web")), id(Some("log-shipper"))]
+    );
+    for (who, netns) in [
+        ("the host", None),
+        ("a stranger", Some(stranger.name.as_str())),
+    ] {
+        let (code, _, err) = client(netns);
+        assert_eq!(code, Some(1), "{who}: {err}");
+        assert!(err.to_lowercase().contains("permission"), "{who}: {err}");
+    }
+}

@@ -62,6 +62,7 @@ mod index;
 mod instance;
 mod inventory;
 mod nsid;
+mod peer;
 mod route_socket;
 mod stats;
 mod watch_set;

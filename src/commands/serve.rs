@@ -150,6 +150,8 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             addresses: &args.listen_addresses,
             workload_port: args.workload_api_port,
             hop_limit: args.response_hop_limit,
+            workload_socket: Some(args.workload_api_socket.as_path())
+                .filter(|p| p.as_os_str() != "off"),
         },
         activation,
     ) {

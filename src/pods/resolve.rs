@@ -128,6 +128,27 @@ impl Pods {
         Some(self.decide(Mode::Netns, None, peer.to_canonical()).await)
     }
 
+    /// The live pods bound to the namespace instance whose file is
+    /// `(dev, ino)`: sound for a namespace the caller holds open, since a
+    /// live pod's namespace is held by its watcher and its inode cannot be
+    /// reused meanwhile. `None` in `token` mode.
+    pub fn pods_in_namespace(&self, dev: u64, ino: u64) -> Option<Vec<Arc<Pod>>> {
+        if self.mode == Mode::Token {
+            return None;
+        }
+        Some(
+            self.registry
+                .snapshot()
+                .into_iter()
+                .filter(|p| {
+                    p.lease().is_some_and(|l| {
+                        l.is_live() && (l.instance().dev(), l.instance().ino()) == (dev, ino)
+                    })
+                })
+                .collect(),
+        )
+    }
+
     /// Whether `peer` is one of the host's own addresses (loopback
     /// included): shared by every host process and host-network pod.
     pub fn is_host_address(&self, peer: &IpAddr) -> bool {

@@ -110,6 +110,18 @@ pub async fn run(
             stop_rx.clone(),
         )));
     }
+    let workload_socket = match listeners.workload_unix {
+        Some((listener, path)) => {
+            tracing::info!(path = %path.display(), "SPIFFE Workload API listening");
+            tasks.push(tokio::spawn(crate::workload::server::accept_unix(
+                UnixListener::from_std(listener)?,
+                state.clone(),
+                stop_rx.clone(),
+            )));
+            Some(path)
+        }
+        None => None,
+    };
     tasks.push(tokio::spawn(syn_filter::keep(
         state.clone(),
         filtered,
@@ -137,6 +149,9 @@ pub async fn run(
         }
     }
     if let Some(path) = listeners.owned_socket {
+        remove_socket(path);
+    }
+    if let Some(path) = workload_socket {
         remove_socket(path);
     }
     Ok(())

@@ -2,7 +2,13 @@
 //! by the connection's source address (the tokenless rule of SPEC §5),
 //! and must carry `workload.spiffe.io: true`.
 
-use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    sync::Arc,
+    time::Duration,
+};
 
 use rcgen::KeyPair;
 use tokio::sync::mpsc;
@@ -18,15 +24,31 @@ use crate::{appc::PodUuid, jwt, registry::Pod, state::AppState, svid::bundle};
 /// How often a stream looks again at its caller and the bundle.
 const RECHECK: Duration = Duration::from_millis(500);
 
+/// Who is on the other end of a Workload API connection.
+#[derive(Clone)]
+pub enum Caller {
+    /// A TCP peer: attested by its source address.
+    Tcp(SocketAddr),
+    /// A Unix socket peer: attested by its pidfd's network namespace.
+    Unix(Arc<UnixPeer>),
+}
+
+/// A Unix socket peer: the socket (to ask for its pidfd at each call) and
+/// the namespace file (dev, inode) it was in when it connected.
+pub struct UnixPeer {
+    pub socket: OwnedFd,
+    pub at_connect: (u64, u64),
+}
+
 /// The Workload API as one connection's caller sees it.
 pub struct WorkloadApi {
     state: Arc<AppState>,
-    peer: SocketAddr,
+    caller: Caller,
 }
 
 impl WorkloadApi {
-    pub fn new(state: Arc<AppState>, peer: SocketAddr) -> Self {
-        Self { state, peer }
+    pub fn new(state: Arc<AppState>, caller: Caller) -> Self {
+        Self { state, caller }
     }
 
     /// The header check, then the caller's pod.
@@ -37,7 +59,7 @@ impl WorkloadApi {
                 "security header missing from request (workload.spiffe.io: true)",
             ));
         }
-        attest(&self.state, self.peer).await
+        attest(&self.state, &self.caller).await
     }
 
     fn trust_domain_id(&self) -> String {
@@ -45,8 +67,56 @@ impl WorkloadApi {
     }
 }
 
-/// The pod a caller from `peer` is, or `PermissionDenied` with why.
-async fn attest(state: &AppState, peer: SocketAddr) -> Result<Arc<Pod>, Status> {
+/// The pod `caller` is, or `PermissionDenied` with why.
+async fn attest(state: &AppState, caller: &Caller) -> Result<Arc<Pod>, Status> {
+    match caller {
+        Caller::Tcp(peer) => attest_address(state, *peer).await,
+        Caller::Unix(peer) => attest_unix(state, peer).await,
+    }
+}
+
+/// The namespace file (dev, inode) a Unix peer is in now.
+pub async fn peer_namespace(socket: &OwnedFd) -> Result<(u64, u64), String> {
+    let socket = socket.try_clone().map_err(|e| e.to_string())?;
+    // Reads /proc and opens a file: off the async workers (no setns).
+    tokio::task::spawn_blocking(move || {
+        netns::NetnsFile::of_peer(socket.as_fd())
+            .map(|ns| (ns.dev(), ns.ino()))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// The one live pod whose namespace (the very instance the agent holds
+/// open) the peer is in, and was in when it connected.
+async fn attest_unix(state: &AppState, peer: &UnixPeer) -> Result<Arc<Pod>, Status> {
+    let now = peer_namespace(&peer.socket).await.map_err(|e| {
+        Status::permission_denied(format!("cannot tell the caller's namespace: {e}"))
+    })?;
+    if now != peer.at_connect {
+        return Err(Status::permission_denied(
+            "the caller has moved to another network namespace since it connected",
+        ));
+    }
+    let Some(mut pods) = state.pods.pods_in_namespace(now.0, now.1) else {
+        return Err(Status::permission_denied(
+            "the Workload API attests callers only in --identity token+netns or netns",
+        ));
+    };
+    match pods.len() {
+        1 => Ok(pods.remove(0)),
+        0 => Err(Status::permission_denied(
+            "the caller's network namespace is no registered pod's",
+        )),
+        _ => Err(Status::permission_denied(
+            "the caller's network namespace belongs to more than one pod",
+        )),
+    }
+}
+
+/// The pod a caller from `peer` is (the tokenless rule of SPEC §5).
+async fn attest_address(state: &AppState, peer: SocketAddr) -> Result<Arc<Pod>, Status> {
     match state.pods.attest(peer.ip()).await {
         None => Err(Status::permission_denied(
             "the Workload API attests callers only in --identity token+netns or netns",
@@ -110,7 +180,7 @@ fn same_caller(before: &Pod, now: &Pod) -> bool {
 /// pod (unregistered, its namespace gone, the address now another's).
 fn stream<T, F, V>(
     state: Arc<AppState>,
-    peer: SocketAddr,
+    caller: Caller,
     pod: Arc<Pod>,
     slot: StreamSlot,
     refresh_after: Option<Duration>,
@@ -138,7 +208,7 @@ where
                     () = tokio::time::sleep(RECHECK) => {}
                     () = tx.closed() => return,
                 }
-                match attest(&state, peer).await {
+                match attest(&state, &caller).await {
                     Ok(now) if same_caller(&pod, &now) => {}
                     Ok(_) | Err(_) => {
                         let _ = tx
@@ -198,7 +268,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         let half = self.state.svids.ttl / 2;
         Ok(Response::new(stream(
             self.state.clone(),
-            self.peer,
+            self.caller.clone(),
             pod,
             slot,
             Some(half),
@@ -216,7 +286,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         let td = self.trust_domain_id();
         Ok(Response::new(stream(
             self.state.clone(),
-            self.peer,
+            self.caller.clone(),
             pod,
             slot,
             None,
@@ -278,7 +348,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         let td = self.trust_domain_id();
         Ok(Response::new(stream(
             self.state.clone(),
-            self.peer,
+            self.caller.clone(),
             pod,
             slot,
             None,
