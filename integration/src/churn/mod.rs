@@ -55,6 +55,9 @@ pub struct Report {
     pub seed: u64,
     pub mode: String,
     pub requests: usize,
+    /// Of them, X509-SVID requests (a CSR posted; the SVID's SPIFFE ID is
+    /// judged as the pod it names).
+    pub svid_requests: usize,
     pub served: usize,
     pub refused: usize,
     /// Connections that never completed (a source the host routes
@@ -101,10 +104,11 @@ impl Report {
     /// One paragraph for a failure message or a log.
     pub fn summary(&self) -> String {
         format!(
-            "churn {mode} CHURN_SEED={seed}: {req} requests ({served} served, {refused} refused, {cf} connections refused by the network), {life} namespace lifecycles ({bridged} bridged, {bridged_served} answers to bridge ports), {regs} registrations, {restarts} restarts, {recycled} recycled inodes, {take} takeovers, {races} races in {secs:.1} s; misattributions {mis}, false refusals {fr_in} in window + {fr_out} outside ({rate:.4}%), peak RSS {rss} KiB, all freed: {freed} (in {fw} ms)",
+            "churn {mode} CHURN_SEED={seed}: {req} requests ({svids} for X509-SVIDs; {served} served, {refused} refused, {cf} connections refused by the network), {life} namespace lifecycles ({bridged} bridged, {bridged_served} answers to bridge ports), {regs} registrations, {restarts} restarts, {recycled} recycled inodes, {take} takeovers, {races} races in {secs:.1} s; misattributions {mis}, false refusals {fr_in} in window + {fr_out} outside ({rate:.4}%), peak RSS {rss} KiB, all freed: {freed} (in {fw} ms)",
             mode = self.mode,
             seed = self.seed,
             req = self.requests,
+            svids = self.svid_requests,
             served = self.served,
             refused = self.refused,
             cf = self.connect_failures,

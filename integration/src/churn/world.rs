@@ -74,6 +74,8 @@ struct Pool {
 
 pub struct World {
     cfg: Config,
+    /// One P-256 CSR every actor posts for an X509-SVID.
+    csr: String,
     pub(super) report: Report,
     agent: Agent,
     slots: Vec<Option<Ns>>,
@@ -153,6 +155,7 @@ impl World {
             last_restart: Instant::now(),
             ops: VecDeque::new(),
             manifest: fixtures::read("pods/bare-pod.json"),
+            csr: csr(),
         }
     }
 
@@ -832,12 +835,25 @@ impl World {
                 )
             }
         };
-        let path = match &token {
-            Some(t) => format!("/{t}/acMetadata/v1/pod/uuid"),
-            None => "/acMetadata/v1/pod/uuid".to_owned(),
+        // An X509-SVID now and then: the same identity rules, judged on
+        // the SPIFFE ID it names (not in token mode, which issues none).
+        let svid = self.cfg.mode != "token" && rng.chance(25);
+        let endpoint = if svid {
+            "pod/identity/x509"
+        } else {
+            "pod/uuid"
         };
-        let answer = self.send(actor, src, dst, &path);
+        let path = match &token {
+            Some(t) => format!("/{t}/acMetadata/v1/{endpoint}"),
+            None => format!("/acMetadata/v1/{endpoint}"),
+        };
+        let answer = self.send(actor, src, dst, &path, svid);
         self.report.requests += 1;
+        self.report.svid_requests += usize::from(svid);
+        let answer = answer.map(|(status, body)| match status {
+            200 if svid => (status, svid_pod(&body)),
+            _ => (status, body),
+        });
         let Some((status, body)) = answer else {
             self.report.connect_failures += 1;
             return;
@@ -913,6 +929,7 @@ impl World {
         src: Option<IpAddr>,
         dst: IpAddr,
         path: &str,
+        svid: bool,
     ) -> Option<(u16, String)> {
         let addr = SocketAddr::new(dst, self.agent.port);
         let stream = match actor {
@@ -922,7 +939,17 @@ impl World {
                 connect_from(&ns.net, src, addr)?
             }
         };
-        let r = Conn::new(stream).send(&Request::get(path)).ok()?;
+        let request = if svid {
+            Request::new(
+                "POST",
+                path,
+                Some(self.csr.as_bytes()),
+                &[("Metadata", "true")],
+            )
+        } else {
+            Request::get(path)
+        };
+        let r = Conn::new(stream).send(&request).ok()?;
         Some((r.status, r.text()))
     }
 
@@ -1018,4 +1045,46 @@ fn connect_from(net: &PodNet, src: Option<IpAddr>, dst: SocketAddr) -> Option<Tc
     })
     .ok()?
     .ok()
+}
+
+/// A P-256 CSR (its key is thrown away: only identities are judged).
+fn csr() -> String {
+    let key = rcgen::KeyPair::generate().expect("a key");
+    rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .and_then(|r| r.pem())
+        .expect("a CSR")
+}
+
+/// The pod UUID an SVID (PEM) names in its SPIFFE ID
+/// (`spiffe://TD/rkt/node/NODE/pod/UUID`), or what it names instead, for
+/// the oracle to judge as the served identity.
+fn svid_pod(pem: &str) -> String {
+    let Ok((_, block)) = x509_parser::pem::parse_x509_pem(pem.as_bytes()) else {
+        return format!("not a PEM SVID: {pem:?}");
+    };
+    let Ok(cert) = block.parse_x509() else {
+        return "not an X.509 certificate".to_owned();
+    };
+    let uris: Vec<String> = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    x509_parser::extensions::GeneralName::URI(u) => Some((*u).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    match uris.as_slice() {
+        [one] => one
+            .rsplit_once("/pod/")
+            .map_or_else(|| one.clone(), |(_, uuid)| uuid.to_owned()),
+        _ => format!("URI SANs {uris:?}"),
+    }
 }
