@@ -262,6 +262,19 @@ pub struct ServeArgs {
     /// How long an identity document is valid (at most 1h).
     #[arg(long, default_value = "5m", value_parser = parse_duration, value_name = "DURATION")]
     pub jwt_ttl: Duration,
+    /// The operator's intermediate CA for X509-SVIDs instead of the
+    /// agent's own: its certificate (PEM: the signing CA first, then any
+    /// intermediates above it, all served after each SVID). Needs
+    /// --x509-ca-key and --x509-bundle.
+    #[arg(long, value_name = "FILE", requires_all = ["x509_ca_key", "x509_bundle"])]
+    pub x509_ca_cert: Option<PathBuf>,
+    /// The private key of --x509-ca-cert (PEM PKCS#8).
+    #[arg(long, value_name = "FILE", requires = "x509_ca_cert")]
+    pub x509_ca_key: Option<PathBuf>,
+    /// The trust domain's roots (PEM) that --x509-ca-cert chains to: the
+    /// bundle handed to pods.
+    #[arg(long, value_name = "FILE", requires = "x509_ca_cert")]
+    pub x509_bundle: Option<PathBuf>,
     /// How long an X509-SVID is valid (at most 24h).
     #[arg(long, default_value = "1h", value_parser = parse_duration, value_name = "DURATION")]
     pub x509_ttl: Duration,

@@ -515,3 +515,128 @@ fn a_client_behind_a_router_cannot_hold_a_conversation() {
         );
     }
 }
+
+/// The operator's intermediate (`--x509-ca-cert/-key`, `--x509-bundle`),
+/// made by OpenSSL under an OpenSSL root: SVIDs come with the
+/// intermediate, verify against the root alone, and the bundle is the
+/// root; the agent does not rotate the operator's CA.
+#[test]
+fn an_operators_intermediate_signs_the_svids() {
+    if !require_root("an_operators_intermediate_signs_the_svids") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = |n: &str| dir.path().join(n).to_str().unwrap().to_owned();
+    let ext = dir.path().join("ext.cnf");
+    std::fs::write(
+        &ext,
+        format!(
+            "[ca]\nbasicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectAltName=URI:spiffe://{TD}\n"
+        ),
+    )
+    .unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut root = vec!["req", "-x509", "-subj", "/O=operator/CN=root", "-days", "2"];
+    root.extend_from_slice(&ec);
+    let (root_key, root_pem) = (d("root.key"), d("root.pem"));
+    root.extend_from_slice(&["-keyout", &root_key, "-out", &root_pem]);
+    ok(&openssl::run(None, &root), "the root");
+    let mut csr = vec!["req", "-new", "-subj", "/O=operator/CN=intermediate"];
+    csr.extend_from_slice(&ec);
+    let (int_key, int_csr, int_pem) = (d("int.key"), d("int.csr"), d("int.pem"));
+    csr.extend_from_slice(&["-keyout", &int_key, "-out", &int_csr]);
+    ok(&openssl::run(None, &csr), "the intermediate's request");
+    let ext_path = ext.to_str().unwrap();
+    ok(
+        &openssl::run(
+            None,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &int_csr,
+                "-CA",
+                &root_pem,
+                "-CAkey",
+                &root_key,
+                "-CAcreateserial",
+                "-days",
+                "2",
+                "-extfile",
+                ext_path,
+                "-extensions",
+                "ca",
+                "-out",
+                &int_pem,
+            ],
+        ),
+        "the intermediate",
+    );
+    let agent = Agent::start(
+        AgentOptions::identity("token+netns")
+            .arg("--node-name")
+            .arg("node-1")
+            .arg("--trust-domain")
+            .arg(TD)
+            .arg("--x509-ca-cert")
+            .arg(&int_pem)
+            .arg("--x509-ca-key")
+            .arg(&int_key)
+            .arg("--x509-bundle")
+            .arg(&root_pem),
+    );
+    let pod = PodNet::new();
+    agent.register_in(U_A, T_A, &fixtures::read(fixtures::WEB.manifest), &pod);
+    let body = csr_of(&pod, dir.path());
+    let r = post_csr(&agent, &pod, &x509_path(T_A, None), &body, METADATA);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let served = r.text();
+    assert_eq!(
+        served.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "the SVID and the intermediate"
+    );
+    let chain = dir.path().join("chain.pem");
+    std::fs::write(&chain, &served).unwrap();
+    let verified = ok(
+        &openssl::run(
+            None,
+            &[
+                "verify",
+                "-CAfile",
+                &root_pem,
+                "-untrusted",
+                chain.to_str().unwrap(),
+                chain.to_str().unwrap(),
+            ],
+        ),
+        "openssl verify against the root alone",
+    );
+    assert!(verified.contains(": OK"), "{verified}");
+    // The bundle is the operator's root.
+    let bundle = agent
+        .unix(&Request::get("/.well-known/spiffe-bundle"))
+        .json();
+    let (bundle_file, n) = openssl::bundle_file(&bundle, dir.path(), "bundle.pem");
+    assert_eq!(n, 1);
+    let unwrapped = |p: &Path| {
+        std::fs::read_to_string(p)
+            .unwrap()
+            .split_whitespace()
+            .collect::<String>()
+    };
+    assert_eq!(unwrapped(&bundle_file), unwrapped(Path::new(&root_pem)));
+    let r = agent.unix(&Request::new("POST", "/keys/rotate?kind=x509", None, &[]));
+    assert_eq!(r.status, 500);
+    assert!(r.text().contains("operator"), "{}", r.text());
+}
+
+fn csr_of(pod: &PodNet, dir: &Path) -> Vec<u8> {
+    csr(pod, dir, "svid", P256)
+}

@@ -451,11 +451,18 @@ async fn x509_svid(
     };
     let id = state.docs.config.subject(&pod.uuid, app);
     match state.svids.authority.issue(&id, &key, state.svids.ttl) {
-        Ok(der) => respond(
-            StatusCode::OK,
-            "application/pem-certificate-chain",
-            Bytes::from(svid::pem("CERTIFICATE", &der)),
-        ),
+        Ok(der) => {
+            // The SVID, then the chain up to (not including) the root.
+            let mut chain = svid::pem("CERTIFICATE", &der);
+            for c in state.svids.authority.chain() {
+                chain.push_str(&svid::pem("CERTIFICATE", &c));
+            }
+            respond(
+                StatusCode::OK,
+                "application/pem-certificate-chain",
+                Bytes::from(chain),
+            )
+        }
         Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

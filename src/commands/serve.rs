@@ -99,9 +99,25 @@ pub async fn run(args: ServeArgs, activation: Activation) -> Result<(), Fatal> {
             )
         })
         .config()?;
-    let x509 = svid::X509Authority::load_or_create(&args.state_dir, &args.trust_domain)
-        .with_context(|| format!("cannot load the X.509 CA in {}", args.state_dir.display()))
-        .config()?;
+    let x509 = match (&args.x509_ca_cert, &args.x509_ca_key, &args.x509_bundle) {
+        (Some(cert), Some(key), Some(bundle)) => {
+            let read = |p: &std::path::PathBuf| {
+                rkt_mds::store::read_regular_file(p, 1 << 20)
+                    .with_context(|| format!("cannot read {}", p.display()))
+            };
+            svid::X509Authority::from_operator(
+                &read(cert).config()?,
+                &read(key).config()?,
+                &read(bundle).config()?,
+                &args.trust_domain,
+            )
+            .context("cannot use the operator's X.509 CA")
+            .config()?
+        }
+        _ => svid::X509Authority::load_or_create(&args.state_dir, &args.trust_domain)
+            .with_context(|| format!("cannot load the X.509 CA in {}", args.state_dir.display()))
+            .config()?,
+    };
     // Namespace instances are told apart by their cookies, which are
     // unique only within one boot.
     // A kernel without namespace cookies will not grow them: exit 2.

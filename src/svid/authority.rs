@@ -57,6 +57,10 @@ pub enum AuthorityError {
     },
     #[error("cannot make a certificate: {0}")]
     Rcgen(#[from] rcgen::Error),
+    #[error("{what}: {reason}")]
+    Operator { what: String, reason: String },
+    #[error("the CA is the operator's (--x509-ca-cert): replace its files and restart the agent to change it")]
+    OperatorOwned,
 }
 
 /// `x509-ca.json`: the key (PKCS#8) and certificate, base64 DER, and the
@@ -92,12 +96,20 @@ struct Retired {
     until: OffsetDateTime,
 }
 
+/// The operator's intermediates (served after each SVID) and roots (the
+/// bundle), DER.
+type OperatorCa = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// The node's X.509 CA.
 pub struct X509Authority {
     trust_domain: String,
     file: Option<PathBuf>,
     current: RwLock<Arc<Ca>>,
     retired: RwLock<Vec<Retired>>,
+    /// With the operator's intermediate: it and any further intermediates
+    /// (DER, served after each SVID), and the operator's roots (the
+    /// bundle).
+    operator: Option<OperatorCa>,
     rng: SystemRandom,
 }
 
@@ -164,6 +176,75 @@ impl X509Authority {
         Ok(authority)
     }
 
+    /// The operator's intermediate CA: its certificate (PEM, first the
+    /// CA that signs, then any intermediates above it), its private key
+    /// (PEM PKCS#8), and the trust domain's roots (PEM, the bundle). The
+    /// certificate must be a CA and the key's; it is never renewed or
+    /// rotated by the agent.
+    pub fn from_operator(
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        bundle_pem: &[u8],
+        trust_domain: &str,
+    ) -> Result<Self, AuthorityError> {
+        let err = |what: &str, reason: String| AuthorityError::Operator {
+            what: what.to_owned(),
+            reason,
+        };
+        let chain = pem_certificates(cert_pem).map_err(|r| err("--x509-ca-cert", r))?;
+        let bundle = pem_certificates(bundle_pem).map_err(|r| err("--x509-bundle", r))?;
+        let key_text = std::str::from_utf8(key_pem)
+            .map_err(|_| err("--x509-ca-key", "not PEM text".into()))?;
+        let key = KeyPair::from_pem(key_text).map_err(|e| err("--x509-ca-key", e.to_string()))?;
+        let signing = &chain[0];
+        let (_, cert) = x509_parser::parse_x509_certificate(signing)
+            .map_err(|e| err("--x509-ca-cert", e.to_string()))?;
+        if !cert
+            .basic_constraints()
+            .ok()
+            .flatten()
+            .is_some_and(|b| b.value.ca)
+        {
+            return Err(err(
+                "--x509-ca-cert",
+                "the first certificate is not a CA (basicConstraints CA:TRUE)".into(),
+            ));
+        }
+        if cert.public_key().raw != key.subject_public_key_info().as_slice() {
+            return Err(err(
+                "--x509-ca-key",
+                "not the key of --x509-ca-cert's first certificate".into(),
+            ));
+        }
+        let validity = cert.validity();
+        let (not_before, not_after) = (
+            validity.not_before.to_datetime(),
+            validity.not_after.to_datetime(),
+        );
+        let key_der = key.serialize_der();
+        let issuer = Issuer::from_ca_cert_der(&signing.as_slice().into(), key)
+            .map_err(|e| err("--x509-ca-cert", e.to_string()))?;
+        let ca = Ca {
+            issuer,
+            key_der,
+            der: signing.clone(),
+            not_before,
+            not_after,
+        };
+        let mut authority = Self::with(trust_domain, None, ca, Vec::new());
+        authority.operator = Some((chain, bundle));
+        Ok(authority)
+    }
+
+    /// The certificates served after an SVID, DER: the operator's
+    /// intermediates (none for the agent's own CA, which is the root).
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        self.operator
+            .as_ref()
+            .map(|(chain, _)| chain.clone())
+            .unwrap_or_default()
+    }
+
     /// A CA with no files (tests, benchmarks).
     pub fn ephemeral(trust_domain: &str) -> Result<Self, AuthorityError> {
         let ca = make_ca(trust_domain, new_key()?, OffsetDateTime::now_utc())?;
@@ -176,6 +257,7 @@ impl X509Authority {
             file,
             current: RwLock::new(Arc::new(ca)),
             retired: RwLock::new(retired),
+            operator: None,
             rng: SystemRandom::new(),
         }
     }
@@ -208,7 +290,8 @@ impl X509Authority {
     /// within [`RENEW_BEFORE`]: what the old one signed verifies against
     /// the new one.
     fn renew_if_due(&self, now: OffsetDateTime) -> Result<(), AuthorityError> {
-        if self.current.read().not_after - now > RENEW_BEFORE {
+        // The operator's CA is the operator's to renew.
+        if self.operator.is_some() || self.current.read().not_after - now > RENEW_BEFORE {
             return Ok(());
         }
         {
@@ -228,6 +311,9 @@ impl X509Authority {
     /// the longest SVID life. Returns the new certificate's SHA-256
     /// fingerprint (hex).
     pub fn rotate(&self) -> Result<String, AuthorityError> {
+        if self.operator.is_some() {
+            return Err(AuthorityError::OperatorOwned);
+        }
         let now = OffsetDateTime::now_utc();
         let ca = make_ca(&self.trust_domain, new_key()?, now)?;
         let fingerprint = hex_sha256(&ca.der);
@@ -259,6 +345,9 @@ impl X509Authority {
     /// Every CA certificate a pod should trust for this node, DER: the
     /// retired ones still in the bundle, then the current one.
     pub fn authorities(&self) -> Vec<Vec<u8>> {
+        if let Some((_, bundle)) = &self.operator {
+            return bundle.clone();
+        }
         let now = OffsetDateTime::now_utc();
         let mut all: Vec<Vec<u8>> = self
             .retired
@@ -319,6 +408,22 @@ impl X509Authority {
         bytes[0] |= 0x01;
         SerialNumber::from_slice(&bytes)
     }
+}
+
+/// The certificates of a PEM file, DER, in order; at least one.
+fn pem_certificates(pem: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    let mut out = Vec::new();
+    for block in x509_parser::pem::Pem::iter_from_buffer(pem) {
+        let block = block.map_err(|e| e.to_string())?;
+        if block.label == "CERTIFICATE" {
+            block.parse_x509().map_err(|e| e.to_string())?;
+            out.push(block.contents);
+        }
+    }
+    if out.is_empty() {
+        return Err("no PEM CERTIFICATE in it".into());
+    }
+    Ok(out)
 }
 
 fn new_key() -> Result<KeyPair, AuthorityError> {

@@ -155,9 +155,14 @@ fn x509_response(state: &AppState, pod: &Pod) -> Result<X509SvidResponse, Status
             .authority
             .issue(&id, &key, state.svids.ttl)
             .map_err(|e| Status::internal(e.to_string()))?;
+        // The SVID first, then the operator's intermediates (if any).
+        let mut chain = der;
+        for c in state.svids.authority.chain() {
+            chain.extend_from_slice(&c);
+        }
         svids.push(X509Svid {
             spiffe_id: id,
-            x509_svid: der,
+            x509_svid: chain,
             x509_svid_key: key.serialize_der(),
             bundle: bundle.clone(),
             hint: String::new(),
