@@ -413,3 +413,30 @@ fn the_unix_socket_attests_the_calling_process() {
         assert!(err.to_lowercase().contains("permission"), "{who}: {err}");
     }
 }
+
+/// Workload API calls are charged to the pod's rate, an SVID per identity
+/// (the pod's and its two apps'): with a burst of 5, one FetchX509SVID
+/// (3) passes and the next is `ResourceExhausted`; the other pod is not
+/// affected.
+#[test]
+fn svid_calls_are_charged_to_the_pods_rate() {
+    if !require_root("svid_calls_are_charged_to_the_pods_rate") {
+        return;
+    }
+    let (agent, pod) = start("token+netns", &["--rate-limit", "1", "--rate-burst", "5"]);
+    let (first, second) = in_pod(&pod, &agent, |endpoint| async move {
+        let client = WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .expect("connect");
+        let first = client.fetch_all_x509_svids().await.map(|s| s.len());
+        let second = client.fetch_all_x509_svids().await.map(|s| s.len());
+        (
+            first.map_err(|e| e.to_string()),
+            second.map_err(|e| e.to_string()),
+        )
+    });
+    assert_eq!(first, Ok(3));
+    let second = second.expect_err("a second call within the burst");
+    assert!(second.to_lowercase().contains("rate limit"), "{second}");
+    assert!(agent.metric("rkt_mds_rate_limited_total{reason=\"pod\"}") >= 1);
+}

@@ -49,6 +49,18 @@ impl Rates {
         limiter.as_ref().is_none_or(|l| l.check().is_ok())
     }
 
+    /// Takes `n` requests' worth from `limiter`'s bucket at once (work that
+    /// costs as much as `n` answers: an SVID per identity of a pod). False
+    /// when it does not hold them, or could never.
+    pub fn allow_pod_n(limiter: &PodLimiter, n: u32) -> bool {
+        let Some(n) = std::num::NonZeroU32::new(n) else {
+            return true;
+        };
+        limiter
+            .as_ref()
+            .is_none_or(|l| matches!(l.check_n(n), Ok(Ok(()))))
+    }
+
     /// Takes one request from the bucket of `source` (for requests that
     /// resolved no pod).
     pub fn allow_source(&self, source: &SourceKey) -> bool {

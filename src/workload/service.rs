@@ -19,10 +19,25 @@ use super::{
     api::spiffe_workload_a_p_i_server::SpiffeWorkloadAPI, claims::to_struct, messages::*,
     streams::StreamSlot,
 };
-use crate::{appc::PodUuid, jwt, registry::Pod, state::AppState, svid::bundle};
+use crate::{
+    appc::PodUuid,
+    jwt,
+    registry::Pod,
+    state::AppState,
+    svid::bundle,
+    tenant::{Rates, SourceKey},
+};
 
 /// How often a stream looks again at its caller and the bundle.
 const RECHECK: Duration = Duration::from_millis(500);
+
+/// What a call costs of its pod's rate.
+#[derive(Clone, Copy)]
+enum Cost {
+    One,
+    /// An SVID (a key and a signature) per identity of the pod.
+    PerIdentity,
+}
 
 /// Who is on the other end of a Workload API connection.
 #[derive(Clone)]
@@ -51,20 +66,51 @@ impl WorkloadApi {
         Self { state, caller }
     }
 
-    /// The header check, then the caller's pod.
-    async fn caller<T>(&self, request: &Request<T>) -> Result<Arc<Pod>, Status> {
+    /// The header check, then the caller's pod, charged `cost` requests
+    /// of its rate (SPEC §6: a call issuing an SVID per identity costs one
+    /// per identity). A refused caller is charged to its source.
+    async fn caller<T>(&self, request: &Request<T>, cost: Cost) -> Result<Arc<Pod>, Status> {
         let header = request.metadata().get("workload.spiffe.io");
         if header.is_none_or(|v| v.as_bytes() != b"true") {
             return Err(Status::invalid_argument(
                 "security header missing from request (workload.spiffe.io: true)",
             ));
         }
-        attest(&self.state, &self.caller).await
+        let state = &self.state;
+        let pod = match attest(state, &self.caller).await {
+            Ok(pod) => pod,
+            Err(refused) => {
+                let source = match &self.caller {
+                    Caller::Tcp(peer) => SourceKey::attributed(peer.ip(), state.pods.watches()),
+                    Caller::Unix(_) => SourceKey::Port(0),
+                };
+                if !state.tenancy.rates.allow_source(&source) {
+                    return Err(rate_limited(state, "source").await);
+                }
+                return Err(refused);
+            }
+        };
+        let n = match cost {
+            Cost::One => 1,
+            Cost::PerIdentity => 1 + pod.manifest.apps.len() as u32,
+        };
+        if !Rates::allow_pod_n(&state.tenancy.rates.pod(&pod.uuid), n) {
+            return Err(rate_limited(state, "pod").await);
+        }
+        Ok(pod)
     }
 
     fn trust_domain_id(&self) -> String {
         format!("spiffe://{}", self.state.docs.config.trust_domain)
     }
+}
+
+/// `ResourceExhausted`, counted, after a second: as on the public port, a
+/// flood costs the agent one answer per stream per second.
+async fn rate_limited(state: &AppState, what: &'static str) -> Status {
+    state.metrics.refused("rate-limit", what);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Status::resource_exhausted("rate limit exceeded")
 }
 
 /// The pod `caller` is, or `PermissionDenied` with why.
@@ -267,7 +313,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         request: Request<X509SvidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
-        let pod = self.caller(&request).await?;
+        let pod = self.caller(&request, Cost::PerIdentity).await?;
         let slot = self.state.workload_streams.open(pod.uuid)?;
         // Again at half the SVIDs' life (SPEC §9), and on a bundle change.
         let half = self.state.svids.ttl / 2;
@@ -286,7 +332,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
-        let pod = self.caller(&request).await?;
+        let pod = self.caller(&request, Cost::One).await?;
         let slot = self.state.workload_streams.open(pod.uuid)?;
         let td = self.trust_domain_id();
         Ok(Response::new(stream(
@@ -312,7 +358,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         request: Request<JwtSvidRequest>,
     ) -> Result<Response<JwtSvidResponse>, Status> {
-        let pod = self.caller(&request).await?;
+        let pod = self.caller(&request, Cost::PerIdentity).await?;
         let request = request.into_inner();
         let audience = match request.audience.as_slice() {
             [one] => jwt::check_audience(Some(one)).map_err(Status::invalid_argument)?,
@@ -348,7 +394,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
-        let pod = self.caller(&request).await?;
+        let pod = self.caller(&request, Cost::One).await?;
         let slot = self.state.workload_streams.open(pod.uuid)?;
         let td = self.trust_domain_id();
         Ok(Response::new(stream(
@@ -366,7 +412,7 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         &self,
         request: Request<ValidateJwtSvidRequest>,
     ) -> Result<Response<ValidateJwtSvidResponse>, Status> {
-        self.caller(&request).await?;
+        self.caller(&request, Cost::One).await?;
         let request = request.into_inner();
         if request.audience.is_empty() || request.svid.is_empty() {
             return Err(Status::invalid_argument("audience and svid are required"));
