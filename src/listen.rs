@@ -242,9 +242,12 @@ fn set_hop_limit(listener: &std::net::TcpListener, hops: u8) -> io::Result<()> {
     let socket = socket2::SockRef::from(listener);
     if listener.local_addr()?.is_ipv6() {
         socket.set_unicast_hops_v6(u32::from(hops))?;
-        // An IPv6-only socket has no IPv4 side to set.
-        let _ = socket.set_ttl_v4(u32::from(hops));
-        Ok(())
+        // A dual-stack socket's IPv4-mapped peers get the IPv4 TTL; an
+        // IPv6-only socket has no IPv4 side to set.
+        match socket.set_ttl_v4(u32::from(hops)) {
+            Err(e) if !socket.only_v6().unwrap_or(false) => Err(e),
+            _ => Ok(()),
+        }
     } else {
         socket.set_ttl_v4(u32::from(hops))
     }

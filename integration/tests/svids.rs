@@ -240,6 +240,35 @@ fn svid_refusals() {
             "2048",
         ),
         (
+            "RSA over 4096 bits",
+            post_csr(
+                &agent,
+                &a,
+                &x509_path(T_A, None),
+                &csr(&a, dir.path(), "rsa4160", &["-newkey", "rsa:4160"]),
+                METADATA,
+            ),
+            400,
+            "4096",
+        ),
+        (
+            "RSA with exponent 3",
+            post_csr(
+                &agent,
+                &a,
+                &x509_path(T_A, None),
+                &csr(
+                    &a,
+                    dir.path(),
+                    "rsa-e3",
+                    &["-newkey", "rsa:2048", "-pkeyopt", "rsa_keygen_pubexp:3"],
+                ),
+                METADATA,
+            ),
+            400,
+            "65537",
+        ),
+        (
             "over 16 KiB",
             post_csr(
                 &agent,

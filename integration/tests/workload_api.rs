@@ -206,6 +206,12 @@ fn callers_the_agent_cannot_attest_are_refused() {
 /// `FetchJWTBundles` as a bare HTTP/2 request without
 /// `workload.spiffe.io`: the `grpc-status` the agent answers with.
 fn grpc_status_without_header(to: SocketAddr) -> Option<String> {
+    grpc_status_of(to, bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))
+}
+
+/// The `grpc-status` of `FetchJWTBundles` with `body` (gRPC framing
+/// included) and no security header.
+fn grpc_status_of(to: SocketAddr, body: bytes::Bytes) -> Option<String> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -223,9 +229,7 @@ fn grpc_status_without_header(to: SocketAddr) -> Option<String> {
                 hyper::Request::post(format!("http://{to}/SpiffeWorkloadAPI/FetchJWTBundles"))
                     .header("content-type", "application/grpc")
                     .header("te", "trailers")
-                    .body(http_body_util::Full::new(bytes::Bytes::from_static(&[
-                        0, 0, 0, 0, 0,
-                    ])))
+                    .body(http_body_util::Full::new(body))
                     .ok()?;
             let response = sender.send_request(req).await.ok()?;
             if let Some(s) = response.headers().get("grpc-status") {
@@ -439,4 +443,61 @@ fn svid_calls_are_charged_to_the_pods_rate() {
     let second = second.expect_err("a second call within the burst");
     assert!(second.to_lowercase().contains("rate limit"), "{second}");
     assert!(agent.metric("rkt_mds_rate_limited_total{reason=\"pod\"}") >= 1);
+}
+
+/// What an unattested client can make the agent hold is bounded before
+/// any call is attested: a 1 MiB message is refused (not read into
+/// memory), a connection that never speaks is closed, and Workload API
+/// connections count in the agent's connection cap.
+#[test]
+fn unattested_clients_hold_little() {
+    if !require_root("unattested_clients_hold_little") {
+        return;
+    }
+    let (agent, _pod) = start("token+netns", &["--max-connections", "4"]);
+    let to = SocketAddr::new(
+        IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        agent.workload_port,
+    );
+    let mut big = vec![0u8, 0, 0x10, 0, 0];
+    big.resize(5 + (1 << 20), b'x');
+    let status = grpc_status_of(to, bytes::Bytes::from(big));
+    assert!(
+        matches!(status.as_deref(), Some("8") | Some("11")),
+        "a 1 MiB message: {status:?}"
+    );
+    // Four connections that never speak fill the cap (one per address:
+    // each its own share); the fifth is closed at once.
+    let silent: Vec<std::net::TcpStream> = (2..6u8)
+        .map(|n| {
+            let s =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            s.bind(&SocketAddr::from(([127, 0, 0, n], 0)).into())
+                .unwrap();
+            s.connect(&to.into()).unwrap();
+            s.into()
+        })
+        .collect();
+    integration::wait_for("the cap to be full", Duration::from_secs(5), || {
+        let mut s = std::net::TcpStream::connect(to).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        let mut buf = [0u8; 1];
+        matches!(std::io::Read::read(&mut s, &mut buf), Ok(0) | Err(_)).then_some(())
+    });
+    assert!(agent.metric("rkt_mds_connections_refused_total{reason=\"cap\"}") >= 1);
+    // Silent ones are closed by the agent (within its 10 s for a first
+    // call).
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let mut buf = [0u8; 64];
+        let closed = loop {
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) => break true,
+                Ok(_) => continue, // the server's HTTP/2 preface
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "a silent connection was kept");
+    }
 }

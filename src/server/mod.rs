@@ -107,6 +107,7 @@ pub async fn run(
         tasks.push(tokio::spawn(crate::workload::server::accept(
             listener,
             state.clone(),
+            cap.clone(),
             stop_rx.clone(),
         )));
     }
@@ -116,6 +117,7 @@ pub async fn run(
             tasks.push(tokio::spawn(crate::workload::server::accept_unix(
                 UnixListener::from_std(listener)?,
                 state.clone(),
+                cap.clone(),
                 stop_rx.clone(),
             )));
             Some(path)

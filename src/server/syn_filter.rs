@@ -20,6 +20,9 @@ use crate::{
 /// Between changes, an over-share connection is still closed at accept.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often a held filter is computed again (applied only if it changed).
+const RECOMPUTE: Duration = Duration::from_secs(1);
+
 /// How long after the filter is lifted an accepted connection may still
 /// carry it, inherited while it waited in the accept queue.
 const INHERIT_GRACE: Duration = Duration::from_secs(5);
@@ -42,8 +45,13 @@ pub(super) async fn keep(
     let mut holding: Option<Vec<Entry>> = Some(Vec::new());
     loop {
         let grace = connections.may_inherit() && connections.filtered() == 0;
+        // While anything is filtered, look again now and then: a pod's
+        // veth can go (and its index be given to another pod's) while its
+        // connections stay over the share.
+        let held = connections.filtered() > 0;
         tokio::select! {
             () = connections.over_share_changed() => {}
+            () = tokio::time::sleep(RECOMPUTE), if held => {}
             () = tokio::time::sleep(INHERIT_GRACE), if grace => {
                 connections.set_may_inherit(false);
                 continue;

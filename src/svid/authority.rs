@@ -61,6 +61,10 @@ pub enum AuthorityError {
     Operator { what: String, reason: String },
     #[error("the CA is the operator's (--x509-ca-cert): replace its files and restart the agent to change it")]
     OperatorOwned,
+    #[error(
+        "the X.509 CA expires at {0}: no SVID can be issued under it (replace --x509-ca-cert)"
+    )]
+    Expiring(OffsetDateTime),
 }
 
 /// `x509-ca.json`: the key (PKCS#8) and certificate, base64 DER, and the
@@ -379,6 +383,11 @@ impl X509Authority {
         let now = OffsetDateTime::now_utc();
         self.renew_if_due(now)?;
         let ca = self.current.read().clone();
+        // An SVID must live at least a few minutes (streams renew at half
+        // life): an operator's CA about to end issues none.
+        if ca.not_after - now < Duration::from_secs(300) {
+            return Err(AuthorityError::Expiring(ca.not_after));
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
         params

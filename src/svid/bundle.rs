@@ -16,30 +16,60 @@ use crate::jwt::JwkSet;
 pub const REFRESH_HINT: u64 = 300;
 
 /// The JWK of an X.509 authority (a CA certificate, DER): its public key
-/// and the certificate. `None` for a certificate that is not a P-256 CA.
+/// (EC P-256 or P-384, or RSA: an operator's root may be either) and the
+/// certificate. `None` for a certificate that is none of these (logged by
+/// the caller).
 pub fn x509_jwk(der: &[u8]) -> Option<Value> {
     let (_, cert) = parse_x509_certificate(der).ok()?;
-    let PublicKey::EC(point) = cert.public_key().parsed().ok()? else {
-        return None;
-    };
-    let point = point.data();
-    if point.len() != 65 || point[0] != 0x04 {
-        return None;
+    let x5c = [STANDARD.encode(der)];
+    match cert.public_key().parsed().ok()? {
+        PublicKey::EC(point) => {
+            let point = point.data();
+            let (crv, n) = match point.len() {
+                65 => ("P-256", 32),
+                97 => ("P-384", 48),
+                _ => return None,
+            };
+            (point[0] == 0x04).then(|| {
+                json!({
+                    "use": "x509-svid",
+                    "kty": "EC",
+                    "crv": crv,
+                    "x": URL_SAFE_NO_PAD.encode(&point[1..=n]),
+                    "y": URL_SAFE_NO_PAD.encode(&point[1 + n..]),
+                    "x5c": x5c,
+                })
+            })
+        }
+        PublicKey::RSA(rsa) => {
+            let trim = |b: &[u8]| {
+                let start = b.iter().position(|x| *x != 0).unwrap_or(b.len());
+                URL_SAFE_NO_PAD.encode(&b[start..])
+            };
+            Some(json!({
+                "use": "x509-svid",
+                "kty": "RSA",
+                "n": trim(rsa.modulus),
+                "e": trim(rsa.exponent),
+                "x5c": x5c,
+            }))
+        }
+        _ => None,
     }
-    Some(json!({
-        "use": "x509-svid",
-        "kty": "EC",
-        "crv": "P-256",
-        "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
-        "y": URL_SAFE_NO_PAD.encode(&point[33..65]),
-        "x5c": [STANDARD.encode(der)],
-    }))
 }
 
 /// The bundle of X.509 `authorities` (DER) and JWT keys `jwt`;
 /// `sequence` grows whenever either changes.
 pub fn spiffe_bundle(authorities: &[Vec<u8>], jwt: &JwkSet, sequence: u64) -> Value {
-    let mut keys: Vec<Value> = authorities.iter().filter_map(|a| x509_jwk(a)).collect();
+    let mut keys: Vec<Value> = Vec::new();
+    for a in authorities {
+        match x509_jwk(a) {
+            Some(k) => keys.push(k),
+            None => tracing::warn!(
+                "an X.509 authority whose key is not EC P-256, P-384 or RSA is left out of the SPIFFE bundle"
+            ),
+        }
+    }
     keys.extend(jwt.keys.iter().map(|k| {
         json!({
             "use": "jwt-svid",
@@ -95,5 +125,20 @@ mod tests {
             (Some(7), Some(REFRESH_HINT))
         );
         assert!(x509_jwk(b"not a certificate").is_none());
+    }
+
+    #[test]
+    fn an_operators_p384_root_is_a_p384_key() {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        let jwk = x509_jwk(&der).unwrap();
+        assert_eq!(
+            (jwk["kty"].as_str(), jwk["crv"].as_str()),
+            (Some("EC"), Some("P-384"))
+        );
+        let x = URL_SAFE_NO_PAD.decode(jwk["x"].as_str().unwrap()).unwrap();
+        assert_eq!(x, key.public_key_raw()[1..49]);
     }
 }

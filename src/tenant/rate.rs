@@ -50,15 +50,19 @@ impl Rates {
     }
 
     /// Takes `n` requests' worth from `limiter`'s bucket at once (work that
-    /// costs as much as `n` answers: an SVID per identity of a pod). False
-    /// when it does not hold them, or could never.
+    /// costs as much as `n` answers: an SVID per identity of a pod), or a
+    /// whole burst when `n` is more. False when it does not hold them.
     pub fn allow_pod_n(limiter: &PodLimiter, n: u32) -> bool {
         let Some(n) = std::num::NonZeroU32::new(n) else {
             return true;
         };
-        limiter
-            .as_ref()
-            .is_none_or(|l| matches!(l.check_n(n), Ok(Ok(()))))
+        limiter.as_ref().is_none_or(|l| match l.check_n(n) {
+            Ok(r) => r.is_ok(),
+            // More than a whole burst: a whole (full) burst pays for it.
+            Err(governor::InsufficientCapacity(burst)) => {
+                std::num::NonZeroU32::new(burst).is_some_and(|b| matches!(l.check_n(b), Ok(Ok(()))))
+            }
+        })
     }
 
     /// Takes one request from the bucket of `source` (for requests that

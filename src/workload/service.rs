@@ -92,7 +92,7 @@ impl WorkloadApi {
         };
         let n = match cost {
             Cost::One => 1,
-            Cost::PerIdentity => 1 + pod.manifest.apps.len() as u32,
+            Cost::PerIdentity => pod.manifest.apps.len().min(MAX_IDENTITIES - 1) as u32 + 1,
         };
         if !Rates::allow_pod_n(&state.tenancy.rates.pod(&pod.uuid), n) {
             return Err(rate_limited(state, "pod").await);
@@ -175,12 +175,17 @@ async fn attest_address(state: &AppState, peer: SocketAddr) -> Result<Arc<Pod>, 
     }
 }
 
-/// The SPIFFE IDs a pod is entitled to: its own, then one per app, with
-/// the app's name.
+/// At most this many identities per message: the pod's and its first
+/// apps' (a manifest may name thousands of apps; each identity costs a key
+/// and a signature).
+pub const MAX_IDENTITIES: usize = 64;
+
+/// The SPIFFE IDs a pod is entitled to: its own, then one per app (the
+/// first [`MAX_IDENTITIES`] in all), with the app's name.
 fn identities(state: &AppState, pod: &Pod) -> Vec<(String, Option<String>)> {
     let config = &state.docs.config;
     std::iter::once((config.subject(&pod.uuid, None), None))
-        .chain(pod.manifest.apps.iter().map(|a| {
+        .chain(pod.manifest.apps.iter().take(MAX_IDENTITIES - 1).map(|a| {
             (
                 config.subject(&pod.uuid, Some(&a.name)),
                 Some(a.name.clone()),
@@ -240,17 +245,40 @@ fn stream<T, F, V>(
 ) -> ReceiverStream<Result<T, Status>>
 where
     T: Send + 'static,
-    F: Fn(&AppState, &Pod) -> Result<T, Status> + Send + 'static,
+    F: Fn(&AppState, &Pod) -> Result<T, Status> + Send + Sync + 'static,
     V: Fn(&AppState) -> Vec<Vec<u8>> + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel(2);
+    // One message in flight at most: nothing is made ahead of a client
+    // that does not read.
+    let (tx, rx) = mpsc::channel(1);
+    let make = Arc::new(make);
     tokio::spawn(async move {
         let _slot = slot;
         loop {
+            // Room for the next message first: a client that stops reading
+            // (its flow-control window shut) holds the stream no longer
+            // than STALLED, and is sent nothing it did not take.
+            let permit = tokio::select! {
+                p = tx.reserve() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                () = tokio::time::sleep(STALLED) => return,
+            };
+            // Still the caller, just before anything is made for it.
+            if !still_the_caller(&state, &caller, &pod).await {
+                permit.send(Err(gone(&pod)));
+                return;
+            }
             let seen = version(&state);
-            let message = make(&state, &pod);
+            // Keys and signatures: off the async workers.
+            let (st, p, m) = (state.clone(), pod.clone(), make.clone());
+            let message = tokio::task::spawn_blocking(move || m(&st, &p))
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(e.to_string())));
             let failed = message.is_err();
-            if tx.send(message).await.is_err() || failed {
+            permit.send(message);
+            if failed {
                 return;
             }
             let due = refresh_after.map(|d| tokio::time::Instant::now() + d);
@@ -259,17 +287,10 @@ where
                     () = tokio::time::sleep(RECHECK) => {}
                     () = tx.closed() => return,
                 }
-                match attest(&state, &caller).await {
-                    Ok(now) if same_caller(&pod, &now) => {}
-                    Ok(_) | Err(_) => {
-                        let _ = tx
-                            .send(Err(Status::permission_denied(format!(
-                                "pod {} is no longer the caller (unregistered, or its namespace is gone)",
-                                pod.uuid
-                            ))))
-                            .await;
-                        return;
-                    }
+                if !still_the_caller(&state, &caller, &pod).await {
+                    // The client may not read it; the stream ends anyway.
+                    let _ = tx.try_send(Err(gone(&pod)));
+                    return;
                 }
                 if due.is_some_and(|d| tokio::time::Instant::now() >= d) || version(&state) != seen
                 {
@@ -279,6 +300,20 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// How long a stream waits for its client to take a message.
+const STALLED: Duration = Duration::from_secs(10);
+
+async fn still_the_caller(state: &AppState, caller: &Caller, pod: &Pod) -> bool {
+    matches!(attest(state, caller).await, Ok(now) if same_caller(pod, &now))
+}
+
+fn gone(pod: &Pod) -> Status {
+    Status::permission_denied(format!(
+        "pod {} is no longer the caller (unregistered, or its namespace is gone)",
+        pod.uuid
+    ))
 }
 
 /// What a change of the X.509 bundle looks like.
