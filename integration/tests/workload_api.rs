@@ -45,15 +45,30 @@ where
     F: FnOnce(String) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = T>,
 {
+    spawn_in_pod(pod, agent, f)
+        .join()
+        .expect("the client thread")
+}
+
+/// [`in_pod`], not waiting: for a client that runs while the test acts.
+fn spawn_in_pod<T, F, Fut>(pod: &PodNet, agent: &Agent, f: F) -> std::thread::JoinHandle<T>
+where
+    T: Send + 'static,
+    F: FnOnce(String) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+{
     let endpoint = format!("tcp://{}:{}", pod.host_v4(), agent.workload_port);
-    netns::run_in(&pod.netns(), move || {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f(endpoint))
+    let ns = pod.netns();
+    std::thread::spawn(move || {
+        netns::run_in(&ns, move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(f(endpoint))
+        })
+        .expect("run in the pod's namespace")
     })
-    .expect("run in the pod's namespace")
 }
 
 fn permission_denied(e: &spiffe::WorkloadApiError) -> bool {
@@ -259,47 +274,36 @@ fn the_svid_stream_rotates_and_ends_with_its_pod() {
         return;
     }
     let (agent, pod) = start("token+netns", &["--x509-ttl", "4s"]);
-    let endpoint = format!("tcp://{}:{}", pod.host_v4(), agent.workload_port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (gone_tx, gone_rx) = std::sync::mpsc::channel::<()>();
-    let ns = pod.netns();
-    let client = std::thread::spawn(move || {
-        netns::run_in(&ns, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let client = WorkloadApiClient::connect_to(&endpoint)
-                        .await
-                        .expect("connect");
-                    let mut stream = Box::pin(client.stream_x509_svids().await.expect("a stream"));
-                    let mut leaves = Vec::new();
-                    for _ in 0..2 {
-                        let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                            .await
-                            .expect("an SVID within 10 s")
-                            .expect("the stream goes on")
-                            .expect("an SVID");
-                        leaves.push(next.leaf().as_bytes().to_vec());
-                    }
-                    ready_tx.send(()).unwrap();
-                    gone_rx.recv().unwrap();
-                    let end = tokio::time::timeout(Duration::from_secs(10), async {
-                        loop {
-                            match stream.next().await {
-                                Some(Ok(_)) => continue,
-                                Some(Err(e)) => return Some(e.to_string()),
-                                None => return None,
-                            }
-                        }
-                    })
-                    .await
-                    .expect("the stream ends within 10 s");
-                    (leaves, end)
-                })
+    let client = spawn_in_pod(&pod, &agent, move |endpoint| async move {
+        let client = WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .expect("connect");
+        let mut stream = Box::pin(client.stream_x509_svids().await.expect("a stream"));
+        let mut leaves = Vec::new();
+        for _ in 0..2 {
+            let next = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("an SVID within 10 s")
+                .expect("the stream goes on")
+                .expect("an SVID");
+            leaves.push(next.leaf().as_bytes().to_vec());
+        }
+        ready_tx.send(()).unwrap();
+        gone_rx.recv().unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match stream.next().await {
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Some(e.to_string()),
+                    None => return None,
+                }
+            }
         })
-        .unwrap()
+        .await
+        .expect("the stream ends within 10 s");
+        (leaves, end)
     });
     ready_rx
         .recv_timeout(Duration::from_secs(30))
@@ -322,40 +326,28 @@ fn a_ca_rotation_reaches_the_bundle_stream() {
         return;
     }
     let (agent, pod) = start("token+netns", &[]);
-    let endpoint = format!("tcp://{}:{}", pod.host_v4(), agent.workload_port);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (rotated_tx, rotated_rx) = std::sync::mpsc::channel::<()>();
-    let ns = pod.netns();
-    let client = std::thread::spawn(move || {
-        netns::run_in(&ns, move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(async move {
-                    let client = WorkloadApiClient::connect_to(&endpoint)
-                        .await
-                        .expect("connect");
-                    let mut stream =
-                        Box::pin(client.stream_x509_bundles().await.expect("a stream"));
-                    let td = TrustDomain::new(TD).unwrap();
-                    let mut counts = Vec::new();
-                    for round in 0..2 {
-                        if round == 1 {
-                            ready_tx.send(()).unwrap();
-                            rotated_rx.recv().unwrap();
-                        }
-                        let set = tokio::time::timeout(Duration::from_secs(10), stream.next())
-                            .await
-                            .expect("a bundle within 10 s")
-                            .expect("the stream goes on")
-                            .expect("a bundle set");
-                        counts.push(set.get(&td).expect("our bundle").authorities().len());
-                    }
-                    (counts[0], counts[1])
-                })
-        })
-        .unwrap()
+    let client = spawn_in_pod(&pod, &agent, move |endpoint| async move {
+        let client = WorkloadApiClient::connect_to(&endpoint)
+            .await
+            .expect("connect");
+        let mut stream = Box::pin(client.stream_x509_bundles().await.expect("a stream"));
+        let td = TrustDomain::new(TD).unwrap();
+        let mut counts = Vec::new();
+        for round in 0..2 {
+            if round == 1 {
+                ready_tx.send(()).unwrap();
+                rotated_rx.recv().unwrap();
+            }
+            let set = tokio::time::timeout(Duration::from_secs(10), stream.next())
+                .await
+                .expect("a bundle within 10 s")
+                .expect("the stream goes on")
+                .expect("a bundle set");
+            counts.push(set.get(&td).expect("our bundle").authorities().len());
+        }
+        (counts[0], counts[1])
     });
     ready_rx
         .recv_timeout(Duration::from_secs(30))

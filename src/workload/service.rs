@@ -100,6 +100,31 @@ impl WorkloadApi {
         Ok(pod)
     }
 
+    /// Opens a stream of `pod` (one of its bounded slots): see [`stream`].
+    fn open_stream<T, F, V>(
+        &self,
+        pod: Arc<Pod>,
+        refresh_after: Option<Duration>,
+        version: V,
+        make: F,
+    ) -> Result<Response<ReceiverStream<Result<T, Status>>>, Status>
+    where
+        T: Send + 'static,
+        F: Fn(&AppState, &Pod) -> Result<T, Status> + Send + Sync + 'static,
+        V: Fn(&AppState) -> Vec<Vec<u8>> + Send + 'static,
+    {
+        let slot = self.state.workload_streams.open(pod.uuid)?;
+        Ok(Response::new(stream(
+            self.state.clone(),
+            self.caller.clone(),
+            pod,
+            slot,
+            refresh_after,
+            version,
+            make,
+        )))
+    }
+
     fn trust_domain_id(&self) -> String {
         format!("spiffe://{}", self.state.docs.config.trust_domain)
     }
@@ -349,18 +374,9 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         request: Request<X509SvidRequest>,
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         let pod = self.caller(&request, Cost::PerIdentity).await?;
-        let slot = self.state.workload_streams.open(pod.uuid)?;
         // Again at half the SVIDs' life (SPEC §9), and on a bundle change.
         let half = self.state.svids.ttl / 2;
-        Ok(Response::new(stream(
-            self.state.clone(),
-            self.caller.clone(),
-            pod,
-            slot,
-            Some(half),
-            x509_version,
-            x509_response,
-        )))
+        self.open_stream(pod, Some(half), x509_version, x509_response)
     }
 
     async fn fetch_x509_bundles(
@@ -368,25 +384,16 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         request: Request<X509BundlesRequest>,
     ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
         let pod = self.caller(&request, Cost::One).await?;
-        let slot = self.state.workload_streams.open(pod.uuid)?;
         let td = self.trust_domain_id();
-        Ok(Response::new(stream(
-            self.state.clone(),
-            self.caller.clone(),
-            pod,
-            slot,
-            None,
-            x509_version,
-            move |state, _| {
-                Ok(X509BundlesResponse {
-                    crl: Vec::new(),
-                    bundles: HashMap::from([(
-                        td.clone(),
-                        bundle::concatenated(&state.svids.authorities()),
-                    )]),
-                })
-            },
-        )))
+        self.open_stream(pod, None, x509_version, move |state, _| {
+            Ok(X509BundlesResponse {
+                crl: Vec::new(),
+                bundles: HashMap::from([(
+                    td.clone(),
+                    bundle::concatenated(&state.svids.authorities()),
+                )]),
+            })
+        })
     }
 
     async fn fetch_jwt_svid(
@@ -430,17 +437,10 @@ impl SpiffeWorkloadAPI for WorkloadApi {
         request: Request<JwtBundlesRequest>,
     ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
         let pod = self.caller(&request, Cost::One).await?;
-        let slot = self.state.workload_streams.open(pod.uuid)?;
         let td = self.trust_domain_id();
-        Ok(Response::new(stream(
-            self.state.clone(),
-            self.caller.clone(),
-            pod,
-            slot,
-            None,
-            jwt_version,
-            move |state, _| Ok(jwt_bundles(state, &td)),
-        )))
+        self.open_stream(pod, None, jwt_version, move |state, _| {
+            Ok(jwt_bundles(state, &td))
+        })
     }
 
     async fn validate_jwt_svid(
