@@ -15,7 +15,7 @@ use super::{connection, syn_filter, warn_refusal, warn_refusal_with, Limits};
 use crate::{
     api::registration::Peer,
     state::AppState,
-    tenant::{SourceKey, Subject},
+    tenant::{SourceKey, SourceSlot, Subject},
 };
 
 pub(super) async fn registration(
@@ -42,7 +42,15 @@ pub(super) async fn registration(
                 };
                 connection::serve_registration(&state, &graceful, &limits, stream, peer);
             }
-            Err(e) => accept_error(&state, "registration", e).await,
+            Err(e) => {
+                accept_error(
+                    &state,
+                    "registration-accept-failed",
+                    "registration listener",
+                    e,
+                )
+                .await
+            }
         }
     }
 }
@@ -63,21 +71,14 @@ pub(super) async fn public(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                accept_error(&state, "public", e).await;
+                accept_error(&state, "public-accept-failed", "public listener", e).await;
                 continue;
             }
         };
         // The tenant's share first: one pod (all its addresses), or one
         // address the host gives to no pod, cannot fill the cap.
         let source = SourceKey::attributed(peer.ip(), state.pods.watches());
-        let Some(slot) = state.tenancy.connections.try_open(source, peer.ip()) else {
-            state.metrics.refused("connection", "per-source");
-            warn_refusal_with(
-                &state,
-                Subject::Source(source),
-                "connections-per-source",
-                || refused_share(&state, source),
-            );
+        let Some(slot) = open_share(&state, source, peer.ip(), "") else {
             // Closed at once, no body: nothing to parse, nothing to hold.
             // If this address holds the whole share itself, its next
             // connections are dropped in the kernel (`syn_filter`) until
@@ -115,33 +116,56 @@ pub(super) async fn public(
     }
 }
 
+/// A slot of tenant `source`'s connection share for a connection from
+/// `peer`, or `None`, counted and logged (`api`: what the line says the
+/// connection was for, `""` for the public API).
+pub(crate) fn open_share(
+    state: &AppState,
+    source: SourceKey,
+    peer: std::net::IpAddr,
+    api: &'static str,
+) -> Option<SourceSlot> {
+    let slot = state.tenancy.connections.try_open(source, peer);
+    if slot.is_none() {
+        state.metrics.refused("connection", "per-source");
+        warn_refusal_with(
+            state,
+            Subject::Source(source),
+            "connections-per-source",
+            || refused_share(state, source, api),
+        );
+    }
+    slot
+}
+
 /// The refusal line for a tenant over its share, naming a pod's UUIDs
 /// (its namespace cookie alone tells an operator nothing).
-fn refused_share(state: &AppState, source: SourceKey) -> String {
-    let line = "connection refused: the source holds its share of connections";
+fn refused_share(state: &AppState, source: SourceKey, api: &str) -> String {
+    let line = format!("{api}connection refused: the source holds its share of connections");
     match source {
         SourceKey::Netns(cookie) => {
             let pods = state.pods.registry().pods_in(netns::NetnsCookie(cookie));
             let pods: Vec<String> = pods.iter().map(ToString::to_string).collect();
             format!("{line} (pod {})", pods.join(", "))
         }
-        _ => line.to_owned(),
+        _ => line,
     }
 }
 
 /// Accepting can fail transiently (EMFILE, ECONNABORTED): log (bounded)
 /// and back off briefly instead of spinning or dying. Each listener has
 /// its own task, so one backing off never holds up the other.
-async fn accept_error(state: &AppState, api: &'static str, e: std::io::Error) {
+pub(crate) async fn accept_error(
+    state: &AppState,
+    reason: &'static str,
+    listener: &str,
+    e: std::io::Error,
+) {
     warn_refusal(
         state,
         Subject::Agent,
-        if api == "public" {
-            "public-accept-failed"
-        } else {
-            "registration-accept-failed"
-        },
-        &format!("accept failed on the {api} listener: {e}"),
+        reason,
+        &format!("accept failed on the {listener}: {e}"),
     );
     tokio::time::sleep(Duration::from_millis(50)).await;
 }

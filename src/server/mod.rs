@@ -4,6 +4,7 @@
 //! graceful drain on shutdown.
 
 mod accept;
+pub(crate) use accept::{accept_error, open_share};
 mod connection;
 pub mod metrics;
 mod syn_filter;

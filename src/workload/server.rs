@@ -29,7 +29,7 @@ use super::{
     service::{peer_namespace, Caller, UnixPeer, WorkloadApi},
 };
 use crate::{
-    server::warn_refusal,
+    server::{accept_error, open_share, warn_refusal},
     state::AppState,
     tenant::{SourceKey, Subject},
 };
@@ -70,25 +70,12 @@ pub async fn accept(
         let (stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                warn_refusal(
-                    &state,
-                    Subject::Agent,
-                    "workload-accept-failed",
-                    &format!("accept failed on the Workload API listener: {e}"),
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_error(&state, "workload-accept-failed", "Workload API listener", e).await;
                 continue;
             }
         };
         let source = SourceKey::attributed(peer.ip(), state.pods.watches());
-        let Some(slot) = state.tenancy.connections.try_open(source, peer.ip()) else {
-            state.metrics.refused("connection", "per-source");
-            warn_refusal(
-                &state,
-                Subject::Source(source),
-                "connections-per-source",
-                "Workload API connection refused: the source holds its share of connections",
-            );
+        let Some(slot) = open_share(&state, source, peer.ip(), "Workload API ") else {
             continue;
         };
         let Some(permit) = capped(&state, &cap) else {
@@ -139,13 +126,7 @@ pub async fn accept_unix(
         let stream = match accepted {
             Ok((s, _)) => s,
             Err(e) => {
-                warn_refusal(
-                    &state,
-                    Subject::Agent,
-                    "workload-accept-failed",
-                    &format!("accept failed on the Workload API socket: {e}"),
-                );
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_error(&state, "workload-accept-failed", "Workload API socket", e).await;
                 continue;
             }
         };
@@ -178,16 +159,11 @@ pub async fn accept_unix(
                 .and_then(|p| p.first().and_then(|p| p.lease().map(|l| l.cookie().0)));
             let (slot, _few) = match pod {
                 Some(cookie) => {
-                    let source = SourceKey::Netns(cookie);
+                    // No address: loopback stands in (never filtered).
                     let addr = std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST);
-                    let Some(slot) = state.tenancy.connections.try_open(source, addr) else {
-                        state.metrics.refused("connection", "per-source");
-                        warn_refusal(
-                            &state,
-                            Subject::Source(source),
-                            "connections-per-source",
-                            "Workload API connection refused: the pod holds its share of connections",
-                        );
+                    let Some(slot) =
+                        open_share(&state, SourceKey::Netns(cookie), addr, "Workload API ")
+                    else {
                         return;
                     };
                     (Some(slot), None)
