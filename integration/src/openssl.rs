@@ -10,7 +10,10 @@ use std::{
 
 use base64::{engine::general_purpose::STANDARD, Engine};
 
-use crate::{wait_for, PodNet};
+use crate::{
+    http::{Conn, Request},
+    wait_for, PodNet,
+};
 
 /// Key options for a P-256 key.
 pub const P256: &[&str] = &["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"];
@@ -147,4 +150,40 @@ pub fn mutual_tls(server: Tls<'_>, client: Tls<'_>, port: u16) -> (bool, String,
         report,
         String::from_utf8_lossy(&served.stderr).into_owned(),
     )
+}
+
+/// An X509-SVID for `pod` from the agent at `to`: a P-256 key made inside
+/// the pod, its CSR posted with `token` (and `Metadata: true`); the SVID's
+/// and the key's files, `dir/NAME.pem` and `dir/NAME.key`.
+pub fn pod_svid(
+    pod: &PodNet,
+    to: std::net::SocketAddr,
+    token: &str,
+    dir: &Path,
+    name: &str,
+) -> (PathBuf, PathBuf) {
+    let body = csr(pod, dir, name, P256);
+    let r = Conn::new(pod.connect(None, to).expect("connect to the agent"))
+        .send(&Request::new(
+            "POST",
+            &format!("/{token}/acMetadata/v1/pod/identity/x509"),
+            Some(&body),
+            &[("Metadata", "true")],
+        ))
+        .expect("the SVID request");
+    assert_eq!(r.status, 200, "{name}: {}", r.text());
+    let cert = dir.join(format!("{name}.pem"));
+    std::fs::write(&cert, &r.body).unwrap();
+    (cert, dir.join(format!("{name}.key")))
+}
+
+/// [`mutual_tls`], asserting that both sides verified the other.
+pub fn assert_mutual_tls(server: Tls<'_>, client: Tls<'_>, port: u16) {
+    let (ok, client, server) = mutual_tls(server, client, port);
+    assert!(ok, "s_client: {client}\ns_server: {server}");
+    assert!(client.contains("Verification: OK"), "{client}");
+    assert!(
+        !server.contains("verify error"),
+        "s_server refused the client: {server}"
+    );
 }

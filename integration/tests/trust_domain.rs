@@ -12,13 +12,8 @@ use std::{
 };
 
 use integration::{
-    agent::binary,
-    etcd::Etcd,
-    fixtures,
-    http::{Conn, Request},
-    openssl::{self, csr, P256},
-    privilege::require_root,
-    wait_for, Agent, AgentOptions, Bridge, PodNet,
+    agent::binary, etcd::Etcd, fixtures, http::Request, openssl, privilege::require_root, wait_for,
+    Agent, AgentOptions, Bridge, PodNet,
 };
 use serde_json::Value;
 
@@ -99,28 +94,13 @@ fn pods_on_two_nodes_trust_each_other() {
     );
     // An SVID for each pod from its own node.
     let dir = tempfile::tempdir().unwrap();
-    let svid = |agent: &Agent, pod: &PodNet, token: &str, name: &str| {
-        let body = csr(pod, dir.path(), name, P256);
-        let to = SocketAddr::new(IpAddr::V4(bridge.v4()), agent.port);
-        let r = Conn::new(pod.connect(None, to).expect("connect over the bridge"))
-            .send(&Request::new(
-                "POST",
-                &format!("/{token}/acMetadata/v1/pod/identity/x509"),
-                Some(&body),
-                &[("Metadata", "true")],
-            ))
-            .unwrap();
-        assert_eq!(r.status, 200, "{name}: {}", r.text());
-        let cert = dir.path().join(format!("{name}.pem"));
-        std::fs::write(&cert, &r.body).unwrap();
-        (cert, dir.path().join(format!("{name}.key")))
-    };
-    let (cert_a, key_a) = svid(&one, &a, T_A, "a");
-    let (cert_b, key_b) = svid(&two, &b, T_B, "b");
+    let to = |agent: &Agent| SocketAddr::new(IpAddr::V4(bridge.v4()), agent.port);
+    let (cert_a, key_a) = openssl::pod_svid(&a, to(&one), T_A, dir.path(), "a");
+    let (cert_b, key_b) = openssl::pod_svid(&b, to(&two), T_B, dir.path(), "b");
     let (ca_a, _) = openssl::bundle_file(&bundles[0], dir.path(), "one.pem");
     let (ca_b, _) = openssl::bundle_file(&bundles[1], dir.path(), "two.pem");
     let port = 19443 + (std::process::id() % 1000) as u16;
-    let (ok, client, server) = openssl::mutual_tls(
+    openssl::assert_mutual_tls(
         openssl::Tls {
             pod: &a,
             cert: &cert_a,
@@ -134,12 +114,6 @@ fn pods_on_two_nodes_trust_each_other() {
             ca: &ca_b,
         },
         port,
-    );
-    assert!(ok, "s_client: {client}\ns_server: {server}");
-    assert!(client.contains("Verification: OK"), "{client}");
-    assert!(
-        !server.contains("verify error"),
-        "s_server refused the client: {server}"
     );
     // Without the other node's authority, the same handshake fails: the
     // test above proves the bundle, not a lenient verifier.
