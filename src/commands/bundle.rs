@@ -5,7 +5,7 @@
 use anyhow::{Context, Result};
 use hyper::Method;
 
-use rkt_mds::{cli::BundleArgs, cluster::directory::Scope, svid::bundle};
+use rkt_mds::{cli::BundleArgs, svid::bundle};
 
 use super::agent::{call, expect_ok};
 
@@ -24,19 +24,8 @@ pub async fn run(args: BundleArgs) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&bundle)?);
         return Ok(());
     };
-    let d = super::cluster::read(
-        endpoints,
-        &args.etcd_access,
-        &args.etcd_prefix,
-        Scope::Nodes,
-    )
-    .await?;
-    if d.nodes.is_empty() {
-        eprintln!(
-            "rkt-mds bundle: no node has published under {:?}: the bundle is empty",
-            args.etcd_prefix.prefix
-        );
-    }
+    let d = super::cluster::read_nodes(endpoints, &args.etcd_access, &args.etcd_prefix, "bundle")
+        .await?;
     // The newest record's time: it grows whenever a node publishes keys.
     let sequence = d
         .nodes

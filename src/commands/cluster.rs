@@ -34,3 +34,21 @@ pub async fn read(
     }
     Ok(d)
 }
+
+/// Every node's record, for a command that prints the trust bundle
+/// (`command`: its name, for the line that says the bundle is empty).
+pub async fn read_nodes(
+    endpoints: &Endpoints,
+    access: &EtcdAccessArgs,
+    prefix: &EtcdPrefixArg,
+    command: &str,
+) -> Result<Directory> {
+    let d = read(endpoints, access, prefix, Scope::Nodes).await?;
+    if d.nodes.is_empty() {
+        eprintln!(
+            "rkt-mds {command}: no node has published under {:?}: the bundle is empty",
+            prefix.prefix
+        );
+    }
+    Ok(d)
+}

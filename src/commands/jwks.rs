@@ -3,22 +3,11 @@
 
 use anyhow::Result;
 
-use rkt_mds::{cli::JwksArgs, cluster::directory::Scope};
+use rkt_mds::cli::JwksArgs;
 
 pub async fn run(args: JwksArgs) -> Result<()> {
-    let d = super::cluster::read(
-        &args.etcd,
-        &args.etcd_access,
-        &args.etcd_prefix,
-        Scope::Nodes,
-    )
-    .await?;
-    if d.nodes.is_empty() {
-        eprintln!(
-            "rkt-mds jwks: no node has published under {:?}: the bundle is empty",
-            args.etcd_prefix.prefix
-        );
-    }
+    let d = super::cluster::read_nodes(&args.etcd, &args.etcd_access, &args.etcd_prefix, "jwks")
+        .await?;
     println!("{}", serde_json::to_string_pretty(&d.trust_bundle())?);
     Ok(())
 }
