@@ -43,7 +43,8 @@ impl StreamBudget {
     }
 
     /// Streams `pod` holds open.
-    pub fn open_of(&self, pod: &PodUuid) -> usize {
+    #[cfg(test)]
+    fn open_of(&self, pod: &PodUuid) -> usize {
         self.open.lock().get(pod).copied().unwrap_or(0)
     }
 }
