@@ -438,12 +438,38 @@ impl Drop for Agent {
     }
 }
 
-/// A TCP port free on both stacks right now.
+/// A TCP port free on both stacks right now, taken below the kernel's
+/// ephemeral range. A port the kernel hands out (bind to 0) can be handed
+/// again, as the local port of any outgoing connection, the moment its
+/// listener closes: an agent killed and restarted on "its" port then finds it
+/// held by some other test's client (EADDRINUSE). Below the ephemeral range
+/// only an explicit bind takes a port, and this process's binds take each
+/// port once, from a start that differs per process.
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("[::]:0")
-        .or_else(|_| TcpListener::bind("0.0.0.0:0"))
-        .expect("bind a free port");
-    l.local_addr().expect("local addr").port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 20_000;
+    let high = ephemeral_low().max(LOW + 1_000);
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + i) % span) as u16;
+        let bound =
+            TcpListener::bind(("::", port)).or_else(|_| TcpListener::bind(("0.0.0.0", port)));
+        if bound.is_ok() {
+            return port;
+        }
+    }
+    panic!("no free TCP port in {LOW}..{high}")
+}
+
+/// The lowest port of the kernel's ephemeral range (32768 when unreadable).
+fn ephemeral_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// The path of a file in `dir`, created with `content`.
@@ -451,4 +477,24 @@ pub fn write_file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, content).expect("write file");
     p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An outgoing connection's local port comes from the ephemeral range; a
+    /// port handed to an agent must never be one (CI once lost a restarted
+    /// agent's port to a client that way).
+    #[test]
+    fn free_ports_are_below_the_ephemeral_range() {
+        let low = ephemeral_low();
+        let ports: Vec<u16> = (0..64).map(|_| free_port()).collect();
+        assert!(
+            ports.iter().all(|&p| u32::from(p) < low),
+            "{ports:?} vs {low}"
+        );
+        let distinct: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port handed out twice");
+    }
 }
