@@ -185,6 +185,11 @@ struct Inner {
     by_uuid: HashMap<PodUuid, Arc<Pod>>,
     by_token: HashMap<TokenDigest, PodUuid>,
     by_netns: HashMap<NetnsCookie, Vec<PodUuid>>,
+    /// The instances whose namespace file is (dev, inode), while a pod is
+    /// bound to them: how a Unix socket peer, known by the namespace file of
+    /// its process, finds its pod without a scan of every pod. More than
+    /// one when a dead instance's inode has been given to a new one.
+    by_file: HashMap<(u64, u64), Vec<NetnsCookie>>,
 }
 
 /// All registrations. Reads share a lock held for a hash lookup.
@@ -222,6 +227,21 @@ impl Registry {
             .get(&cookie)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// UUIDs of the pods bound to the namespace instance whose file is
+    /// `(dev, ino)`.
+    pub fn pods_in_file(&self, dev: u64, ino: u64) -> Vec<PodUuid> {
+        let inner = self.read();
+        inner
+            .by_file
+            .get(&(dev, ino))
+            .into_iter()
+            .flatten()
+            .filter_map(|c| inner.by_netns.get(c))
+            .flatten()
+            .copied()
+            .collect()
     }
 
     /// Every registration, sorted by UUID (for listings).
@@ -366,7 +386,13 @@ impl Drop for WriteGuard<'_> {
 }
 
 fn link_netns(inner: &mut Inner, pod: &Pod) {
-    if let Some(cookie) = pod.netns_cookie() {
+    if let Some(lease) = pod.lease() {
+        let cookie = lease.cookie();
+        let file = (lease.instance().dev(), lease.instance().ino());
+        let cookies = inner.by_file.entry(file).or_default();
+        if !cookies.contains(&cookie) {
+            cookies.push(cookie);
+        }
         let pods = inner.by_netns.entry(cookie).or_default();
         if !pods.contains(&pod.uuid) {
             pods.push(pod.uuid);
@@ -375,11 +401,19 @@ fn link_netns(inner: &mut Inner, pod: &Pod) {
 }
 
 fn unlink_netns(inner: &mut Inner, pod: &Pod) {
-    if let Some(cookie) = pod.netns_cookie() {
+    if let Some(lease) = pod.lease() {
+        let cookie = lease.cookie();
         if let Some(pods) = inner.by_netns.get_mut(&cookie) {
             pods.retain(|u| *u != pod.uuid);
             if pods.is_empty() {
                 inner.by_netns.remove(&cookie);
+                let file = (lease.instance().dev(), lease.instance().ino());
+                if let Some(cookies) = inner.by_file.get_mut(&file) {
+                    cookies.retain(|c| *c != cookie);
+                    if cookies.is_empty() {
+                        inner.by_file.remove(&file);
+                    }
+                }
             }
         }
     }

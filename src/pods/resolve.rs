@@ -138,8 +138,9 @@ impl Pods {
         }
         Some(
             self.registry
-                .snapshot()
-                .into_iter()
+                .pods_in_file(dev, ino)
+                .iter()
+                .filter_map(|u| self.registry.get(u))
                 .filter(|p| {
                     p.lease().is_some_and(|l| {
                         l.is_live() && (l.instance().dev(), l.instance().ino()) == (dev, ino)
