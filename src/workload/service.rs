@@ -307,15 +307,27 @@ where
                 return;
             }
             let due = refresh_after.map(|d| tokio::time::Instant::now() + d);
+            // What the attestation last saw. A TCP caller's attestation can
+            // change only with the registry or the host's view, which move
+            // the generation (the public API caches resolutions the same
+            // way): thousands of idle streams then cost an atomic read each.
+            // A Unix caller is looked at each time (its process may move).
+            let mut attested = None;
             loop {
                 tokio::select! {
-                    () = tokio::time::sleep(RECHECK) => {}
+                    () = tokio::time::sleep_until(next_recheck()) => {}
                     () = tx.closed() => return,
                 }
-                if !still_the_caller(&state, &caller, &pod).await {
-                    // The client may not read it; the stream ends anyway.
-                    let _ = tx.try_send(Err(gone(&pod)));
-                    return;
+                // Read before attesting: a change meanwhile is seen next time.
+                let generation = state.pods.generation();
+                let unchanged = matches!(caller, Caller::Tcp(_)) && attested == Some(generation);
+                if !unchanged {
+                    if !still_the_caller(&state, &caller, &pod).await {
+                        // The client may not read it; the stream ends anyway.
+                        let _ = tx.try_send(Err(gone(&pod)));
+                        return;
+                    }
+                    attested = Some(generation);
                 }
                 if due.is_some_and(|d| tokio::time::Instant::now() >= d) || version(&state) != seen
                 {
@@ -325,6 +337,16 @@ where
         }
     });
     ReceiverStream::new(rx)
+}
+
+/// The next instant on a grid of [`RECHECK`] steps shared by every stream:
+/// the runtime then wakes once a step for all the streams, not once for
+/// each (with 2,000 streams, waking for each cost the agent 6 % of a core).
+fn next_recheck() -> tokio::time::Instant {
+    static GRID: std::sync::OnceLock<tokio::time::Instant> = std::sync::OnceLock::new();
+    let origin = *GRID.get_or_init(tokio::time::Instant::now);
+    let steps = origin.elapsed().as_nanos() / RECHECK.as_nanos() + 1;
+    origin + RECHECK * u32::try_from(steps).unwrap_or(u32::MAX)
 }
 
 /// How long a stream waits for its client to take a message.
