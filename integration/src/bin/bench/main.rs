@@ -15,6 +15,7 @@ mod reaction;
 mod report;
 mod scale;
 mod setups;
+mod streams;
 mod validation;
 mod wrk;
 
@@ -84,6 +85,10 @@ pub struct Args {
     pub fleet_agents: u32,
     #[arg(long, default_value_t = 500)]
     pub fleet_pods: u32,
+    /// Pods (each in a namespace of its own, each holding one Workload API
+    /// stream) in `--only streams`.
+    #[arg(long, default_value_t = 10_000)]
+    pub stream_pods: u32,
 }
 
 /// The parts of a full run.
@@ -109,6 +114,10 @@ pub enum Section {
     Etcd,
     /// The same as --fleet (only with --only: a full run leaves it out).
     Fleet,
+    /// Workload API streams held by --stream-pods pods, each in its own
+    /// namespace: memory per stream, idle CPU, a CA rotation's push to
+    /// every stream (only with --only; needs no wrk).
+    Streams,
 }
 
 impl Args {
@@ -143,6 +152,15 @@ fn main() -> std::process::ExitCode {
     }
     if args.fleet || args.only(Section::Fleet) {
         return match fleet::measure(args.fleet_agents, args.fleet_pods) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("bench: {e}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
+    if args.only(Section::Streams) {
+        return match streams::measure(args.stream_pods) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench: {e}");
