@@ -133,7 +133,32 @@ pub(crate) struct HostTables {
     fdb: HashMap<(u32, [u8; 6]), Vec<FdbEntry>>,
 }
 
+/// One table of [`HostTables`], as one dump fills it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Table {
+    /// Links, and with them everything else (dumped first).
+    Links,
+    RoutesV4,
+    RoutesV6,
+    NeighboursV4,
+    NeighboursV6,
+    Fdb,
+}
+
 impl HostTables {
+    /// Forgets what `table`'s dump brought, before that dump is run again
+    /// (it was interrupted: what it gave may be stale).
+    pub(crate) fn clear(&mut self, table: Table) {
+        match table {
+            Table::Links => *self = Self::default(),
+            Table::RoutesV4 => self.v4 = RouteTable::default(),
+            Table::RoutesV6 => self.v6 = RouteTable::default(),
+            Table::NeighboursV4 => self.neighbours.retain(|(_, ip), _| !ip.is_ipv4()),
+            Table::NeighboursV6 => self.neighbours.retain(|(_, ip), _| !ip.is_ipv6()),
+            Table::Fdb => self.fdb.clear(),
+        }
+    }
+
     /// Applies one dump entry or event; returns whether anything changed.
     /// Idempotent, so the same fact from a dump and an event is harmless.
     pub(crate) fn apply(&mut self, msg: &RouteNetlinkMessage) -> bool {
@@ -591,6 +616,53 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    /// An interrupted dump is run again on its own table: clearing it
+    /// leaves the tables other dumps completed.
+    #[test]
+    fn clearing_a_table_keeps_the_others() {
+        let mut t = HostTables::default();
+        t.apply(&link(10, InfoKind::Veth, Some(1)));
+        t.apply(&RouteNetlinkMessage::NewRoute(route(
+            "198.18.0.0",
+            30,
+            10,
+            false,
+        )));
+        t.apply(&RouteNetlinkMessage::NewRoute(route(
+            "fd00:1::", 64, 10, false,
+        )));
+        for (family, dst) in [
+            (AddressFamily::Inet, "198.18.0.2"),
+            (AddressFamily::Inet6, "fd00:1::2"),
+        ] {
+            t.apply(&neigh(
+                family,
+                10,
+                Some(dst),
+                [2, 0, 0, 0, 0, 1],
+                NeighbourState::Permanent,
+                NeighbourFlags::empty(),
+                None,
+            ));
+        }
+        let n = nsids(&[(1, 100, true)]);
+        let routed = Attribution::Routed(NetnsCookie(100));
+
+        t.clear(Table::RoutesV4);
+        assert_ne!(t.attribute(ip("198.18.0.1"), &n), routed);
+        assert_eq!(t.attribute(ip("fd00:1::1"), &n), routed);
+        assert_eq!(t.links.len(), 1);
+        t.clear(Table::NeighboursV6);
+        assert_eq!(
+            t.neighbours.keys().map(|(_, a)| *a).collect::<Vec<_>>(),
+            [ip("198.18.0.2")]
+        );
+        t.clear(Table::RoutesV6);
+        assert_ne!(t.attribute(ip("fd00:1::1"), &n), routed);
+        t.clear(Table::Links);
+        assert!(t.links.is_empty() && t.neighbours.is_empty());
     }
 
     #[test]

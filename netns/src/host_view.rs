@@ -20,7 +20,7 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    host_tables::{Attribution, HostTables, NsidEntry},
+    host_tables::{Attribution, HostTables, NsidEntry, Table},
     inventory::Published,
     route_socket::{Received, RouteSocket},
     stats::Counters,
@@ -69,6 +69,8 @@ impl HostView {
             seq: 0,
             resync: None,
             waiters: Vec::new(),
+            redump_at: None,
+            redump_backoff: FIRST_REDUMP,
         };
         tokio::spawn(task.run(sync_rx));
         let outcome = ready_rx
@@ -149,8 +151,9 @@ impl HostView {
     }
 }
 
-/// The dumps that make up a complete picture, in order.
-fn dumps() -> [RouteNetlinkMessage; 6] {
+/// The dumps that make up a complete picture, in order, each with the
+/// table it fills.
+fn dumps() -> [(Table, RouteNetlinkMessage); 6] {
     let route = |family| {
         let mut m = RouteMessage::default();
         m.header.address_family = family;
@@ -162,12 +165,15 @@ fn dumps() -> [RouteNetlinkMessage; 6] {
         RouteNetlinkMessage::GetNeighbour(m)
     };
     [
-        RouteNetlinkMessage::GetLink(LinkMessage::default()),
-        route(AddressFamily::Inet),
-        route(AddressFamily::Inet6),
-        neighbour(AddressFamily::Inet),
-        neighbour(AddressFamily::Inet6),
-        neighbour(AddressFamily::Bridge),
+        (
+            Table::Links,
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+        ),
+        (Table::RoutesV4, route(AddressFamily::Inet)),
+        (Table::RoutesV6, route(AddressFamily::Inet6)),
+        (Table::NeighboursV4, neighbour(AddressFamily::Inet)),
+        (Table::NeighboursV6, neighbour(AddressFamily::Inet6)),
+        (Table::Fdb, neighbour(AddressFamily::Bridge)),
     ]
 }
 
@@ -177,6 +183,27 @@ struct Resync {
     next: HostTables,
     step: usize,
     seq: u32,
+    /// Times the current dump has been run again after an interruption.
+    retries: u32,
+    /// A dump was taken although interrupted (see [`MAX_RETRIES`]).
+    provisional: bool,
+}
+
+/// Runs of one interrupted dump before its result is taken as it is. On a
+/// host whose tables change faster than a dump takes (thousands of pods
+/// coming and going), no dump of them ever completes uninterrupted; the
+/// view would never be ready and the agent never start. What an
+/// interrupted dump gave is mostly right: its parts and the events arrive
+/// in the order the kernel made them, so a change during the dump is
+/// applied after the part that preceded it. A re-dump follows soon
+/// (from 1 s, doubling up to [`RESYNC_INTERVAL`]) to replace it.
+const MAX_RETRIES: u32 = 3;
+
+/// The first wait before replacing a provisional view.
+const FIRST_REDUMP: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + RESYNC_INTERVAL
 }
 
 struct Task {
@@ -188,6 +215,9 @@ struct Task {
     resync: Option<Resync>,
     /// Sync requests waiting for a re-dump to complete.
     waiters: Vec<oneshot::Sender<()>>,
+    /// When to re-dump after a provisional view, and the wait after that.
+    redump_at: Option<tokio::time::Instant>,
+    redump_backoff: std::time::Duration,
 }
 
 impl Task {
@@ -217,6 +247,12 @@ impl Task {
                     // Every handle is gone.
                     None => return,
                 },
+                () = tokio::time::sleep_until(self.redump_at.unwrap_or_else(far_future)),
+                    if self.redump_at.is_some() && self.resync.is_none() => {
+                    self.redump_at = None;
+                    Counters::add(&self.counters.redumps);
+                    self.start_resync().await
+                }
                 _ = resync.tick() => {
                     if self.resync.is_none() {
                         Counters::add(&self.counters.redumps);
@@ -243,13 +279,15 @@ impl Task {
             next: HostTables::default(),
             step: 0,
             seq: self.seq,
+            retries: 0,
+            provisional: false,
         });
         self.request(0).await
     }
 
     async fn request(&mut self, step: usize) -> Result<(), String> {
         let seq = self.seq;
-        let Some(request) = dumps().into_iter().nth(step) else {
+        let Some((_, request)) = dumps().into_iter().nth(step) else {
             return Ok(());
         };
         self.socket
@@ -281,7 +319,9 @@ impl Task {
                     if self.resync.as_ref().is_some_and(|r| r.seq == seq) {
                         if interrupted {
                             Counters::add(&self.counters.redumps);
-                            return self.start_resync().await;
+                            if self.retry_again() {
+                                return self.redo_step().await;
+                            }
                         }
                         changed |= self.next_dump().await?;
                     }
@@ -303,6 +343,45 @@ impl Task {
         Ok(())
     }
 
+    /// The current dump was interrupted (its table changed meanwhile): run
+    /// that one dump again on a cleared table, keeping the complete ones,
+    /// which events keep current. Starting over from the first dump would
+    /// never finish on a host whose links change faster than a whole
+    /// re-dump takes (thousands of pods, churning): the agent's first view,
+    /// and so its start, waited for ever.
+    /// Whether the interrupted dump should run again; else it is taken as
+    /// it is, and the view it completes is provisional.
+    fn retry_again(&mut self) -> bool {
+        let Some(resync) = self.resync.as_mut() else {
+            return false;
+        };
+        if resync.retries < MAX_RETRIES {
+            resync.retries += 1;
+            return true;
+        }
+        if !resync.provisional {
+            tracing::warn!(
+                dump = resync.step,
+                "the host's tables changed during every dump; taking an interrupted one, and dumping again soon"
+            );
+        }
+        resync.provisional = true;
+        false
+    }
+
+    async fn redo_step(&mut self) -> Result<(), String> {
+        let Some(resync) = self.resync.as_mut() else {
+            return Ok(());
+        };
+        let step = resync.step;
+        if let Some((table, _)) = dumps().into_iter().nth(step) {
+            resync.next.clear(table);
+        }
+        self.seq = self.seq.wrapping_add(1);
+        resync.seq = self.seq;
+        self.request(step).await
+    }
+
     /// The current dump is complete: ask for the next one, or install the
     /// rebuilt tables when there is none left. Returns whether they were
     /// installed.
@@ -311,6 +390,7 @@ impl Task {
             return Ok(false);
         };
         resync.step += 1;
+        resync.retries = 0;
         let step = resync.step;
         if step < dumps().len() {
             self.seq = self.seq.wrapping_add(1);
@@ -320,6 +400,12 @@ impl Task {
         }
         if let Some(done) = self.resync.take() {
             *self.shared.tables.write() = done.next;
+            if done.provisional {
+                self.redump_at = Some(tokio::time::Instant::now() + self.redump_backoff);
+                self.redump_backoff = (self.redump_backoff * 2).min(RESYNC_INTERVAL);
+            } else {
+                self.redump_backoff = FIRST_REDUMP;
+            }
         }
         self.ready.send_if_modified(|r| {
             let first = r.is_none();
