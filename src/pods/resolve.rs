@@ -12,6 +12,9 @@ use crate::{
     registry::{NetnsBinding, Pod, TokenDigest},
 };
 
+/// The longest a resolution waits for the host's view to catch up.
+const HOST_SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A refused public request: why, and which pod the token claimed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Refused {
@@ -252,7 +255,15 @@ impl Pods {
         if let Verdict::RefreshThenRetry(cookie) = verdict {
             // A route or an address may have just been added: catch up on
             // the host's events and the namespace's, then decide for good.
-            self.watches.sync_host().await;
+            // Bounded: under heavy churn a re-dump of the host's tables may
+            // take long, and a request must not hang on it; what is known
+            // after the wait decides (a refusal the client may retry).
+            if tokio::time::timeout(HOST_SYNC_WAIT, self.watches.sync_host())
+                .await
+                .is_err()
+            {
+                tracing::warn!(peer = %peer, "the host's view did not catch up within {HOST_SYNC_WAIT:?}; deciding on what it knows");
+            }
             let lease = pod.as_ref().and_then(|p| p.lease());
             match (lease, cookie) {
                 (Some(l), Some(c)) if l.cookie() == c => {
