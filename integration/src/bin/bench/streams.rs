@@ -288,17 +288,7 @@ fn idle(pid: u32) -> Result<(f64, u64), String> {
     std::thread::sleep(IDLE);
     let ticks = wrk::cpu_ticks(pid)? - before;
     let cpu = ticks as f64 / wrk::clock_ticks_per_second() / IDLE.as_secs_f64() * 100.0;
-    Ok((cpu, rss_kib(pid)))
-}
-
-/// VmRSS of `pid`, KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    Ok((cpu, integration::agent::status_kib(pid, "VmRSS")))
 }
 
 /// The open-file limit raised towards `want` (the agent inherits it), as
