@@ -343,12 +343,6 @@ impl Task {
         Ok(())
     }
 
-    /// The current dump was interrupted (its table changed meanwhile): run
-    /// that one dump again on a cleared table, keeping the complete ones,
-    /// which events keep current. Starting over from the first dump would
-    /// never finish on a host whose links change faster than a whole
-    /// re-dump takes (thousands of pods, churning): the agent's first view,
-    /// and so its start, waited for ever.
     /// Whether the interrupted dump should run again; else it is taken as
     /// it is, and the view it completes is provisional.
     fn retry_again(&mut self) -> bool {
@@ -369,6 +363,12 @@ impl Task {
         false
     }
 
+    /// The current dump was interrupted (its table changed meanwhile): run
+    /// that one dump again on a cleared table, keeping the complete ones,
+    /// which events keep current. Starting over from the first dump would
+    /// never finish on a host whose links change faster than a whole
+    /// re-dump takes (thousands of pods, churning): the agent's first view,
+    /// and so its start, waited for ever.
     async fn redo_step(&mut self) -> Result<(), String> {
         let Some(resync) = self.resync.as_mut() else {
             return Ok(());
