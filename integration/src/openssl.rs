@@ -85,6 +85,7 @@ pub fn bundle_file(bundle: &serde_json::Value, dir: &Path, name: &str) -> (PathB
 /// A mutual-TLS handshake: `openssl s_server -Verify` in `server` (its
 /// SVID `server_cert`/`server_key`, trusting `server_ca`) and `s_client`
 /// in `client`; the client's `-brief` report and the server's errors.
+#[derive(Clone, Copy)]
 pub struct Tls<'a> {
     pub pod: &'a PodNet,
     pub cert: &'a Path,

@@ -484,7 +484,8 @@ impl Drop for InodeHolder {
     }
 }
 
-fn ip(args: &[&str]) {
+/// Runs `ip ARGS`, asserting that it succeeds.
+pub fn ip(args: &[&str]) {
     let out = Command::new("ip").args(args).output().expect("run ip");
     assert!(
         out.status.success(),

@@ -12,6 +12,7 @@ use integration::{
     fixtures,
     http::{Conn, Request, Response},
     openssl::{self, csr, ok, P256},
+    pod::ip,
     privilege::require_root,
     Agent, AgentOptions, Bridge, PodNet,
 };
@@ -364,12 +365,7 @@ struct Namespace(String);
 impl Namespace {
     fn new(tag: &str) -> Self {
         let name = format!("{tag}{}", std::process::id());
-        let ok = std::process::Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .expect("ip netns add")
-            .success();
-        assert!(ok, "ip netns add {name}");
+        ip(&["netns", "add", &name]);
         Self(name)
     }
 }
@@ -380,18 +376,6 @@ impl Drop for Namespace {
             .args(["netns", "del", &self.0])
             .status();
     }
-}
-
-fn ip(args: &[&str]) {
-    let out = std::process::Command::new("ip")
-        .args(args)
-        .output()
-        .expect("ip");
-    assert!(
-        out.status.success(),
-        "ip {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// SPEC §9's hop limit: a client two hops away, behind a router namespace,

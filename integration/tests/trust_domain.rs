@@ -100,21 +100,19 @@ fn pods_on_two_nodes_trust_each_other() {
     let (ca_a, _) = openssl::bundle_file(&bundles[0], dir.path(), "one.pem");
     let (ca_b, _) = openssl::bundle_file(&bundles[1], dir.path(), "two.pem");
     let port = 19443 + (std::process::id() % 1000) as u16;
-    openssl::assert_mutual_tls(
-        openssl::Tls {
-            pod: &a,
-            cert: &cert_a,
-            key: &key_a,
-            ca: &ca_a,
-        },
-        openssl::Tls {
-            pod: &b,
-            cert: &cert_b,
-            key: &key_b,
-            ca: &ca_b,
-        },
-        port,
-    );
+    let tls_a = openssl::Tls {
+        pod: &a,
+        cert: &cert_a,
+        key: &key_a,
+        ca: &ca_a,
+    };
+    let tls_b = openssl::Tls {
+        pod: &b,
+        cert: &cert_b,
+        key: &key_b,
+        ca: &ca_b,
+    };
+    openssl::assert_mutual_tls(tls_a, tls_b, port);
     // Without the other node's authority, the same handshake fails: the
     // test above proves the bundle, not a lenient verifier.
     let (own_only, n) = openssl::bundle_file(
@@ -124,17 +122,10 @@ fn pods_on_two_nodes_trust_each_other() {
     );
     assert_eq!(n, 1);
     let (ok, client, _) = openssl::mutual_tls(
+        tls_a,
         openssl::Tls {
-            pod: &a,
-            cert: &cert_a,
-            key: &key_a,
-            ca: &ca_a,
-        },
-        openssl::Tls {
-            pod: &b,
-            cert: &cert_b,
-            key: &key_b,
             ca: &own_only,
+            ..tls_b
         },
         port + 1,
     );

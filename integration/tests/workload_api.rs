@@ -166,18 +166,9 @@ fn a_pod_gets_its_identities_from_the_workload_api() {
         assert!(!key.is_empty(), "a private key comes with each SVID");
         let cert = dir.path().join(format!("{n}.pem"));
         std::fs::write(&cert, pem(leaf)).unwrap();
-        let out = std::process::Command::new("openssl")
-            .arg("verify")
-            .arg("-CAfile")
-            .arg(&ca)
-            .arg(&cert)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ca, cert) = (ca.to_str().unwrap(), cert.to_str().unwrap());
+        let verify = integration::openssl::run(None, &["verify", "-CAfile", ca, cert]);
+        integration::openssl::ok(&verify, "openssl verify");
     }
 }
 
