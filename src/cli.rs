@@ -452,15 +452,18 @@ pub struct AuditArgs {
     /// Audit the whole cluster from the etcd cluster directory instead of
     /// one agent (comma-separated http[s]://host:port): a NODE column, and an
     /// address held by pods on two nodes is a conflict. With --check, a
-    /// node whose record is older than 3 lease TTLs counts too.
+    /// stale node record (on no lease, or without a readable time) counts
+    /// too.
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Option<Endpoints>,
     #[command(flatten)]
     pub etcd_prefix: EtcdPrefixArg,
     #[command(flatten)]
     pub etcd_access: EtcdAccessArgs,
-    /// With --etcd --check: the agents' --etcd-lease-ttl; a node record
-    /// older than 3 of these is stale.
+    /// Accepted for older scripts, and no longer used: a node's record
+    /// is current while its lease lives (its agent lets the lease go when
+    /// etcd refuses its writes for 3 TTLs), however long ago it was
+    /// written.
     #[arg(long, default_value = "30s", value_parser = parse_lease_ttl, value_name = "DURATION")]
     pub etcd_lease_ttl: Duration,
 }

@@ -321,7 +321,7 @@ fn render_directory(out: &mut String, d: &crate::cluster::stats::Snapshot) {
         ),
         (
             "rkt_mds_etcd_last_publish_timestamp_seconds",
-            "Unix time of the last write etcd applied (0: none yet).",
+            "Unix time of the last fenced transaction etcd applied: a write, or the check every half TTL that the node still holds its name (0: none yet).",
             d.last_success,
             "gauge",
         ),

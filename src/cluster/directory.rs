@@ -9,7 +9,7 @@ use std::{
 };
 
 use super::{
-    etcd::EtcdStore,
+    etcd::{EtcdStore, KeyValue},
     layout::{range_end, Key, Layout, NodeRecord},
     rfc3339,
     store::StoreError,
@@ -32,6 +32,8 @@ pub struct NodeEntry {
     pub record: NodeRecord,
     /// `updated`, in seconds since the epoch (`None`: not RFC 3339).
     pub updated: Option<u64>,
+    /// The lease the record is attached to (0: none, it never expires).
+    pub lease: i64,
 }
 
 /// One pod's entry, as its node published it: the JSON text as read (a
@@ -189,7 +191,7 @@ fn pod_ranges<'a>(
 
 impl Directory {
     /// The directory from the key-values under `layout`'s prefix.
-    pub fn parse(layout: &Layout, kvs: Vec<(Vec<u8>, Vec<u8>)>) -> Self {
+    pub fn parse(layout: &Layout, kvs: Vec<KeyValue>) -> Self {
         let mut d = Directory::default();
         d.add(layout, kvs);
         d.finish();
@@ -197,9 +199,9 @@ impl Directory {
     }
 
     /// Adds the key-values of one page.
-    fn add(&mut self, layout: &Layout, kvs: Vec<(Vec<u8>, Vec<u8>)>) {
+    fn add(&mut self, layout: &Layout, kvs: Vec<KeyValue>) {
         let d = self;
-        for (key, value) in kvs {
+        for KeyValue { key, value, lease } in kvs {
             let Ok(key) = String::from_utf8(key) else {
                 continue;
             };
@@ -207,8 +209,14 @@ impl Directory {
                 Some(Key::Node(node)) => match serde_json::from_slice::<NodeRecord>(&value) {
                     Ok(record) if record.node == node => {
                         let updated = rfc3339::parse(&record.updated);
-                        d.nodes
-                            .insert(node.to_owned(), NodeEntry { record, updated });
+                        d.nodes.insert(
+                            node.to_owned(),
+                            NodeEntry {
+                                record,
+                                updated,
+                                lease,
+                            },
+                        );
                     }
                     Ok(record) => d.unreadable.push((
                         key.clone(),
@@ -248,15 +256,17 @@ impl Directory {
         holders
     }
 
-    /// Nodes whose record was last written more than `max_age` before
-    /// `now` (or whose time stamp cannot be read).
-    pub fn stale_nodes(&self, now: u64, max_age: Duration) -> Vec<&str> {
+    /// Nodes whose record cannot be taken as current: attached to no
+    /// lease (it would outlive its agent), or without a readable time.
+    /// A record on a lease is current: its agent renews the lease from
+    /// the loop that publishes, and lets it go when etcd has refused its
+    /// writes for 3 TTLs, so the record vanishes rather than going stale.
+    /// (`updated` says when the record was last written: at the start of
+    /// the agent's session and on a change of its keys.)
+    pub fn stale_nodes(&self) -> Vec<&str> {
         self.nodes
             .iter()
-            .filter(|(_, n)| {
-                n.updated
-                    .is_none_or(|t| now.saturating_sub(t) > max_age.as_secs())
-            })
+            .filter(|(_, n)| n.lease == 0 || n.updated.is_none())
             .map(|(name, _)| name.as_str())
             .collect()
     }
@@ -332,7 +342,16 @@ mod tests {
         Jwk::p256(&point).unwrap()
     }
 
-    fn node(name: &str, keys: Vec<Jwk>, updated: &str) -> (Vec<u8>, Vec<u8>) {
+    /// A key-value on lease 7.
+    fn kv(key: &[u8], value: &[u8]) -> KeyValue {
+        KeyValue {
+            key: key.to_vec(),
+            value: value.to_vec(),
+            lease: 7,
+        }
+    }
+
+    fn node(name: &str, keys: Vec<Jwk>, updated: &str) -> KeyValue {
         let l = Layout::new(DEFAULT);
         let record = NodeRecord {
             node: name.into(),
@@ -341,18 +360,18 @@ mod tests {
             updated: updated.into(),
             owner: String::new(),
         };
-        (
-            l.node(name).into_bytes(),
-            serde_json::to_vec(&record).unwrap(),
+        kv(
+            l.node(name).as_bytes(),
+            &serde_json::to_vec(&record).unwrap(),
         )
     }
 
-    fn pod(node: &str, uuid: &str, addresses: &[&str]) -> (Vec<u8>, Vec<u8>) {
+    fn pod(node: &str, uuid: &str, addresses: &[&str]) -> KeyValue {
         let l = Layout::new(DEFAULT);
         let entry = json!({"uuid": uuid, "addresses": addresses, "state": "verified"});
-        (
-            l.pod(node, uuid).into_bytes(),
-            serde_json::to_vec(&entry).unwrap(),
+        kv(
+            l.pod(node, uuid).as_bytes(),
+            &serde_json::to_vec(&entry).unwrap(),
         )
     }
 
@@ -369,8 +388,8 @@ mod tests {
             // The same address twice on one node is the node's own business.
             pod("n2", "d", &["198.18.0.10"]),
             pod("n2", "e", &["198.18.0.10"]),
-            (b"/rkt-mds/pods/n3/x".to_vec(), b"not json".to_vec()),
-            (b"/rkt-mds/other".to_vec(), b"ignored".to_vec()),
+            kv(b"/rkt-mds/pods/n3/x", b"not json"),
+            kv(b"/rkt-mds/other", b"ignored"),
         ];
         let d = Directory::parse(&Layout::new(DEFAULT), kvs);
         assert_eq!(d.nodes.len(), 2);
@@ -388,25 +407,25 @@ mod tests {
 
     #[test]
     fn stale_nodes() {
+        let mut leaseless = node("leaseless", vec![], "2026-01-01T00:01:00Z");
+        leaseless.lease = 0;
         let kvs = vec![
             node("fresh", vec![], "2026-01-01T00:01:00Z"),
-            node("old", vec![], "2026-01-01T00:00:00Z"),
+            // Written long ago, and idle since: its lease says it lives.
+            node("idle", vec![], "2025-01-01T00:00:00Z"),
             node("garbled", vec![], "yesterday"),
+            leaseless,
         ];
         let d = Directory::parse(&Layout::new(DEFAULT), kvs);
-        let now = rfc3339::parse("2026-01-01T00:01:30Z").unwrap();
-        assert_eq!(
-            d.stale_nodes(now, Duration::from_secs(60)),
-            vec!["garbled", "old"]
-        );
+        assert_eq!(d.stale_nodes(), vec!["garbled", "leaseless"]);
     }
 
     #[test]
     fn a_record_under_another_name_is_unreadable() {
-        let (_, value) = node("n1", vec![], "2026-01-01T00:00:00Z");
+        let value = node("n1", vec![], "2026-01-01T00:00:00Z").value;
         let d = Directory::parse(
             &Layout::new(DEFAULT),
-            vec![(b"/rkt-mds/nodes/n2".to_vec(), value)],
+            vec![kv(b"/rkt-mds/nodes/n2", &value)],
         );
         assert!(d.nodes.is_empty());
         assert_eq!(d.unreadable.len(), 1);

@@ -30,6 +30,14 @@ pub struct Etcd {
     pub held: usize,
     /// Applies to let through before one fails (then `None` again).
     pub fail_apply_after: Option<usize>,
+    /// Every write fails while renewals go on (etcd's space alarm).
+    pub refuse_writes: bool,
+    /// Applies that wrote something.
+    pub applies: usize,
+    /// Renewals answered, by lease.
+    pub renewals: BTreeMap<i64, usize>,
+    /// `keys` calls answered.
+    pub listings: usize,
 }
 
 impl Etcd {
@@ -81,6 +89,7 @@ impl Store for FakeStore {
         let mut e = self.0.lock();
         e.check()?;
         if e.leases.contains(&lease) {
+            *e.renewals.entry(lease).or_default() += 1;
             Ok(())
         } else {
             Err(StoreError::LeaseLost)
@@ -116,6 +125,7 @@ impl Store for FakeStore {
     async fn keys(&mut self, prefix: &str) -> Result<Vec<Vec<u8>>, StoreError> {
         let mut e = self.0.lock();
         e.check()?;
+        e.listings += 1;
         Ok(e.kv
             .keys()
             .filter(|k| k.starts_with(prefix.as_bytes()))
@@ -136,9 +146,15 @@ impl Store for FakeStore {
             Some(n) => e.fail_apply_after = Some(n - 1),
             None => {}
         }
+        if e.refuse_writes && !ops.is_empty() {
+            return Err(StoreError::Etcd(
+                "etcdserver: mvcc: database space exceeded".into(),
+            ));
+        }
         if e.kv.get(fence.key.as_bytes()).map(|(_, l)| *l) != Some(fence.lease) {
             return Ok(false);
         }
+        let writes = !ops.is_empty();
         for op in ops {
             match op {
                 Op::Put(k, v) => {
@@ -148,6 +164,9 @@ impl Store for FakeStore {
                     e.kv.remove(&k);
                 }
             }
+        }
+        if writes {
+            e.applies += 1;
         }
         Ok(true)
     }

@@ -130,6 +130,10 @@ struct Session {
     next_renew: Instant,
     /// A call failed and the session goes on (said once).
     failing: bool,
+    /// The last renewal failed (etcd is away, not refusing writes).
+    renewal_failed: bool,
+    /// Since when etcd has renewed the lease but refused every write.
+    writes_refused_since: Option<Instant>,
 }
 
 struct Publisher<S: Source> {
@@ -314,6 +318,8 @@ impl<S: Source> Publisher<S> {
             renew_every,
             next_renew: Instant::now() + renew_every,
             failing: false,
+            renewal_failed: false,
+            writes_refused_since: None,
         };
         match self.republish(store, &mut s).await {
             Ok(()) => {}
@@ -382,8 +388,9 @@ impl<S: Source> Publisher<S> {
         let timing = self.settings.timing.clone();
         let mut poll = tokio::time::interval(timing.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let refresh_every = (s.lease.ttl / 2).max(Duration::from_secs(1));
-        let mut next_refresh = Instant::now() + refresh_every;
+        // The directory is compared with what was published (a read).
+        let check_every = (s.lease.ttl / 2).max(Duration::from_secs(1));
+        let mut next_check = Instant::now() + check_every;
         let mut generation = self.source.generation();
         let mut next_pass = Instant::now();
         // The re-publish read the source after this generation.
@@ -413,8 +420,8 @@ impl<S: Source> Publisher<S> {
                     generation = current;
                     dirty = true;
                 }
-                let refresh = now >= next_refresh || forced;
-                if (dirty && now >= next_pass) || refresh {
+                let check = now >= next_check || forced;
+                if (dirty && now >= next_pass) || check {
                     dirty = false;
                     let started = Instant::now();
                     let plan = self.plan().await?;
@@ -432,22 +439,27 @@ impl<S: Source> Publisher<S> {
                     let gap = (started.elapsed() * GAP_FACTOR).min(timing.max_gap);
                     next_pass = Instant::now() + gap;
                 }
+                // The record is written when it changes, not to show that
+                // the agent lives: its lease says that (renewed from this
+                // loop, which lets it go when etcd refuses its writes), so
+                // an idle node costs etcd its keep-alives only.
                 let jwks = self.node_keys();
-                if refresh || self.jwks.as_ref() != Some(&jwks) {
+                if forced || self.jwks.as_ref() != Some(&jwks) {
                     let record = (s.fence.key.clone(), self.node_record(&jwks));
                     self.apply(store, s, vec![Op::Put(record.0, record.1)])
                         .await?;
                     self.jwks = Some(jwks);
                 }
-                if refresh {
+                if check {
                     self.heal(store, s).await?;
-                    next_refresh = Instant::now() + refresh_every;
+                    next_check = Instant::now() + check_every;
                 }
                 Ok::<(), End>(())
             }
             .await;
             match result {
                 Ok(()) if s.failing => {
+                    s.writes_refused_since = None;
                     tracing::info!(
                         node = self.settings.node.as_str(),
                         "etcd answers again: the session and its lease went on"
@@ -464,6 +476,9 @@ impl<S: Source> Publisher<S> {
                 // session re-publishes).
                 Err(End::Failed(error)) => {
                     self.settings.stats.failed();
+                    if let Some(end) = self.refused_too_long(s, &error) {
+                        return end;
+                    }
                     if !s.failing {
                         tracing::warn!(node = self.settings.node.as_str(), error = %error, "an etcd call failed; the lease is still alive: retrying within the session");
                         s.failing = true;
@@ -487,13 +502,38 @@ impl<S: Source> Publisher<S> {
         }
     }
 
+    /// Ends the session when etcd has kept renewing the lease while
+    /// refusing every write (its space alarm) for 3 TTLs: the node's
+    /// entries then vanish at the lease's expiry, instead of standing in
+    /// the directory, current by their lease, while the pods change.
+    /// Time while etcd is away altogether does not count: a lease it
+    /// extends on its return is still good.
+    fn refused_too_long(&self, s: &mut Session, error: &str) -> Option<End> {
+        if s.renewal_failed {
+            s.writes_refused_since = None;
+            return None;
+        }
+        let since = *s.writes_refused_since.get_or_insert_with(Instant::now);
+        (since.elapsed() > s.lease.ttl * 3).then(|| {
+            tracing::error!(
+                node = self.settings.node.as_str(),
+                lease = s.lease.id,
+                error,
+                "etcd renews the lease but has refused every write for 3 lease TTLs: letting the lease go, so that the node's entries vanish rather than stand stale"
+            );
+            End::Failed(format!("writes refused for 3 lease TTLs: {error}"))
+        })
+    }
+
     /// Renews the lease when its time has come (also between the batches
     /// of a long write).
     async fn renew_if_due<St: Store>(&self, store: &mut St, s: &mut Session) -> Result<(), End> {
         if Instant::now() < s.next_renew {
             return Ok(());
         }
+        s.renewal_failed = true;
         store.renew(s.lease.id).await?;
+        s.renewal_failed = false;
         self.settings.stats.reached();
         s.next_renew = Instant::now() + s.renew_every;
         Ok(())
@@ -503,6 +543,10 @@ impl<S: Source> Publisher<S> {
     /// goes, a key that vanished is written again. Guards against hands
     /// on etcd (an operator's delete).
     async fn heal<St: Store>(&mut self, store: &mut St, s: &mut Session) -> Result<(), End> {
+        // The fence alone, with nothing to write (a read for etcd): a node
+        // record deleted or taken over is noticed within half a TTL, even
+        // on an idle node that writes nothing else.
+        self.apply(store, s, Vec::new()).await?;
         let prefix = self.settings.layout.pods_of(self.node());
         let listed = store.keys(&prefix).await?;
         let mut in_etcd = HashSet::with_capacity(listed.len());
@@ -701,10 +745,14 @@ mod tests {
     }
 
     fn start(etcd: Arc<Mutex<Etcd>>, source: Arc<Entries>) -> Running {
+        start_with_ttl(etcd, source, Duration::from_secs(2))
+    }
+
+    fn start_with_ttl(etcd: Arc<Mutex<Etcd>>, source: Arc<Entries>, ttl: Duration) -> Running {
         let settings = Settings {
             layout: Layout::new("/t/"),
             node: NODE.into(),
-            lease_ttl: Duration::from_secs(2),
+            lease_ttl: ttl,
             timing: Timing {
                 poll: Duration::from_millis(5),
                 max_gap: Duration::from_millis(20),
@@ -904,6 +952,117 @@ mod tests {
             matches(&r) && pods(&etcd).get("a").is_some_and(|(_, l)| *l != first)
         })
         .await;
+        r.stop().await;
+    }
+
+    /// The node's current lease: the one its record is attached to.
+    fn node_lease(etcd: &Mutex<Etcd>) -> Option<i64> {
+        etcd.lock()
+            .under("/t/nodes/n1")
+            .values()
+            .next()
+            .map(|v| v.1)
+    }
+
+    #[tokio::test]
+    async fn an_idle_node_only_renews_its_lease() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        let (applies, listings) = {
+            let e = etcd.lock();
+            (e.applies, e.listings)
+        };
+        // Three checks of the directory (one per half TTL) and their
+        // renewals: no write among them.
+        until("three checks", || etcd.lock().listings >= listings + 3).await;
+        assert_eq!(etcd.lock().applies, applies, "an idle node wrote");
+        assert!(!etcd.lock().renewals.is_empty());
+        // A change is still written.
+        source.set("b", "2");
+        until("the change", || matches(&r)).await;
+        assert!(etcd.lock().applies > applies);
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn an_idle_node_notices_its_record_deleted() {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start(etcd.clone(), source.clone());
+        until("the first publication", || matches(&r)).await;
+        etcd.lock().kv.remove(b"/t/nodes/n1".as_slice());
+        // Nothing changes locally: only the check can see it.
+        until("the record, claimed again", || {
+            node_lease(&etcd).is_some() && matches(&r)
+        })
+        .await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_renewed_while_every_write_is_refused_is_let_go() {
+        let ttl = Duration::from_millis(600);
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start_with_ttl(etcd.clone(), source.clone(), ttl);
+        until("the first publication", || matches(&r)).await;
+        let first = node_lease(&etcd).expect("a node record");
+        // etcd keeps the lease but takes no write (its space alarm).
+        etcd.lock().refuse_writes = true;
+        let refused_at = Instant::now();
+        source.set("b", "2");
+        let deadline = refused_at + Duration::from_secs(10);
+        while etcd.lock().next_lease == first {
+            assert!(Instant::now() < deadline, "the refused lease was kept");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            refused_at.elapsed() >= ttl * 3,
+            "gave up before 3 TTLs: {:?}",
+            refused_at.elapsed()
+        );
+        // The old lease is no longer renewed (the fake never expires it by
+        // itself) while new sessions try to write.
+        let renewed = |e: &Etcd| e.renewals.get(&first).copied().unwrap_or(0);
+        let (renewals, lease) = {
+            let e = etcd.lock();
+            (renewed(&e), e.next_lease)
+        };
+        until("more sessions", || etcd.lock().next_lease >= lease + 2).await;
+        assert_eq!(renewed(&etcd.lock()), renewals, "the old lease was renewed");
+        assert!(!matches(&r), "the refused change cannot be in etcd");
+        etcd.lock().refuse_writes = false;
+        until("the change, under a new lease", || {
+            matches(&r) && node_lease(&etcd).is_some_and(|l| l != first)
+        })
+        .await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_lease_outlives_an_outage_longer_than_three_ttls() {
+        let ttl = Duration::from_millis(600);
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start_with_ttl(etcd.clone(), source.clone(), ttl);
+        until("the first publication", || matches(&r)).await;
+        let first = node_lease(&etcd).expect("a node record");
+        // etcd is away (a new leader extends every lease on its return):
+        // neither renewals nor writes, for longer than 3 TTLs.
+        etcd.lock().down = true;
+        source.set("b", "2");
+        let refused = etcd.lock().refused;
+        tokio::time::sleep(ttl * 4).await;
+        assert!(etcd.lock().refused > refused, "the agent kept trying");
+        etcd.lock().down = false;
+        until("the change", || matches(&r)).await;
+        assert_eq!(node_lease(&etcd), Some(first), "the session went on");
         r.stop().await;
     }
 

@@ -71,12 +71,10 @@ impl EtcdStore {
         start: &[u8],
         end: &[u8],
         revision: &mut i64,
-        mut page: impl FnMut(Vec<(Vec<u8>, Vec<u8>)>),
+        page: impl FnMut(Vec<KeyValue>),
     ) -> Result<(), StoreError> {
-        self.pages_between(start.to_vec(), end, false, revision, |kvs| {
-            page(kvs.into_iter().map(|kv| (kv.key, kv.value)).collect())
-        })
-        .await
+        self.pages_between(start.to_vec(), end, false, revision, page)
+            .await
     }
 
     /// Every key under `prefix`, read page by page at one revision (a
