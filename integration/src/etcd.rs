@@ -7,6 +7,10 @@
 //!
 //! Reads and writes go through etcd's JSON gateway with a plain blocking
 //! HTTP/1.0 client of its own (`gateway`), independent of the agent's.
+//! A `secure_cluster` serves TLS with client certificates on its client
+//! and peer URLs and has authentication on (`hardening`); the harness then
+//! reads and writes as root. Every member serves its metrics on a
+//! plaintext port of its own (`metrics_port`).
 
 use std::{
     collections::BTreeMap,
@@ -23,8 +27,11 @@ use nix::{
 use serde_json::{json, Value};
 
 use crate::agent::free_port;
+use hardening::Hardening;
 
+pub mod ctl;
 pub mod gateway;
+pub mod hardening;
 pub mod secure;
 
 pub const BINARY: &str = "/usr/bin/etcd";
@@ -43,6 +50,7 @@ struct Member {
     fresh: u32,
     client_port: u16,
     peer_port: u16,
+    metrics_port: u16,
     paused: bool,
 }
 
@@ -51,6 +59,8 @@ pub struct Etcd {
     root: tempfile::TempDir,
     /// The first member's client port.
     pub client_port: u16,
+    /// TLS and authentication (`secure_cluster`); none: plaintext.
+    hardening: Option<Hardening>,
 }
 
 /// One key as read: its value and its lease (0: none).
@@ -68,6 +78,21 @@ impl Etcd {
 
     /// Starts a cluster of `n` members and waits until it has a leader.
     pub fn cluster(n: usize) -> Self {
+        Self::start_cluster(n, false)
+    }
+
+    /// Starts a cluster of `n` members with TLS and client certificates
+    /// (client and peer URLs), waits until it has a leader, adds the root
+    /// user and turns authentication on.
+    pub fn secure_cluster(n: usize) -> Self {
+        let etcd = Self::start_cluster(n, true);
+        if let Some(h) = &etcd.hardening {
+            h.enable_auth(&etcd.endpoint());
+        }
+        etcd
+    }
+
+    fn start_cluster(n: usize, secure: bool) -> Self {
         assert!(
             available(),
             "{BINARY} is missing: apt-get install etcd-server (.ci/run does)"
@@ -84,11 +109,13 @@ impl Etcd {
                 fresh: 0,
                 client_port: free_port(),
                 peer_port: free_port(),
+                metrics_port: free_port(),
                 paused: false,
             })
             .collect();
         let mut etcd = Self {
             client_port: members[0].client_port,
+            hardening: secure.then(|| Hardening::new(root.path(), n)),
             members,
             root,
         };
@@ -99,7 +126,7 @@ impl Etcd {
         etcd
     }
 
-    /// Every member's `http://127.0.0.1:PORT`, comma-separated: what
+    /// Every member's `http[s]://127.0.0.1:PORT`, comma-separated: what
     /// `--etcd` takes.
     pub fn endpoint(&self) -> String {
         (0..self.members.len())
@@ -110,7 +137,29 @@ impl Etcd {
 
     /// Member `i`'s client URL.
     pub fn member_endpoint(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.members[i].client_port)
+        format!(
+            "{}://127.0.0.1:{}",
+            self.scheme(),
+            self.members[i].client_port
+        )
+    }
+
+    /// Member `i`'s plaintext port for `GET /metrics`.
+    pub fn metrics_port(&self, i: usize) -> u16 {
+        self.members[i].metrics_port
+    }
+
+    /// The CA, certificates and root's etcdctl of a `secure_cluster`.
+    pub fn hardening(&self) -> Option<&Hardening> {
+        self.hardening.as_ref()
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.hardening.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The first member's PID.
@@ -137,7 +186,7 @@ impl Etcd {
     fn initial_cluster(&self) -> String {
         self.members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}={}://127.0.0.1:{}", m.name, self.scheme(), m.peer_port))
             .collect::<Vec<_>>()
             .join(",")
     }
@@ -151,9 +200,15 @@ impl Etcd {
         let initial = self.initial_cluster();
         // One token per cluster (members of one test form one cluster).
         let token = format!("t{}", self.client_port);
+        let scheme = self.scheme();
+        let tls = self.hardening.as_ref().map(|h| {
+            h.forget(i);
+            h.member_args()
+        });
         let m = &mut self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
+        let peer = format!("{scheme}://127.0.0.1:{}", m.peer_port);
+        let metrics = format!("http://127.0.0.1:{}", m.metrics_port);
         let child = Command::new("setpriv")
             .args(["--pdeathsig", "KILL", "--", BINARY])
             .args(["--name", &m.name])
@@ -166,6 +221,8 @@ impl Etcd {
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", state])
             .args(["--initial-cluster-token", &token])
+            .args(["--listen-metrics-urls", &metrics])
+            .args(tls.unwrap_or_default())
             // Elections within a second or two on a loaded 2-core machine.
             .args(["--heartbeat-interval", "100", "--election-timeout", "1000"])
             .stdin(Stdio::null())
@@ -331,14 +388,37 @@ impl Etcd {
         self.wait_ready();
     }
 
+    /// `call` on a connection to member `i` (as root on a secure cluster).
+    fn via<T>(
+        &self,
+        i: usize,
+        timeout: Duration,
+        call: impl Fn(gateway::Target) -> Result<T, String>,
+    ) -> Result<T, String> {
+        let authority = format!("127.0.0.1:{}", self.members[i].client_port);
+        match &self.hardening {
+            Some(h) => h.as_root(i, &authority, timeout, call),
+            None => call(gateway::Target::plain(&authority)),
+        }
+    }
+
     /// One gateway call to member `i`, bounded by 5 s.
     fn call_member(&self, i: usize, path: &str, body: &Value) -> Result<Value, String> {
-        gateway::call(
-            &format!("127.0.0.1:{}", self.members[i].client_port),
-            path,
-            body,
-            Duration::from_secs(5),
-        )
+        let timeout = Duration::from_secs(5);
+        self.via(i, timeout, |t| gateway::call(t, path, body, timeout))
+    }
+
+    /// A watch of member `i`: `request` is `/v3/watch`'s body; each read
+    /// waits at most `timeout`.
+    pub fn watch(
+        &self,
+        i: usize,
+        request: &Value,
+        timeout: Duration,
+    ) -> Result<gateway::Stream, String> {
+        self.via(i, timeout, |t| {
+            gateway::Stream::open(t, "/v3/watch", request, timeout)
+        })
     }
 
     /// One gateway call to the first running, unpaused member that answers.

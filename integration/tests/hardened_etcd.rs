@@ -14,7 +14,7 @@ use std::{
 use integration::{
     agent::binary,
     etcd::{
-        secure::{CertFiles, Pki, SecureEtcd},
+        secure::{access_args, CertFiles, Pki, SecureEtcd},
         Etcd,
     },
     fixtures,
@@ -84,20 +84,9 @@ impl Cluster {
 
     /// The flags of `user` (password file `pw`) with certificate `cert`.
     fn access(&self, user: &str, pw: &Path, cert: &CertFiles, ca: &Path) -> Vec<String> {
-        vec![
-            "--etcd".into(),
-            self.etcd.endpoint(),
-            "--etcd-cacert".into(),
-            ca.display().to_string(),
-            "--etcd-cert".into(),
-            cert.cert.display().to_string(),
-            "--etcd-key".into(),
-            cert.key.display().to_string(),
-            "--etcd-user".into(),
-            user.into(),
-            "--etcd-password-file".into(),
-            pw.display().to_string(),
-        ]
+        let mut args = vec!["--etcd".into(), self.etcd.endpoint()];
+        args.extend(access_args(ca, cert, user, pw));
+        args
     }
 
     /// An agent publishing as `node` with `node`'s own user.

@@ -5,6 +5,7 @@
 //! checks. Nothing here goes through the agent's code.
 
 use std::{
+    ffi::OsString,
     net::{IpAddr, Ipv4Addr},
     path::{Path, PathBuf},
     process::{Child, Command, Output, Stdio},
@@ -16,10 +17,47 @@ use rcgen::{
     KeyPair, KeyUsagePurpose, SanType,
 };
 
+use super::ctl::{Etcdctl, ETCDCTL};
 use crate::agent::free_port;
 
-pub const ETCDCTL: &str = "/usr/bin/etcdctl";
-const ROOT_PASSWORD: &str = "root-test-password";
+pub(super) const ROOT_PASSWORD: &str = "root-test-password";
+
+/// A member's flags for TLS with client certificates on its client URLs
+/// (`server`, signed by `ca`); with `peers`, on its peer URLs too.
+pub(super) fn tls_args(server: &CertFiles, ca: &Path, peers: bool) -> Vec<OsString> {
+    let urls: &[&str] = if peers { &["", "peer-"] } else { &[""] };
+    urls.iter()
+        .flat_map(|p| {
+            [
+                format!("--{p}cert-file").into(),
+                server.cert.clone().into(),
+                format!("--{p}key-file").into(),
+                server.key.clone().into(),
+                format!("--{p}trusted-ca-file").into(),
+                ca.into(),
+                format!("--{p}client-cert-auth").into(),
+            ]
+        })
+        .collect()
+}
+
+/// An agent's or reader's flags for a hardened etcd: the CA of its server
+/// certificates, a client certificate, the user and its password file
+/// (`--etcd` not included).
+pub fn access_args(ca: &Path, cert: &CertFiles, user: &str, password_file: &Path) -> Vec<String> {
+    vec![
+        "--etcd-cacert".into(),
+        ca.display().to_string(),
+        "--etcd-cert".into(),
+        cert.cert.display().to_string(),
+        "--etcd-key".into(),
+        cert.key.display().to_string(),
+        "--etcd-user".into(),
+        user.into(),
+        "--etcd-password-file".into(),
+        password_file.display().to_string(),
+    ]
+}
 
 /// A certificate and its key, as files.
 #[derive(Clone, Debug)]
@@ -185,13 +223,7 @@ impl SecureEtcd {
             .args(["--listen-peer-urls", &peer])
             .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("secure={peer}")])
-            .arg("--cert-file")
-            .arg(&server.cert)
-            .arg("--key-file")
-            .arg(&server.key)
-            .arg("--trusted-ca-file")
-            .arg(self.pki.ca())
-            .arg("--client-cert-auth")
+            .args(tls_args(&server, &self.pki.ca(), false))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -227,23 +259,23 @@ impl SecureEtcd {
 
     /// etcdctl as `user` (`NAME:PASSWORD`) with certificate `cert`.
     pub fn etcdctl_as(&self, args: &[&str], user: Option<String>, cert: &CertFiles) -> Output {
-        let mut cmd = Command::new(ETCDCTL);
-        cmd.env("ETCDCTL_API", "3")
-            .args(["--endpoints", &self.endpoint()])
-            .arg("--cacert")
-            .arg(self.pki.ca())
-            .arg("--cert")
-            .arg(&cert.cert)
-            .arg("--key")
-            .arg(&cert.key)
-            .args(["--command-timeout", "5s"]);
-        if let Some(user) = user {
-            cmd.args(["--user", &user]);
+        Etcdctl {
+            endpoints: self.endpoint(),
+            ca: self.pki.ca(),
+            cert: cert.clone(),
+            user,
         }
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("etcdctl")
+        .run(args)
+    }
+
+    /// etcdctl as root.
+    pub fn root_ctl(&self) -> Etcdctl {
+        Etcdctl {
+            endpoints: self.endpoint(),
+            ca: self.pki.ca(),
+            cert: self.root.clone(),
+            user: Some(format!("root:{ROOT_PASSWORD}")),
+        }
     }
 
     /// etcdctl as root; panics unless it succeeds.
@@ -261,17 +293,7 @@ impl SecureEtcd {
     /// Runs a shell script (e.g. `rkt-mds cluster roles` output) with
     /// etcdctl set up as root through its environment variables.
     pub fn run_as_root(&self, script: &str, cwd: &Path) -> Output {
-        Command::new("sh")
-            .args(["-e", "-c", script])
-            .current_dir(cwd)
-            .env("ETCDCTL_API", "3")
-            .env("ETCDCTL_ENDPOINTS", self.endpoint())
-            .env("ETCDCTL_CACERT", self.pki.ca())
-            .env("ETCDCTL_CERT", &self.root.cert)
-            .env("ETCDCTL_KEY", &self.root.key)
-            .env("ETCDCTL_USER", format!("root:{ROOT_PASSWORD}"))
-            .output()
-            .expect("sh")
+        self.root_ctl().script(script, cwd)
     }
 
     /// Keys (and values) under `prefix`, read as root.

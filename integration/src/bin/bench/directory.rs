@@ -7,6 +7,7 @@
 
 use std::{
     collections::HashMap,
+    io::ErrorKind,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
@@ -16,10 +17,7 @@ use std::{
 };
 
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
-use integration::{
-    etcd::{gateway, Etcd},
-    fixtures, Agent, AgentOptions,
-};
+use integration::{etcd::Etcd, fixtures, Agent, AgentOptions};
 
 use crate::{
     check_interrupted,
@@ -48,7 +46,7 @@ pub fn measure() -> Result<(), String> {
     // 1. Latency: a registration's key appears in etcd.
     eprintln!("bench: registration to etcd, {LATENCY_RUNS} paced and {LATENCY_RUNS} back to back");
     let agent = publishing_agent(&ep, "bench-latency");
-    let watcher = Watcher::start(&ep, "/rkt-mds/pods/bench-latency/")?;
+    let watcher = Watcher::start(&etcd, 0, "/rkt-mds/pods/bench-latency/")?;
     let mut sent = Vec::new();
     for i in 0..LATENCY_RUNS * 2 {
         check_interrupted()?;
@@ -97,7 +95,7 @@ pub fn measure() -> Result<(), String> {
 
     // 3. A registration at 10,000 pods.
     eprintln!("bench: {AT_SCALE} registrations at {SCALE} pods");
-    let watcher = Watcher::start(&ep, prefix)?;
+    let watcher = Watcher::start(&etcd, 0, prefix)?;
     let mut sent = Vec::new();
     for i in SCALE..SCALE + AT_SCALE {
         let started = Instant::now();
@@ -254,7 +252,8 @@ pub(crate) fn etcd_version() -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// When each key under a prefix was first put, as seen by a watch.
+/// When each key under a prefix was first put, as seen by a watch of one
+/// member.
 pub(crate) struct Watcher {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
     stop: Arc<AtomicBool>,
@@ -263,43 +262,40 @@ pub(crate) struct Watcher {
 }
 
 impl Watcher {
-    pub(crate) fn start(endpoint: &str, prefix: &str) -> Result<Self, String> {
+    pub(crate) fn start(etcd: &Etcd, member: usize, prefix: &str) -> Result<Self, String> {
         let seen = Arc::new(Mutex::new(HashMap::new()));
         let stop = Arc::new(AtomicBool::new(false));
-        let (ready, is_ready) = std::sync::mpsc::channel();
-        let (endpoint, key) = (endpoint.to_owned(), prefix.to_owned());
+        let (ready, is_ready) = std::sync::mpsc::channel::<()>();
+        let end = integration::etcd::range_end(prefix.as_bytes());
+        let request = serde_json::json!({"create_request": {
+            "key": B64.encode(prefix),
+            "range_end": B64.encode(end),
+        }});
+        let mut stream = etcd.watch(member, &request, Duration::from_millis(100))?;
         let (s, st) = (seen.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            let authority = endpoint.trim_start_matches("http://").to_owned();
-            let end = integration::etcd::range_end(key.as_bytes());
-            let request = serde_json::json!({"create_request": {
-                "key": B64.encode(&key),
-                "range_end": B64.encode(end),
-            }});
-            let mut stream = match gateway::Stream::open(
-                &authority,
-                "/v3/watch",
-                &request,
-                Duration::from_millis(100),
-            ) {
-                Ok(stream) => stream,
-                Err(e) => {
-                    let _ = ready.send(Err(e));
-                    return;
-                }
-            };
             let mut created = false;
             while !st.load(Ordering::Relaxed) {
                 let answer = match stream.next_object() {
                     Ok(Some(answer)) => answer,
                     Ok(None) => break,
-                    // A read that timed out: look at the stop flag.
-                    Err(_) => continue,
+                    // A read that timed out (or a line that is not JSON):
+                    // look at the stop flag.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Other
+                        ) =>
+                    {
+                        continue
+                    }
+                    // The connection is gone (e.g. a TLS stream cut off).
+                    Err(_) => break,
                 };
                 let result = &answer["result"];
                 if !created && result["created"].as_bool() == Some(true) {
                     created = true;
-                    let _ = ready.send(Ok(()));
+                    let _ = ready.send(());
                 }
                 let now = Instant::now();
                 let mut seen = s.lock().unwrap_or_else(|p| p.into_inner());
@@ -320,7 +316,7 @@ impl Watcher {
         });
         is_ready
             .recv_timeout(Duration::from_secs(10))
-            .map_err(|_| "the etcd watch did not start".to_owned())??;
+            .map_err(|_| "the etcd watch did not start".to_owned())?;
         Ok(Self {
             seen,
             stop,

@@ -61,8 +61,7 @@ fn get(port: u16, path: &str) -> Result<String, String> {
 fn per_member(etcd: &Etcd, family: &str, labels: &[&str]) -> Vec<f64> {
     (0..3)
         .filter_map(|i| {
-            let port: u16 = etcd.member_endpoint(i).rsplit(':').next()?.parse().ok()?;
-            let text = get(port, "/metrics").ok()?;
+            let text = get(etcd.metrics_port(i), "/metrics").ok()?;
             text.lines()
                 .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
                 .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -201,7 +200,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     let leader = etcd.leader().ok_or("no leader")?;
     // The watch and the counts go through a member the faults spare.
     let watch_member = (leader + 1) % 3;
-    let watcher = Watcher::start(&etcd.member_endpoint(watch_member), PREFIX)?;
+    let watcher = Watcher::start(&etcd, watch_member, PREFIX)?;
 
     // 1. Registration to etcd: paced, then the rest back to back.
     let puts_before = puts(&etcd);

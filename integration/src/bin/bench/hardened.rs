@@ -14,7 +14,10 @@ use std::{
 use base64::{engine::general_purpose::STANDARD as B64, Engine};
 use integration::{
     agent::binary,
-    etcd::{secure::SecureEtcd, Etcd},
+    etcd::{
+        secure::{access_args, SecureEtcd},
+        Etcd,
+    },
     fixtures, Agent, AgentOptions,
 };
 
@@ -36,19 +39,9 @@ struct CtlWatch {
 
 impl CtlWatch {
     fn start(etcd: &SecureEtcd, prefix: &str) -> Result<Self, String> {
-        let ca = etcd.pki.ca();
-        let root = etcd.pki.issue("root", false);
-        let mut child = Command::new(integration::etcd::secure::ETCDCTL)
-            .env("ETCDCTL_API", "3")
-            .args(["--endpoints", &etcd.endpoint()])
-            .arg("--cacert")
-            .arg(&ca)
-            .arg("--cert")
-            .arg(&root.cert)
-            .arg("--key")
-            .arg(&root.key)
-            .args(["--user", "root:root-test-password"])
-            .args(["watch", "--prefix", prefix, "-w", "json"])
+        let mut child = etcd
+            .root_ctl()
+            .command(&["watch", "--prefix", prefix, "-w", "json"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -139,21 +132,21 @@ pub fn measure() -> Result<(), String> {
             .arg("--etcd")
             .arg(plain_etcd.endpoint()),
     );
-    let mut options = AgentOptions::default()
-        .arg("--node-name")
-        .arg("bench-tls")
-        .arg("--etcd")
-        .arg(secure.endpoint())
-        .arg("--etcd-cacert")
-        .arg(secure.pki.ca().display().to_string())
-        .arg("--etcd-cert")
-        .arg(cert.cert.display().to_string())
-        .arg("--etcd-key")
-        .arg(cert.key.display().to_string())
-        .arg("--etcd-user")
-        .arg("rkt-mds-node-bench-tls")
-        .arg("--etcd-password-file")
-        .arg(files.path().join("n.pw").display().to_string());
+    let mut options = access_args(
+        &secure.pki.ca(),
+        &cert,
+        "rkt-mds-node-bench-tls",
+        &files.path().join("n.pw"),
+    )
+    .into_iter()
+    .fold(
+        AgentOptions::default()
+            .arg("--node-name")
+            .arg("bench-tls")
+            .arg("--etcd")
+            .arg(secure.endpoint()),
+        AgentOptions::arg,
+    );
     options.log_filter = "info,access=off".into();
     let tls = Agent::start(options);
     for a in [&plain, &tls] {
@@ -163,7 +156,7 @@ pub fn measure() -> Result<(), String> {
     // Paced registrations, each agent in turn.
     let plain_prefix = "/rkt-mds/pods/bench-plain/";
     let tls_prefix = "/rkt-mds/pods/bench-tls/";
-    let watcher = Watcher::start(&plain_etcd.endpoint(), plain_prefix)?;
+    let watcher = Watcher::start(&plain_etcd, 0, plain_prefix)?;
     let ctl = CtlWatch::start(&secure, tls_prefix)?;
     let (mut sent_plain, mut sent_tls) = (Vec::new(), Vec::new());
     for i in 0..PACED {
