@@ -33,6 +33,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::{client::conn::http1::SendRequest, Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::{net::TcpStream, time::Instant};
 use tokio_rustls::TlsConnector;
@@ -120,6 +121,11 @@ impl Gateway {
         }
     }
 
+    /// Tries member `i` (modulo their number) first from now on.
+    pub fn prefer(&mut self, i: usize) {
+        self.current = i % self.members.len().max(1);
+    }
+
     /// The call's time bound.
     pub fn timeout(&self) -> Duration {
         self.timeout
@@ -128,6 +134,26 @@ impl Gateway {
     /// POSTs `body` to `path` (e.g. `/v3/kv/range`) and returns the
     /// answer's JSON, failing over between members until the deadline.
     pub async fn call(&mut self, path: &str, body: &Value) -> Result<Value, StoreError> {
+        self.call_as(path, body).await
+    }
+
+    /// [`Gateway::call`], with the answer read into `T`: a large answer
+    /// (a page of a range) is read without building a JSON tree.
+    pub async fn call_as<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, StoreError> {
+        let answer = self.call_bytes(path, body).await?;
+        serde_json::from_slice(&answer).map_err(|e| {
+            StoreError::Etcd(format!(
+                "an answer of etcd on {path} is not as expected: {e}"
+            ))
+        })
+    }
+
+    /// The answer of a successful call, as bytes (one JSON object).
+    async fn call_bytes(&mut self, path: &str, body: &Value) -> Result<Bytes, StoreError> {
         let body = Bytes::from(body.to_string());
         let deadline = Instant::now() + self.timeout;
         let n = self.members.len().max(1);
@@ -179,7 +205,7 @@ impl Gateway {
         }
     }
 
-    async fn attempt(&mut self, i: usize, path: &str, body: Bytes) -> Result<Value, Attempt> {
+    async fn attempt(&mut self, i: usize, path: &str, body: Bytes) -> Result<Bytes, Attempt> {
         if self.members[i]
             .sender
             .as_ref()
@@ -252,7 +278,10 @@ impl Gateway {
             .post(i, "/v3/auth/authenticate", Bytes::from(body.to_string()), None)
             .await
         {
-            Ok(answer) => Ok(answer["token"].as_str().unwrap_or("").to_owned()),
+            Ok(answer) => Ok(serde_json::from_slice::<Value>(&answer)
+                .ok()
+                .and_then(|a| a["token"].as_str().map(str::to_owned))
+                .unwrap_or_default()),
             Err(Attempt::Final(StoreError::Status { code: FAILED_PRECONDITION, .. })) => {
                 // "authentication is not enabled": no token to send.
                 Ok(String::new())
@@ -274,7 +303,7 @@ impl Gateway {
         path: &str,
         body: Bytes,
         token: Option<&str>,
-    ) -> Result<Value, Attempt> {
+    ) -> Result<Bytes, Attempt> {
         let max_body = self.max_body;
         let member = &mut self.members[i];
         let authority = member.authority.clone();
@@ -309,17 +338,21 @@ impl Gateway {
         let first = bytes
             .split(|b| *b == b'\n')
             .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .unwrap_or(&[]);
-        let json: Option<Value> = serde_json::from_slice(first).ok();
-        match (status, json) {
-            (StatusCode::OK, Some(v)) => match v.get("error") {
+            .map_or_else(Bytes::new, |l| bytes.slice_ref(l));
+        // Whether it is JSON and an error, without building its tree.
+        let probe: Option<Probe> = serde_json::from_slice(&first).ok();
+        let error = |first: &Bytes| {
+            let v: Value = serde_json::from_slice(first).unwrap_or_default();
+            match v.get("error") {
                 // A stream's error comes in a 200 answer.
-                Some(e) => Err(classify(e)),
-                None => Ok(v),
-            },
-            (_, Some(v)) if v.get("code").is_some() || v.get("error").is_some() => {
-                Err(classify(&v))
+                Some(e) if status == StatusCode::OK => classify(e),
+                _ => classify(&v),
             }
+        };
+        match (status, probe) {
+            (StatusCode::OK, Some(p)) if p.error.is_none() => Ok(first),
+            (StatusCode::OK, Some(_)) => Err(error(&first)),
+            (_, Some(p)) if p.code.is_some() || p.error.is_some() => Err(error(&first)),
             // etcd's gateway refuses a client certificate with a common
             // name when client-cert-auth is on: the name would be ignored.
             (StatusCode::BAD_REQUEST, _)
@@ -350,6 +383,15 @@ impl Gateway {
             }
         }
     }
+}
+
+/// The fields of an answer that say it is an error (present or not).
+#[derive(serde::Deserialize)]
+struct Probe {
+    #[serde(default)]
+    error: Option<serde::de::IgnoredAny>,
+    #[serde(default)]
+    code: Option<serde::de::IgnoredAny>,
 }
 
 /// gRPC status codes of the answers we act on.

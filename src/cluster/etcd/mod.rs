@@ -63,6 +63,12 @@ impl EtcdStore {
         })
     }
 
+    /// Asks member `i` (of the endpoints, modulo their number) first, so
+    /// that several readers spread over the members.
+    pub fn prefer_member(&mut self, i: usize) {
+        self.gateway.prefer(i);
+    }
+
     /// The keys in `[start, end)`, handed to `page` one page at a time, at
     /// `revision` (0: the current one, which is then stored there, so that
     /// several ranges read one snapshot).
@@ -130,12 +136,16 @@ impl EtcdStore {
             if *revision > 0 {
                 request["revision"] = json!(revision.to_string());
             }
-            let answer = self.gateway.call("/v3/kv/range", &request).await?;
+            let answer: RangeAnswer = self.gateway.call_as("/v3/kv/range", &request).await?;
             if *revision == 0 {
-                *revision = int(&answer["header"]["revision"]);
+                *revision = answer.header.revision.0;
             }
-            let more = answer["more"].as_bool().unwrap_or(false);
-            let kvs = key_values(&answer)?;
+            let more = answer.more;
+            let kvs = answer
+                .kvs
+                .into_iter()
+                .map(RawKeyValue::decode)
+                .collect::<Result<Vec<_>, _>>()?;
             let Some(last) = kvs.last() else { break };
             start = next_key(&last.key);
             page(kvs);
@@ -148,6 +158,58 @@ impl EtcdStore {
 
     async fn txn(&mut self, txn: Value) -> Result<Value, StoreError> {
         self.gateway.call("/v3/kv/txn", &txn).await
+    }
+}
+
+/// A range's answer, read as it comes (a page holds hundreds of entries:
+/// no JSON tree is built for it).
+#[derive(serde::Deserialize)]
+struct RangeAnswer {
+    header: Header,
+    #[serde(default)]
+    kvs: Vec<RawKeyValue>,
+    #[serde(default)]
+    more: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct Header {
+    #[serde(default)]
+    revision: Int,
+}
+
+/// One key as the gateway gives it (base64 text).
+#[derive(serde::Deserialize)]
+struct RawKeyValue {
+    key: String,
+    #[serde(default)]
+    value: String,
+    #[serde(default)]
+    lease: Int,
+}
+
+impl RawKeyValue {
+    fn decode(self) -> Result<KeyValue, StoreError> {
+        let bytes = |s: &str| {
+            B64.decode(s)
+                .map_err(|e| StoreError::Etcd(format!("an answer's bytes are not base64: {e}")))
+        };
+        Ok(KeyValue {
+            key: bytes(&self.key)?,
+            value: bytes(&self.value)?,
+            lease: self.lease.0,
+        })
+    }
+}
+
+/// A 64-bit integer as proto3 JSON gives it: a string, a number, or
+/// absent for 0.
+#[derive(Default)]
+struct Int(i64);
+
+impl<'de> serde::Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Int(int(&Value::deserialize(d)?)))
     }
 }
 
