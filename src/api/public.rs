@@ -394,11 +394,15 @@ pub async fn handle(conn: Arc<Conn>, req: Request<Incoming>) -> Handled {
     }
 }
 
-/// Whether a proxy says it forwarded the request.
+/// Whether a proxy says it forwarded the request. The names are parsed
+/// once: a lookup by `&str` parses its name on every request.
 fn came_through_a_proxy(headers: &hyper::HeaderMap) -> bool {
-    ["forwarded", "x-forwarded-for", "x-real-ip"]
+    use hyper::header::{HeaderName, FORWARDED};
+    const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+    const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+    [FORWARDED, X_FORWARDED_FOR, X_REAL_IP]
         .iter()
-        .any(|h| headers.contains_key(*h))
+        .any(|h| headers.contains_key(h))
 }
 
 /// Refuses identities in `token` mode, and an app the pod does not have;
