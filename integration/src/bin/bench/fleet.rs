@@ -3,11 +3,15 @@
 //! each agent's socket. What is measured is the cluster directory: how
 //! fast a registration reaches etcd, what etcd writes, what the readers
 //! cost, and what etcd's faults cost (the leader killed mid-burst, an
-//! outage, agents killed).
+//! outage, agents killed). With `--fleet-secure` the same on a cluster
+//! with TLS and authentication, each agent its own user (`fleet_access`);
+//! the bench itself reads etcd as root over TLS, and etcd's metrics on
+//! each member's plaintext metrics port.
 
 use std::{
     io::{Read, Write},
     net::TcpStream,
+    path::Path,
     process::Command,
     sync::{
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,6 +31,7 @@ use integration::{
 use crate::{
     check_interrupted,
     directory::{agent_with, etcd_version, register, uuid, Stats, Watcher},
+    fleet_access::Access,
     wrk::clock_ticks_per_second,
 };
 
@@ -55,43 +60,72 @@ fn get(port: u16, path: &str) -> Result<String, String> {
         .map_or(text.clone(), |(_, b)| b.to_owned()))
 }
 
-/// Per running member that has any: the sum of the series of `family`
-/// whose labels hold every one of `labels` (members that do not answer,
-/// or have no such series, are left out).
-fn per_member(etcd: &Etcd, family: &str, labels: &[&str]) -> Vec<f64> {
-    (0..3)
-        .filter_map(|i| {
-            let text = get(etcd.metrics_port(i), "/metrics").ok()?;
-            text.lines()
-                .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .reduce(|a, b| a + b)
-        })
-        .collect()
-}
+/// etcd's counters, from each member's plaintext metrics port: apart
+/// from `Etcd`, so a thread reads them while the members restart.
+#[derive(Clone)]
+struct Metrics(Vec<u16>);
 
-/// The sum of the series of `family` whose labels hold every one of
-/// `labels`, over every running member.
-fn etcd_metric(etcd: &Etcd, family: &str, labels: &[&str]) -> f64 {
-    per_member(etcd, family, labels).into_iter().sum()
-}
+impl Metrics {
+    fn of(etcd: &Etcd) -> Self {
+        Self((0..3).map(|i| etcd.metrics_port(i)).collect())
+    }
 
-/// etcd's applied puts: the most any running member has applied (a
-/// member that is down, or was just restarted with its counter at 0, does
-/// not count). Polled until a member answers: right after the leader's
-/// death no leader is known, and reading one fixed member then gave 0 (a
-/// run reported 10,460 duplicate writes that were that 0).
-fn puts(etcd: &Etcd) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match per_member(etcd, "etcd_mvcc_put_total ", &[])
-            .into_iter()
-            .reduce(f64::max)
-        {
-            Some(n) => return n,
-            None if Instant::now() > deadline => return f64::NAN,
-            None => std::thread::sleep(Duration::from_millis(50)),
+    /// Per running member that has any: the sum of the series of `family`
+    /// whose labels hold every one of `labels` (members that do not
+    /// answer, or have no such series, are left out).
+    fn per_member(&self, family: &str, labels: &[&str]) -> Vec<f64> {
+        self.0
+            .iter()
+            .filter_map(|port| {
+                let text = get(*port, "/metrics").ok()?;
+                text.lines()
+                    .filter(|l| l.starts_with(family) && labels.iter().all(|x| l.contains(x)))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .reduce(|a, b| a + b)
+            })
+            .collect()
+    }
+
+    /// The sum of the series of `family` whose labels hold every one of
+    /// `labels`, over every running member.
+    fn sum(&self, family: &str, labels: &[&str]) -> f64 {
+        self.per_member(family, labels).into_iter().sum()
+    }
+
+    /// etcd's applied puts: the most any running member has applied (a
+    /// member that is down, or was just restarted with its counter at 0,
+    /// does not count). Polled until a member answers: right after the
+    /// leader's death no leader is known, and reading one fixed member
+    /// then gave 0 (a run reported 10,460 duplicate writes that were that
+    /// 0).
+    fn puts(&self) -> f64 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self
+                .per_member("etcd_mvcc_put_total ", &[])
+                .into_iter()
+                .reduce(f64::max)
+            {
+                Some(n) => return n,
+                None if Instant::now() > deadline => return f64::NAN,
+                None => std::thread::sleep(Duration::from_millis(50)),
+            }
         }
+    }
+
+    /// The highest rate of puts over 250 ms windows, from the first
+    /// answer (members just started: their counters begin at 0) until
+    /// `stop`.
+    fn peak_put_rate(&self, stop: &AtomicBool) -> f64 {
+        let mut peak = 0.0f64;
+        let mut last = (Instant::now(), self.puts());
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(250));
+            let now = (Instant::now(), self.puts());
+            peak = peak.max((now.1 - last.1) / now.0.duration_since(last.0).as_secs_f64());
+            last = now;
+        }
+        peak
     }
 }
 
@@ -106,14 +140,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Runs `rkt-mds args` and returns (wall time, peak RSS in KiB) through a
-/// Python wrapper whose only child it is.
-fn timed_rkt_mds(args: &[&str]) -> Result<(Duration, u64), String> {
+/// Runs `rkt-mds command etcd_args args` and returns (wall time, peak RSS
+/// in KiB) through a Python wrapper whose only child it is.
+fn timed_rkt_mds(
+    command: &str,
+    etcd_args: &[String],
+    args: &[&str],
+) -> Result<(Duration, u64), String> {
     let script = "import resource, subprocess, sys\nr = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL)\nprint(r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)";
     let started = Instant::now();
     let out = Command::new("/usr/bin/python3")
         .args(["-c", script])
         .arg(binary())
+        .arg(command)
+        .args(etcd_args)
         .args(args)
         .output()
         .map_err(|e| e.to_string())?;
@@ -123,7 +163,7 @@ fn timed_rkt_mds(args: &[&str]) -> Result<(Duration, u64), String> {
     let code = fields.next().unwrap_or("?");
     if code != "0" {
         return Err(format!(
-            "rkt-mds {args:?} exited {code}: {}",
+            "rkt-mds {command} {etcd_args:?} {args:?} exited {code}: {}",
             String::from_utf8_lossy(&out.stderr)
         ));
     }
@@ -173,25 +213,40 @@ fn probe(
     }
 }
 
-pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
+/// `secure`: on a cluster with TLS and authentication, a user per node.
+pub fn measure(n_agents: u32, pods_per_agent: u32, secure: bool) -> Result<(), String> {
     if !integration::etcd::available() {
         return Err("bench --fleet needs /usr/bin/etcd (apt-get install etcd-server)".into());
     }
+    if secure && !Path::new(integration::etcd::ctl::ETCDCTL).exists() {
+        return Err(
+            "bench --fleet-secure needs /usr/bin/etcdctl (apt-get install etcd-client)".into(),
+        );
+    }
     let manifest = fixtures::read("pods/bare-pod.json");
     let total = n_agents * pods_per_agent;
-    eprintln!("bench: fleet of {n_agents} agents, {total} pods, on a 3-member etcd");
-    let mut etcd = Etcd::cluster(3);
-    let endpoints = etcd.endpoint();
-    let agents: Vec<Agent> = (0..n_agents)
-        .map(|i| {
+    let kind = if secure { "secure " } else { "" };
+    eprintln!("bench: fleet of {n_agents} agents, {total} pods, on a {kind}3-member etcd");
+    let mut etcd = if secure {
+        Etcd::secure_cluster(3)
+    } else {
+        Etcd::cluster(3)
+    };
+    let nodes: Vec<String> = (0..n_agents).map(|i| format!("fleet-{i:03}")).collect();
+    let access = Access::new(&etcd, &nodes)?;
+    let agents: Vec<Agent> = nodes
+        .iter()
+        .map(|node| {
+            let options = AgentOptions::default()
+                .arg("--node-name")
+                .arg(node)
+                .arg("--etcd-lease-ttl")
+                .arg(format!("{TTL_SECS}s"));
             let a = agent_with(
-                AgentOptions::default()
-                    .arg("--node-name")
-                    .arg(format!("fleet-{i:03}"))
-                    .arg("--etcd")
-                    .arg(&endpoints)
-                    .arg("--etcd-lease-ttl")
-                    .arg(format!("{TTL_SECS}s")),
+                access
+                    .node_args(node)
+                    .into_iter()
+                    .fold(options, AgentOptions::arg),
             );
             a.log_line("the agent to publish", |l| l.contains("publishing to etcd"));
             a
@@ -201,9 +256,10 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     // The watch and the counts go through a member the faults spare.
     let watch_member = (leader + 1) % 3;
     let watcher = Watcher::start(&etcd, watch_member, PREFIX)?;
+    let metrics = Metrics::of(&etcd);
 
     // 1. Registration to etcd: paced, then the rest back to back.
-    let puts_before = puts(&etcd);
+    let puts_before = metrics.puts();
     let started = Instant::now();
     let steady_n = STEADY.min(total);
     let mut steady = Vec::new();
@@ -216,18 +272,17 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     let steady_ms = watcher.wait_for(&steady, Duration::from_secs(120))?;
     let burst_ms = watcher.wait_for(&burst, Duration::from_secs(300))?;
     let fill = started.elapsed();
-    let puts_per_registration = (puts(&etcd) - puts_before) / f64::from(total);
+    let puts_per_registration = (metrics.puts() - puts_before) / f64::from(total);
 
     // 2. Idle: writes per node per minute, agents' CPU and memory.
     eprintln!("bench: idle for {IDLE:?}");
-    let keepalives = |e: &Etcd| {
-        etcd_metric(
-            e,
+    let keepalives = || {
+        metrics.sum(
             "grpc_server_msg_received_total",
             &["grpc_method=\"LeaseKeepAlive\""],
         )
     };
-    let (p0, k0) = (puts(&etcd), keepalives(&etcd));
+    let (p0, k0) = (metrics.puts(), keepalives());
     let pids: Vec<u32> = agents.iter().filter_map(Agent::pid).collect();
     let ticks0: u64 = pids
         .iter()
@@ -239,8 +294,8 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
         .map(|p| crate::wrk::cpu_ticks(*p).unwrap_or(0))
         .sum();
     let minutes = IDLE.as_secs_f64() / 60.0;
-    let idle_puts = (puts(&etcd) - p0) / f64::from(n_agents) / minutes;
-    let idle_keepalives = (keepalives(&etcd) - k0) / f64::from(n_agents) / minutes;
+    let idle_puts = (metrics.puts() - p0) / f64::from(n_agents) / minutes;
+    let idle_keepalives = (keepalives() - k0) / f64::from(n_agents) / minutes;
     let idle_cpu = (ticks1 - ticks0) as f64
         / clock_ticks_per_second()
         / IDLE.as_secs_f64()
@@ -248,11 +303,13 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     let rss: Vec<u64> = pids.iter().map(|p| rss_kib(*p)).collect();
 
     // 3. The readers.
-    let ranges = |e: &Etcd| etcd_metric(e, "grpc_server_handled_total", &["grpc_method=\"Range\""]);
-    let r0 = ranges(&etcd);
-    let (audit_time, audit_rss) = timed_rkt_mds(&["audit", "--etcd", &endpoints, "--json"])?;
-    let audit_ranges = ranges(&etcd) - r0;
-    let (jwks_time, _) = timed_rkt_mds(&["jwks", "--etcd", &endpoints])?;
+    let ranges = || metrics.sum("grpc_server_handled_total", &["grpc_method=\"Range\""]);
+    let r0 = ranges();
+    let reader = access.reader_args();
+    let (audit_time, audit_rss) = timed_rkt_mds("audit", &reader, &["--json"])?;
+    let audit_ranges = ranges() - r0;
+    let (jwks_time, _) = timed_rkt_mds("jwks", &reader, &[])?;
+    let (bundle_time, _) = timed_rkt_mds("bundle", &reader, &[])?;
 
     // 4. The leader SIGKILLed mid-burst, a probe on every agent.
     eprintln!("bench: the leader killed mid-burst");
@@ -268,7 +325,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     // Every put of the burst, those of its first third still in flight at
     // the kill included; node-record refreshes (one per agent every half
     // TTL) count too.
-    let burst_puts0 = puts(&etcd);
+    let burst_puts0 = metrics.puts();
     register_range(&agents, total, total + FAULT_BURST / 3, &manifest)?;
     let leader = etcd.leader().ok_or("no leader")?;
     etcd.kill_member(leader);
@@ -297,7 +354,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(20));
     };
     let lost = (before_fault - lowest).max(0);
-    let duplicate_writes = (puts(&etcd) - burst_puts0) - f64::from(FAULT_BURST);
+    let duplicate_writes = (metrics.puts() - burst_puts0) - f64::from(FAULT_BURST);
     etcd.restart_member(leader);
     stop.store(true, Ordering::Relaxed);
     let _ = prober.join();
@@ -315,23 +372,28 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     }
     let restarted_at = std::time::SystemTime::now();
     let restarted = Instant::now();
+    // The storm's rate is read from the members' start on: waiting for
+    // them to answer (and, on a secure cluster, for root's tokens) took
+    // long enough for the agents to write the whole backlog before it.
+    let storm_done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (m, done) = (metrics.clone(), storm_done.clone());
+        std::thread::spawn(move || m.peak_put_rate(&done))
+    };
     etcd.restart();
     let want = i64::from(base + during);
-    let mut peak_rate = 0.0f64;
-    let mut last = (Instant::now(), puts(&etcd));
     let storm = loop {
         std::thread::sleep(Duration::from_millis(250));
-        let now = (Instant::now(), puts(&etcd));
-        let rate = (now.1 - last.1) / now.0.duration_since(last.0).as_secs_f64();
-        peak_rate = peak_rate.max(rate);
-        last = now;
         if count(&etcd) >= want {
             break restarted.elapsed();
         }
         if restarted.elapsed() > Duration::from_secs(180) {
+            storm_done.store(true, Ordering::Relaxed);
             return Err("the directory was not complete 180 s after the outage".into());
         }
     };
+    storm_done.store(true, Ordering::Relaxed);
+    let peak_rate = sampler.join().unwrap_or(f64::NAN);
     // When each agent was back, from its log (its clock is the same): the
     // first line after the restart saying so, waited for (an agent with
     // nothing queued may come back after the directory is complete).
@@ -382,8 +444,9 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
 
     // The report.
     println!(
-        "Fleet: {n_agents} agents × {pods_per_agent} host-network pods = {total} pods; etcd {} × 3 members on 127.0.0.1 (the same 2 cores); --etcd-lease-ttl {TTL_SECS}s.",
-        etcd_version()
+        "Fleet: {n_agents} agents × {pods_per_agent} host-network pods = {total} pods; etcd {} × 3 members on 127.0.0.1 (the same 2 cores), {}; --etcd-lease-ttl {TTL_SECS}s.",
+        etcd_version(),
+        access.describe()
     );
     println!();
     println!("| registration to its key in etcd | n | median ms | p99 ms | max ms |");
@@ -420,6 +483,10 @@ pub fn measure(n_agents: u32, pods_per_agent: u32) -> Result<(), String> {
     println!(
         "| `jwks --etcd`: wall time | {:.2} s |",
         jwks_time.as_secs_f64()
+    );
+    println!(
+        "| `bundle --etcd`: wall time | {:.2} s |",
+        bundle_time.as_secs_f64()
     );
     println!(
         "| leader SIGKILLed mid-burst: directory complete again after | {:.2} s |",

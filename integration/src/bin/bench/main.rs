@@ -8,6 +8,7 @@ mod churn_long;
 mod directory;
 mod documents;
 mod fleet;
+mod fleet_access;
 mod hardened;
 mod isolation;
 mod loopback;
@@ -85,6 +86,14 @@ pub struct Args {
     pub fleet_agents: u32,
     #[arg(long, default_value_t = 500)]
     pub fleet_pods: u32,
+    /// With --fleet (--only fleet): the same measurements on a 3-member etcd with TLS
+    /// (server and peer certificates, --client-cert-auth) and
+    /// authentication on, each agent with its own least-privilege user and
+    /// role (`rkt-mds cluster roles --node NODE`), the readers (audit,
+    /// jwks, bundle) with a user of the readers' role. Needs
+    /// /usr/bin/etcdctl.
+    #[arg(long)]
+    pub fleet_secure: bool,
     /// Pods (each in a namespace of its own, each holding one Workload API
     /// stream) in `--only streams`.
     #[arg(long, default_value_t = 10_000)]
@@ -151,7 +160,7 @@ fn main() -> std::process::ExitCode {
         };
     }
     if args.fleet || args.only(Section::Fleet) {
-        return match fleet::measure(args.fleet_agents, args.fleet_pods) {
+        return match fleet::measure(args.fleet_agents, args.fleet_pods, args.fleet_secure) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("bench: {e}");
