@@ -26,7 +26,7 @@ struct Variant {
     log: &'static str,
 }
 
-const VARIANTS: [Variant; 4] = [
+const VARIANTS: [Variant; 6] = [
     Variant {
         label: "token+netns",
         args: &[],
@@ -46,6 +46,16 @@ const VARIANTS: [Variant; 4] = [
         label: "token+netns, no access log",
         args: &[],
         log: "warn",
+    },
+    Variant {
+        label: "token+netns, Workload API off",
+        args: &["--workload-api-port", "0", "--workload-api-socket", "off"],
+        log: "info",
+    },
+    Variant {
+        label: "token+netns, metrics listener off",
+        args: &["--metrics-address", "off"],
+        log: "info",
     },
 ];
 
