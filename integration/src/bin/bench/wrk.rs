@@ -101,6 +101,7 @@ pub fn run_counting(
         cmd.arg("-s").arg(&script);
     }
     cmd.arg(&load.url);
+    settle(load);
     let cpu_before = cpu_ticks(load.server)?;
     let out = cmd.output().map_err(|e| format!("cannot run wrk: {e}"))?;
     let cpu = cpu_ticks(load.server)? - cpu_before;
@@ -196,6 +197,53 @@ fn millis(v: &str) -> Result<f64, String> {
         "m" => n * 60_000.0,
         _ => return Err(format!("bad latency unit {v:?}")),
     })
+}
+
+/// Waits (at most 5 s) until the server holds no connection on the URL's
+/// port: the last run's connections still count in its source's share
+/// until it has closed them, and a run starting before that would find
+/// the share full (its 65th connection closed at accept).
+fn settle(load: &Load<'_>) {
+    let Some(port) = load
+        .url
+        .split("://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.rsplit(':').next())
+        .and_then(|p| p.parse::<u16>().ok())
+    else {
+        return;
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while held(load.server, port) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The connections on local `port` that `pid`'s network namespace holds
+/// open at the server's end (established, or closed by the peer and not
+/// yet by the server).
+fn held(pid: u32, port: u16) -> usize {
+    const ESTABLISHED: &str = "01";
+    const CLOSE_WAIT: &str = "08";
+    ["tcp", "tcp6"]
+        .iter()
+        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
+        .map(|text| {
+            text.lines()
+                .skip(1)
+                .filter(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let local_port = f
+                        .get(1)
+                        .and_then(|a| a.rsplit(':').next())
+                        .and_then(|p| u16::from_str_radix(p, 16).ok());
+                    local_port == Some(port)
+                        && f.get(3).is_some_and(|s| *s == ESTABLISHED || *s == CLOSE_WAIT)
+                })
+                .count()
+        })
+        .sum()
 }
 
 /// Warms every target up, then runs them in rounds, each round starting
