@@ -28,8 +28,8 @@ const MAX_OPS: usize = 100;
 /// Bytes of keys and values per transaction (etcd's default
 /// `--max-request-bytes` is 1.5 MiB).
 const MAX_TXN_BYTES: usize = 1 << 20;
-/// A pass that cost C is followed by a pause of C times this (at most
-/// `Timing::max_gap`).
+/// A pass whose planning cost C is followed by a pause of C times this
+/// (at most `Timing::max_gap`).
 const GAP_FACTOR: u32 = 10;
 /// Earlier leases remembered as ours (to take our node key back from).
 const MAX_OURS: usize = 16;
@@ -42,11 +42,14 @@ const RENEW_MAX: Duration = Duration::from_secs(2);
 pub struct Timing {
     /// How often the local generation and JWK Set are read.
     pub poll: Duration,
-    /// The longest pause after a pass before the next: a pass that cost
-    /// C waits 10 C (at most this), so that a long burst of changes (or
-    /// of the host's network events, which move the generation) costs at
-    /// most about a tenth of a core. Changes within one `poll` share a
-    /// pass.
+    /// The longest pause after a pass before the next: a pass whose
+    /// planning cost C waits 10 C (at most this), so that a long burst of
+    /// changes (or of the host's network events, which move the
+    /// generation) costs at most about a tenth of a core. The time its
+    /// write waits for etcd does not count: it costs the agent nothing,
+    /// and a busy etcd would otherwise hold every change back by 10 times
+    /// its latency (a burst's p99 was the 500 ms cap). Changes within one
+    /// `poll` share a pass.
     pub max_gap: Duration,
     /// The first and the longest wait between two sessions.
     pub backoff_first: Duration,
@@ -425,6 +428,7 @@ impl<S: Source> Publisher<S> {
                     dirty = false;
                     let started = Instant::now();
                     let plan = self.plan().await?;
+                    let planned = started.elapsed();
                     if !plan.is_empty() {
                         let (puts, deletes) = (plan.puts.len(), plan.deletes.len());
                         self.write(store, s, plan, Vec::new()).await?;
@@ -436,7 +440,7 @@ impl<S: Source> Publisher<S> {
                         );
                     }
                     // A pass that cost much spaces the next ones.
-                    let gap = (started.elapsed() * GAP_FACTOR).min(timing.max_gap);
+                    let gap = (planned * GAP_FACTOR).min(timing.max_gap);
                     next_pass = Instant::now() + gap;
                 }
                 // The record is written when it changes, not to show that
