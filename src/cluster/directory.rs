@@ -138,20 +138,7 @@ pub async fn read(
     let mut store = EtcdStore::connect(endpoints, access, timeout)
         .await
         .map_err(wrap)?;
-    // Page by page: what a page held is parsed and dropped before the next.
-    // Every range reads the snapshot of the first.
-    let mut d = Directory::default();
-    let mut revision = 0;
-    let nodes = layout.node("");
-    store
-        .range_pages_between(
-            nodes.as_bytes(),
-            &range_end(nodes.as_bytes()),
-            &mut revision,
-            |page| d.add(&layout, page),
-        )
-        .await
-        .map_err(wrap)?;
+    let (mut d, revision) = nodes_from(&mut store, &layout).await.map_err(wrap)?;
     if scope == Scope::Everything {
         // Node by node, and then the gaps between nodes (pods whose node
         // has no record, keys of other shapes): short ranges, so that no
@@ -193,6 +180,43 @@ pub async fn read(
     }
     d.finish();
     Ok(d)
+}
+
+/// Every node's record under `prefix`, read through `store`: a reader
+/// that reads again and again keeps one store, whose connections and
+/// auth tokens are reused (a new one each time costs etcd a TLS
+/// handshake and a password check, bcrypt, per read).
+pub async fn read_nodes(store: &mut EtcdStore, prefix: &str) -> Result<Directory, ReadError> {
+    let layout = Layout::new(prefix);
+    let (mut d, _) = nodes_from(store, &layout)
+        .await
+        .map_err(|source| ReadError::Store {
+            prefix: layout.prefix().to_owned(),
+            source,
+        })?;
+    d.finish();
+    Ok(d)
+}
+
+/// The node records, page by page (what a page held is parsed and
+/// dropped before the next), and the revision they were read at: every
+/// later range reads the same snapshot.
+async fn nodes_from(
+    store: &mut EtcdStore,
+    layout: &Layout,
+) -> Result<(Directory, i64), StoreError> {
+    let mut d = Directory::default();
+    let mut revision = 0;
+    let nodes = layout.node("");
+    store
+        .range_pages_between(
+            nodes.as_bytes(),
+            &range_end(nodes.as_bytes()),
+            &mut revision,
+            |page| d.add(layout, page),
+        )
+        .await?;
+    Ok((d, revision))
 }
 
 /// `PREFIX pods/` cut into disjoint ranges that cover it: each node's
