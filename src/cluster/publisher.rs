@@ -959,6 +959,16 @@ mod tests {
         r.stop().await;
     }
 
+    /// A publisher with TTL `ttl` of one pod ("a"), once it is in etcd.
+    async fn first_publication(ttl: Duration) -> Running {
+        let etcd = Arc::new(Mutex::new(Etcd::default()));
+        let source = Arc::new(Entries::default());
+        source.set("a", "1");
+        let r = start_with_ttl(etcd, source, ttl);
+        until("the first publication", || matches(&r)).await;
+        r
+    }
+
     /// The node's current lease: the one its record is attached to.
     fn node_lease(etcd: &Mutex<Etcd>) -> Option<i64> {
         etcd.lock()
@@ -970,11 +980,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_node_only_renews_its_lease() {
-        let etcd = Arc::new(Mutex::new(Etcd::default()));
-        let source = Arc::new(Entries::default());
-        source.set("a", "1");
-        let r = start(etcd.clone(), source.clone());
-        until("the first publication", || matches(&r)).await;
+        let r = first_publication(Duration::from_secs(2)).await;
+        let (etcd, source) = (r.etcd.clone(), r.source.clone());
         let (applies, listings) = {
             let e = etcd.lock();
             (e.applies, e.listings)
@@ -993,11 +1000,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_node_notices_its_record_deleted() {
-        let etcd = Arc::new(Mutex::new(Etcd::default()));
-        let source = Arc::new(Entries::default());
-        source.set("a", "1");
-        let r = start(etcd.clone(), source.clone());
-        until("the first publication", || matches(&r)).await;
+        let r = first_publication(Duration::from_secs(2)).await;
+        let etcd = r.etcd.clone();
         etcd.lock().kv.remove(b"/t/nodes/n1".as_slice());
         // Nothing changes locally: only the check can see it.
         until("the record, claimed again", || {
@@ -1010,11 +1014,8 @@ mod tests {
     #[tokio::test]
     async fn a_lease_renewed_while_every_write_is_refused_is_let_go() {
         let ttl = Duration::from_millis(600);
-        let etcd = Arc::new(Mutex::new(Etcd::default()));
-        let source = Arc::new(Entries::default());
-        source.set("a", "1");
-        let r = start_with_ttl(etcd.clone(), source.clone(), ttl);
-        until("the first publication", || matches(&r)).await;
+        let r = first_publication(ttl).await;
+        let (etcd, source) = (r.etcd.clone(), r.source.clone());
         let first = node_lease(&etcd).expect("a node record");
         // etcd keeps the lease but takes no write (its space alarm).
         etcd.lock().refuse_writes = true;
@@ -1051,11 +1052,8 @@ mod tests {
     #[tokio::test]
     async fn a_lease_outlives_an_outage_longer_than_three_ttls() {
         let ttl = Duration::from_millis(600);
-        let etcd = Arc::new(Mutex::new(Etcd::default()));
-        let source = Arc::new(Entries::default());
-        source.set("a", "1");
-        let r = start_with_ttl(etcd.clone(), source.clone(), ttl);
-        until("the first publication", || matches(&r)).await;
+        let r = first_publication(ttl).await;
+        let (etcd, source) = (r.etcd.clone(), r.source.clone());
         let first = node_lease(&etcd).expect("a node record");
         // etcd is away (a new leader extends every lease on its return):
         // neither renewals nor writes, for longer than 3 TTLs.
