@@ -68,9 +68,16 @@ impl Hardening {
         }
     }
 
-    /// A member's TLS flags, client and peer URLs.
+    /// A member's TLS flags, client and peer URLs, and a simple token's
+    /// life: the bench watches through one root token for the whole run
+    /// and uses it for nothing else, and etcd's default (5 min after the
+    /// last use) cut the watch of a 100,000-pod run short. The agents
+    /// fetch a new token themselves when etcd says theirs expired.
     pub(super) fn member_args(&self) -> Vec<OsString> {
-        tls_args(&self.server, &self.pki.ca(), true)
+        let mut args = tls_args(&self.server, &self.pki.ca(), true);
+        args.extend(["--auth-token".into(), "simple".into()]);
+        args.extend(["--auth-token-ttl".into(), "3600".into()]);
+        args
     }
 
     /// etcdctl as root at `endpoints`.

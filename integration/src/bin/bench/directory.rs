@@ -256,6 +256,8 @@ pub(crate) fn etcd_version() -> String {
 /// member.
 pub(crate) struct Watcher {
     seen: Arc<Mutex<HashMap<String, Instant>>>,
+    /// Why the watch ended before it was stopped.
+    ended: Arc<Mutex<Option<String>>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
     prefix: String,
@@ -272,13 +274,20 @@ impl Watcher {
             "range_end": B64.encode(end),
         }});
         let mut stream = etcd.watch(member, &request, Duration::from_millis(100))?;
-        let (s, st) = (seen.clone(), stop.clone());
+        let ended = Arc::new(Mutex::new(None));
+        let (s, st, why) = (seen.clone(), stop.clone(), ended.clone());
         let thread = std::thread::spawn(move || {
+            let end = |reason: String| {
+                *why.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            };
             let mut created = false;
             while !st.load(Ordering::Relaxed) {
                 let answer = match stream.next_object() {
                     Ok(Some(answer)) => answer,
-                    Ok(None) => break,
+                    Ok(None) => {
+                        end("etcd closed the watch".into());
+                        break;
+                    }
                     // A read that timed out (or a line that is not JSON):
                     // look at the stop flag.
                     Err(e)
@@ -290,8 +299,15 @@ impl Watcher {
                         continue
                     }
                     // The connection is gone (e.g. a TLS stream cut off).
-                    Err(_) => break,
+                    Err(e) => {
+                        end(format!("the watch's connection failed: {e}"));
+                        break;
+                    }
                 };
+                if answer.get("error").is_some() || answer["result"]["canceled"] == true {
+                    end(format!("etcd ended the watch: {answer}"));
+                    break;
+                }
                 let result = &answer["result"];
                 if !created && result["created"].as_bool() == Some(true) {
                     created = true;
@@ -319,6 +335,7 @@ impl Watcher {
             .map_err(|_| "the etcd watch did not start".to_owned())?;
         Ok(Self {
             seen,
+            ended,
             stop,
             thread: Some(thread),
             prefix: prefix.to_owned(),
@@ -348,7 +365,12 @@ impl Watcher {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(format!("not every key reached etcd within {limit:?}"));
+                let seen = self.seen.lock().unwrap_or_else(|p| p.into_inner()).len();
+                let ended = self.ended.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                return Err(format!(
+                    "not every key reached etcd within {limit:?} ({seen} keys seen by the watch; {})",
+                    ended.unwrap_or_else(|| "the watch went on".into())
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
