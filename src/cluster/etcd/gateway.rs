@@ -179,10 +179,14 @@ impl Gateway {
                         last = format!("{}: no answer within {limit:?}", self.members[i].authority)
                     }
                 }
-                // Never reuse a connection that failed or is mid-request
-                // (nor its token: a member may have restarted).
+                // Never reuse a connection that failed or is mid-request.
+                // Its token is kept: a member that restarted says it does
+                // not know it, and it is replaced then (below). Dropping it
+                // on every failure made each timeout cost etcd a password
+                // check (bcrypt, tens of ms), and a fleet whose calls time
+                // out after a leader's death kept etcd too busy checking
+                // passwords to renew its leases.
                 self.members[i].sender = None;
-                self.members[i].token = None;
                 self.current = (i + 1) % n;
             }
             let now = Instant::now();
@@ -223,7 +227,6 @@ impl Gateway {
             };
             let sender = connect(&m.authority, &m.host, tls).await?;
             self.members[i].sender = Some(sender);
-            self.members[i].token = None;
         }
         // A token that expired (etcd's simple tokens do after 5 minutes
         // unused) is replaced once.

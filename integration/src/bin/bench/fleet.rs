@@ -320,7 +320,16 @@ pub fn measure(n_agents: u32, pods_per_agent: u32, secure: bool) -> Result<(), S
         let (s, f, p) = (stop.clone(), failures.clone(), probes.clone());
         std::thread::spawn(move || probe(sockets, s, f, p))
     };
-    let count = |e: &Etcd| e.count(PREFIX).unwrap_or(-1);
+    // A count that fails is -1, and says why once.
+    let said = std::cell::Cell::new(false);
+    let count = |e: &Etcd| {
+        e.count(PREFIX).unwrap_or_else(|why| {
+            if !said.replace(true) {
+                eprintln!("bench: cannot count the keys: {why}");
+            }
+            -1
+        })
+    };
     let before_fault = count(&etcd);
     // Every put of the burst, those of its first third still in flight at
     // the kill included; node-record refreshes (one per agent every half
