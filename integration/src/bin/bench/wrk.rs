@@ -239,7 +239,8 @@ fn held(pid: u32, port: u16) -> usize {
                         .and_then(|a| a.rsplit(':').next())
                         .and_then(|p| u16::from_str_radix(p, 16).ok());
                     local_port == Some(port)
-                        && f.get(3).is_some_and(|s| *s == ESTABLISHED || *s == CLOSE_WAIT)
+                        && f.get(3)
+                            .is_some_and(|s| *s == ESTABLISHED || *s == CLOSE_WAIT)
                 })
                 .count()
         })
