@@ -30,8 +30,9 @@ pub struct Etcd {
     pub held: usize,
     /// Applies to let through before one fails (then `None` again).
     pub fail_apply_after: Option<usize>,
-    /// Every write fails while renewals go on (etcd's space alarm).
-    pub refuse_writes: bool,
+    /// Every write fails with this error while renewals go on (etcd's
+    /// space alarm, or writes that time out).
+    pub refuse_writes_with: Option<String>,
     /// Applies that wrote something.
     pub applies: usize,
     /// Renewals answered, by lease.
@@ -146,10 +147,8 @@ impl Store for FakeStore {
             Some(n) => e.fail_apply_after = Some(n - 1),
             None => {}
         }
-        if e.refuse_writes && !ops.is_empty() {
-            return Err(StoreError::Etcd(
-                "etcdserver: mvcc: database space exceeded".into(),
-            ));
+        if let Some(error) = e.refuse_writes_with.clone().filter(|_| !ops.is_empty()) {
+            return Err(StoreError::Etcd(error));
         }
         if e.kv.get(fence.key.as_bytes()).map(|(_, l)| *l) != Some(fence.lease) {
             return Ok(false);

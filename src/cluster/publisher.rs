@@ -31,6 +31,8 @@ const MAX_TXN_BYTES: usize = 1 << 20;
 /// A pass whose planning cost C is followed by a pause of C times this
 /// (at most `Timing::max_gap`).
 const GAP_FACTOR: u32 = 10;
+/// How etcd refuses a write while its space alarm is raised.
+const NO_SPACE: &str = "database space exceeded";
 /// Earlier leases remembered as ours (to take our node key back from).
 const MAX_OURS: usize = 16;
 /// The longest time between two renewals (a third of the TTL if shorter):
@@ -507,13 +509,14 @@ impl<S: Source> Publisher<S> {
     }
 
     /// Ends the session when etcd has kept renewing the lease while
-    /// refusing every write (its space alarm) for 3 TTLs: the node's
-    /// entries then vanish at the lease's expiry, instead of standing in
-    /// the directory, current by their lease, while the pods change.
-    /// Time while etcd is away altogether does not count: a lease it
-    /// extends on its return is still good.
+    /// refusing every write for lack of space (its `NOSPACE` alarm) for 3
+    /// TTLs: the node's entries then vanish at the lease's expiry, instead
+    /// of standing in the directory, current by their lease, while the
+    /// pods change. Only that refusal counts: writes that time out while
+    /// renewals pass (a paused member, a loaded etcd) are a member's
+    /// fault, which must cost no keys; nor does time while etcd is away.
     fn refused_too_long(&self, s: &mut Session, error: &str) -> Option<End> {
-        if s.renewal_failed {
+        if s.renewal_failed || !error.contains(NO_SPACE) {
             s.writes_refused_since = None;
             return None;
         }
@@ -1018,7 +1021,7 @@ mod tests {
         let (etcd, source) = (r.etcd.clone(), r.source.clone());
         let first = node_lease(&etcd).expect("a node record");
         // etcd keeps the lease but takes no write (its space alarm).
-        etcd.lock().refuse_writes = true;
+        etcd.lock().refuse_writes_with = Some("etcdserver: mvcc: database space exceeded".into());
         let refused_at = Instant::now();
         source.set("b", "2");
         let deadline = refused_at + Duration::from_secs(10);
@@ -1041,11 +1044,28 @@ mod tests {
         until("more sessions", || etcd.lock().next_lease >= lease + 2).await;
         assert_eq!(renewed(&etcd.lock()), renewals, "the old lease was renewed");
         assert!(!matches(&r), "the refused change cannot be in etcd");
-        etcd.lock().refuse_writes = false;
+        etcd.lock().refuse_writes_with = None;
         until("the change, under a new lease", || {
             matches(&r) && node_lease(&etcd).is_some_and(|l| l != first)
         })
         .await;
+        r.stop().await;
+    }
+
+    #[tokio::test]
+    async fn writes_failing_otherwise_while_renewals_pass_keep_the_lease() {
+        let ttl = Duration::from_millis(600);
+        let r = first_publication(ttl).await;
+        let (etcd, source) = (r.etcd.clone(), r.source.clone());
+        let first = node_lease(&etcd).expect("a node record");
+        // Writes time out (a paused member, a loaded etcd), renewals pass.
+        etcd.lock().refuse_writes_with = Some("no member answered within 1.5s".into());
+        source.set("b", "2");
+        tokio::time::sleep(ttl * 5).await;
+        assert_eq!(etcd.lock().next_lease, first, "a new lease was taken");
+        etcd.lock().refuse_writes_with = None;
+        until("the change", || matches(&r)).await;
+        assert_eq!(node_lease(&etcd), Some(first), "the session went on");
         r.stop().await;
     }
 
