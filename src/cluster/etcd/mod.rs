@@ -190,13 +190,9 @@ struct RawKeyValue {
 
 impl RawKeyValue {
     fn decode(self) -> Result<KeyValue, StoreError> {
-        let bytes = |s: &str| {
-            B64.decode(s)
-                .map_err(|e| StoreError::Etcd(format!("an answer's bytes are not base64: {e}")))
-        };
         Ok(KeyValue {
-            key: bytes(&self.key)?,
-            value: bytes(&self.value)?,
+            key: bytes_of(&self.key)?,
+            value: bytes_of(&self.value)?,
             lease: self.lease.0,
         })
     }
@@ -229,28 +225,21 @@ fn int(v: &Value) -> i64 {
     }
 }
 
-fn bytes_of(v: &Value) -> Result<Vec<u8>, StoreError> {
-    match v.as_str() {
-        None => Ok(Vec::new()),
-        Some(s) => B64
-            .decode(s)
-            .map_err(|e| StoreError::Etcd(format!("an answer's bytes are not base64: {e}"))),
-    }
+fn bytes_of(s: &str) -> Result<Vec<u8>, StoreError> {
+    B64.decode(s)
+        .map_err(|e| StoreError::Etcd(format!("an answer's bytes are not base64: {e}")))
 }
 
-/// The `kvs` of a range answer.
+/// The `kvs` of a range answer inside a transaction's answer (read as
+/// a page of [`EtcdStore::pages_between`] is).
 fn key_values(answer: &Value) -> Result<Vec<KeyValue>, StoreError> {
-    let Some(kvs) = answer.get("kvs").and_then(Value::as_array) else {
+    let Some(kvs) = answer.get("kvs") else {
         return Ok(Vec::new());
     };
-    kvs.iter()
-        .map(|kv| {
-            Ok(KeyValue {
-                key: bytes_of(&kv["key"])?,
-                value: bytes_of(&kv["value"])?,
-                lease: int(&kv["lease"]),
-            })
-        })
+    <Vec<RawKeyValue> as serde::Deserialize>::deserialize(kvs)
+        .map_err(|e| StoreError::Etcd(format!("a range's answer is not as expected: {e}")))?
+        .into_iter()
+        .map(RawKeyValue::decode)
         .collect()
 }
 
