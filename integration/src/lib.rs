@@ -14,6 +14,7 @@ pub mod openssl;
 mod plumbing;
 pub mod pod;
 pub mod privilege;
+pub mod proc_net;
 pub mod prometheus;
 pub mod setup;
 mod shield;

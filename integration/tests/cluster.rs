@@ -546,22 +546,10 @@ fn connections_to(pid: u32, port: u16) -> usize {
                 .collect()
         })
         .unwrap_or_default();
-    let mut n = 0;
-    for table in ["tcp", "tcp6"] {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = f
-                .get(2)
-                .and_then(|r| r.rsplit_once(':'))
-                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-            if remote_port == Some(port) && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i))
-            {
-                n += 1;
-            }
-        }
-    }
-    n
+    integration::proc_net::tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.remote_port == port && inodes.contains(&s.inode))
+        .count()
 }
 
 #[test]

@@ -224,27 +224,11 @@ fn settle(load: &Load<'_>) {
 /// open at the server's end (established, or closed by the peer and not
 /// yet by the server).
 fn held(pid: u32, port: u16) -> usize {
-    const ESTABLISHED: &str = "01";
-    const CLOSE_WAIT: &str = "08";
-    ["tcp", "tcp6"]
+    use integration::proc_net::{tcp_sockets, CLOSE_WAIT, ESTABLISHED};
+    tcp_sockets(pid)
         .iter()
-        .filter_map(|t| std::fs::read_to_string(format!("/proc/{pid}/net/{t}")).ok())
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter(|l| {
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    let local_port = f
-                        .get(1)
-                        .and_then(|a| a.rsplit(':').next())
-                        .and_then(|p| u16::from_str_radix(p, 16).ok());
-                    local_port == Some(port)
-                        && f.get(3)
-                            .is_some_and(|s| *s == ESTABLISHED || *s == CLOSE_WAIT)
-                })
-                .count()
-        })
-        .sum()
+        .filter(|s| s.local_port == port && (s.state == ESTABLISHED || s.state == CLOSE_WAIT))
+        .count()
 }
 
 /// Warms every target up, then runs them in rounds, each round starting
