@@ -339,6 +339,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32, secure: bool) -> Result<(), S
     let leader = etcd.leader().ok_or("no leader")?;
     etcd.kill_member(leader);
     let killed = Instant::now();
+    let killed_at = std::time::SystemTime::now();
     register_range(
         &agents,
         total + FAULT_BURST / 3,
@@ -356,6 +357,7 @@ pub fn measure(n_agents: u32, pods_per_agent: u32, secure: bool) -> Result<(), S
             break killed.elapsed();
         }
         if killed.elapsed() > Duration::from_secs(120) {
+            eprintln!("{}", diagnosis(&agents, &etcd, killed_at));
             return Err(format!(
                 "the directory was not complete 120 s after the leader died ({n} of {want})"
             ));
@@ -391,14 +393,23 @@ pub fn measure(n_agents: u32, pods_per_agent: u32, secure: bool) -> Result<(), S
     };
     etcd.restart();
     let want = i64::from(base + during);
+    let mut said_at = Duration::ZERO;
     let storm = loop {
         std::thread::sleep(Duration::from_millis(250));
-        if count(&etcd) >= want {
+        let n = count(&etcd);
+        if n >= want {
             break restarted.elapsed();
+        }
+        if restarted.elapsed() >= said_at + Duration::from_secs(15) {
+            said_at = restarted.elapsed();
+            eprintln!("bench: {n} of {want} keys {said_at:.0?} after the outage");
         }
         if restarted.elapsed() > Duration::from_secs(180) {
             storm_done.store(true, Ordering::Relaxed);
-            return Err("the directory was not complete 180 s after the outage".into());
+            eprintln!("{}", diagnosis(&agents, &etcd, restarted_at));
+            return Err(format!(
+                "the directory was not complete 180 s after the outage ({n} of {want})"
+            ));
         }
     };
     storm_done.store(true, Ordering::Relaxed);
@@ -541,4 +552,64 @@ fn parse_stamp(stamp: &str) -> Option<f64> {
     let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
     let days = era * 146_097 + doe - 719_468;
     Some(days as f64 * 86400.0 + h * 3600.0 + min * 60.0 + sec)
+}
+
+/// What a failed fault phase leaves to read: the agents' log lines since
+/// `since`, counted by message (fields and time left out), and the last
+/// lines of each etcd member's log. The agents' and members' files are
+/// removed with them when the bench exits.
+fn diagnosis(agents: &[Agent], etcd: &Etcd, since: std::time::SystemTime) -> String {
+    let since = since
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let mut by_message: std::collections::BTreeMap<String, (usize, usize)> = Default::default();
+    for a in agents {
+        let mut seen = std::collections::BTreeSet::new();
+        for line in a.log().lines() {
+            let Some(t) = line.get(..26).and_then(parse_stamp) else {
+                continue;
+            };
+            if t < since || line.contains(" access: ") {
+                continue;
+            }
+            let message: Vec<&str> = line
+                .split_whitespace()
+                .skip(1)
+                .take_while(|w| {
+                    !w.split_once('=').is_some_and(|(k, _)| {
+                        !k.is_empty() && k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                    })
+                })
+                .collect();
+            let message = message.join(" ");
+            let e = by_message.entry(message.clone()).or_default();
+            e.0 += 1;
+            if seen.insert(message) {
+                e.1 += 1;
+            }
+        }
+    }
+    let mut out =
+        String::from("bench: the agents' log lines since the fault (lines, agents, message):\n");
+    for (message, (lines, agents)) in &by_message {
+        out.push_str(&format!("  {lines:>6} {agents:>4}  {message}\n"));
+    }
+    out.push_str("bench: the members' last log lines:\n");
+    let log = etcd.log();
+    let mut members: Vec<(&str, Vec<&str>)> = Vec::new();
+    for line in log.lines() {
+        match members.last_mut() {
+            Some((_, lines)) if !line.starts_with("--- ") => lines.push(line),
+            _ => members.push((line, Vec::new())),
+        }
+    }
+    for (name, lines) in members {
+        out.push_str(name);
+        out.push('\n');
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
 }
