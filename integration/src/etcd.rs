@@ -54,6 +54,9 @@ struct Member {
     paused: bool,
 }
 
+/// How long a start or restart waits for every member to answer.
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
 pub struct Etcd {
     members: Vec<Member>,
     root: tempfile::TempDir,
@@ -236,7 +239,11 @@ impl Etcd {
 
     /// Waits until every running member answers and one is the leader.
     fn wait_ready(&mut self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        self.wait_ready_within(READY_WITHIN);
+    }
+
+    fn wait_ready_within(&mut self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
         let mut last;
         loop {
             for i in 0..self.members.len() {
@@ -251,7 +258,7 @@ impl Etcd {
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "etcd not ready within 30 s: {last}"
+                "etcd not ready within {limit:?}: {last}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -365,11 +372,17 @@ impl Etcd {
 
     /// Starts every member again on the same data directories and ports.
     pub fn restart(&mut self) {
+        self.restart_within(READY_WITHIN);
+    }
+
+    /// [`Etcd::restart`], waiting up to `limit` for the members to answer
+    /// (a bench whose clients flood the returning members).
+    pub fn restart_within(&mut self, limit: Duration) {
         for i in 0..self.members.len() {
             assert!(self.members[i].child.is_none(), "stop etcd first");
             self.spawn(i, "new");
         }
-        self.wait_ready();
+        self.wait_ready_within(limit);
     }
 
     /// Starts again on the same ports with new, empty data directories:

@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::{net::TcpStream, time::Instant};
+use tokio::{net::TcpStream, task::JoinHandle, time::Instant};
 use tokio_rustls::TlsConnector;
 
 use super::{super::store::StoreError, access::Access};
@@ -48,6 +48,10 @@ const MIN_ATTEMPT: Duration = Duration::from_millis(500);
 /// reach the returning etcd in the same instant.
 const ROUND_PAUSE: Duration = Duration::from_millis(100);
 const ROUND_PAUSE_CAP: Duration = Duration::from_secs(2);
+
+/// The longest one authentication is waited for, over calls: far beyond
+/// a call's share of a member, since giving up on it wastes the check.
+const AUTHENTICATION_LIMIT: Duration = Duration::from_secs(30);
 
 /// gRPC status codes (in the gateway's error bodies) that mean "this
 /// member cannot serve now; another may": UNAVAILABLE (no leader, stopping,
@@ -71,6 +75,26 @@ struct Member {
     sender: Option<SendRequest<Full<Bytes>>>,
     /// This member's auth token (`Some("")`: etcd has auth off).
     token: Option<String>,
+    /// The authentication under way, on a task of its own: a call that
+    /// gives up on this member leaves it running, and the next call waits
+    /// for it instead of asking for another password check (bcrypt: a
+    /// loaded etcd given up on and asked again by a whole fleet never
+    /// catches up).
+    authenticating: Option<JoinHandle<Result<Authenticated, Attempt>>>,
+}
+
+/// A token, and the connection it was asked on (kept for the calls).
+struct Authenticated {
+    token: String,
+    sender: SendRequest<Full<Bytes>>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(task) = self.authenticating.take() {
+            task.abort();
+        }
+    }
 }
 
 /// Members of one etcd cluster, reached through their JSON gateway.
@@ -109,6 +133,7 @@ impl Gateway {
                     tls,
                     sender: None,
                     token: None,
+                    authenticating: None,
                 }
             })
             .collect();
@@ -210,30 +235,30 @@ impl Gateway {
     }
 
     async fn attempt(&mut self, i: usize, path: &str, body: Bytes) -> Result<Bytes, Attempt> {
-        if self.members[i]
-            .sender
-            .as_ref()
-            .is_none_or(|s| s.is_closed())
-        {
-            let m = &self.members[i];
-            let tls = match (m.tls, &self.access.tls) {
-                (true, Some(config)) => Some(config.clone()),
-                (true, None) => {
-                    return Err(Attempt::Final(StoreError::Etcd(
-                        "an https:// endpoint without TLS settings".into(),
-                    )))
-                }
-                (false, _) => None,
-            };
-            let sender = connect(&m.authority, &m.host, tls).await?;
-            self.members[i].sender = Some(sender);
-        }
         // A token that expired (etcd's simple tokens do after 5 minutes
-        // unused) is replaced once.
+        // unused) or that a restarted member does not know is replaced
+        // once.
         for fresh in [false, true] {
             if self.access.user.is_some() && (self.members[i].token.is_none() || fresh) {
-                let token = self.authenticate(i).await?;
+                self.members[i].token = None;
+                let Authenticated { token, sender } = self.authenticated(i).await?;
                 self.members[i].token = Some(token);
+                if self.members[i]
+                    .sender
+                    .as_ref()
+                    .is_none_or(|s| s.is_closed())
+                {
+                    self.members[i].sender = Some(sender);
+                }
+            }
+            if self.members[i]
+                .sender
+                .as_ref()
+                .is_none_or(|s| s.is_closed())
+            {
+                let m = &self.members[i];
+                let sender = connect(&m.authority, &m.host, self.tls_for(i)?).await?;
+                self.members[i].sender = Some(sender);
             }
             let token = self.members[i].token.clone().filter(|t| !t.is_empty());
             match self.post(i, path, body.clone(), token.as_deref()).await {
@@ -262,40 +287,55 @@ impl Gateway {
         ))
     }
 
+    /// The TLS settings for member `i` (`None`: plaintext).
+    fn tls_for(&self, i: usize) -> Result<Option<Arc<rustls::ClientConfig>>, Attempt> {
+        match (self.members[i].tls, &self.access.tls) {
+            (true, Some(config)) => Ok(Some(config.clone())),
+            (true, None) => Err(Attempt::Final(StoreError::Etcd(
+                "an https:// endpoint without TLS settings".into(),
+            ))),
+            (false, _) => Ok(None),
+        }
+    }
+
+    /// The result of member `i`'s authentication: the one under way, or a
+    /// new one. Safe to give up on: the task goes on, and the next call
+    /// takes its result.
+    async fn authenticated(&mut self, i: usize) -> Result<Authenticated, Attempt> {
+        if self.members[i].authenticating.is_none() {
+            let m = &self.members[i];
+            let (authority, host) = (m.authority.clone(), m.host.clone());
+            let (tls, user) = (self.tls_for(i)?, self.access.user.clone());
+            let max_body = self.max_body;
+            let work = async move {
+                let mut sender = connect(&authority, &host, tls).await?;
+                let token = authenticate(&mut sender, &authority, user, max_body).await?;
+                Ok(Authenticated { token, sender })
+            };
+            self.members[i].authenticating = Some(tokio::spawn(async move {
+                tokio::time::timeout(AUTHENTICATION_LIMIT, work)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Attempt::Elsewhere(format!(
+                            "no token within {AUTHENTICATION_LIMIT:?}"
+                        )))
+                    })
+            }));
+        }
+        let Some(task) = self.members[i].authenticating.as_mut() else {
+            return Err(Attempt::Elsewhere("no authentication under way".into()));
+        };
+        let done = task.await;
+        self.members[i].authenticating = None;
+        done.unwrap_or_else(|e| Err(Attempt::Elsewhere(format!("authentication: {e}"))))
+    }
+
     /// Who etcd took us for, for a permission error.
     fn who(&self) -> Option<String> {
         match (&self.access.user, self.access.client_cert) {
             (Some(u), _) => Some(format!("user {}", u.name)),
             (None, true) => Some("this agent (a client certificate and no --etcd-user)".into()),
             (None, false) => None,
-        }
-    }
-
-    /// A token for member `i` (`""` when etcd has authentication off).
-    async fn authenticate(&mut self, i: usize) -> Result<String, Attempt> {
-        let Some(user) = self.access.user.clone() else {
-            return Ok(String::new());
-        };
-        let body = serde_json::json!({"name": user.name, "password": user.password});
-        match self
-            .post(i, "/v3/auth/authenticate", Bytes::from(body.to_string()), None)
-            .await
-        {
-            Ok(answer) => Ok(serde_json::from_slice::<Value>(&answer)
-                .ok()
-                .and_then(|a| a["token"].as_str().map(str::to_owned))
-                .unwrap_or_default()),
-            Err(Attempt::Final(StoreError::Status { code: FAILED_PRECONDITION, .. })) => {
-                // "authentication is not enabled": no token to send.
-                Ok(String::new())
-            }
-            Err(Attempt::Final(StoreError::Status { code: INVALID_ARGUMENT, message })) => {
-                Err(Attempt::Final(StoreError::Refused(format!(
-                    "etcd refused user {}: wrong password or no such user (--etcd-user, --etcd-password-file): {message}",
-                    user.name
-                ))))
-            }
-            Err(e) => Err(e),
         }
     }
 
@@ -309,81 +349,121 @@ impl Gateway {
     ) -> Result<Bytes, Attempt> {
         let max_body = self.max_body;
         let member = &mut self.members[i];
-        let authority = member.authority.clone();
         let Some(sender) = member.sender.as_mut() else {
             return Err(Attempt::Elsewhere("not connected".into()));
         };
-        sender
-            .ready()
-            .await
-            .map_err(|e| transport(&authority, &e))?;
-        let mut request = Request::post(path)
-            .header(hyper::header::HOST, authority.as_str())
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        if let Some(token) = token {
-            request = request.header(hyper::header::AUTHORIZATION, token);
+        post(sender, &member.authority, path, body, token, max_body).await
+    }
+}
+
+/// A token from the member on `sender` (`""` when etcd has authentication
+/// off, or no user is given).
+async fn authenticate(
+    sender: &mut SendRequest<Full<Bytes>>,
+    authority: &str,
+    user: Option<super::access::Credentials>,
+    max_body: usize,
+) -> Result<String, Attempt> {
+    let Some(user) = user else {
+        return Ok(String::new());
+    };
+    let body = serde_json::json!({"name": user.name, "password": user.password});
+    let path = "/v3/auth/authenticate";
+    match post(sender, authority, path, Bytes::from(body.to_string()), None, max_body).await {
+        Ok(answer) => Ok(serde_json::from_slice::<Value>(&answer)
+            .ok()
+            .and_then(|a| a["token"].as_str().map(str::to_owned))
+            .unwrap_or_default()),
+        Err(Attempt::Final(StoreError::Status { code: FAILED_PRECONDITION, .. })) => {
+            // "authentication is not enabled": no token to send.
+            Ok(String::new())
         }
-        let request = request
-            .body(Full::new(body))
-            .map_err(|e| Attempt::Final(StoreError::Etcd(e.to_string())))?;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|e| transport(&authority, &e))?;
-        let status = response.status();
-        let bytes = Limited::new(response.into_body(), max_body)
-            .collect()
-            .await
-            .map_err(|e| Attempt::Elsewhere(format!("reading the answer: {e}")))?
-            .to_bytes();
-        // A streaming call (lease keep-alive) answers one JSON object per
-        // line; we send one request, so we read the first.
-        let first = bytes
-            .split(|b| *b == b'\n')
-            .find(|l| !l.iter().all(u8::is_ascii_whitespace))
-            .map_or_else(Bytes::new, |l| bytes.slice_ref(l));
-        // Whether it is JSON and an error, without building its tree.
-        let probe: Option<Probe> = serde_json::from_slice(&first).ok();
-        let error = |first: &Bytes| {
-            let v: Value = serde_json::from_slice(first).unwrap_or_default();
-            match v.get("error") {
-                // A stream's error comes in a 200 answer.
-                Some(e) if status == StatusCode::OK => classify(e),
-                _ => classify(&v),
-            }
-        };
-        match (status, probe) {
-            (StatusCode::OK, Some(p)) if p.error.is_none() => Ok(first),
-            (StatusCode::OK, Some(_)) => Err(error(&first)),
-            (_, Some(p)) if p.code.is_some() || p.error.is_some() => Err(error(&first)),
-            // etcd's gateway refuses a client certificate with a common
-            // name when client-cert-auth is on: the name would be ignored.
-            (StatusCode::BAD_REQUEST, _)
-                if String::from_utf8_lossy(&bytes).contains("CommonName of client") =>
-            {
-                Err(Attempt::Final(StoreError::Refused(format!(
-                    "TLS: {authority} refuses a client certificate with a common name on its JSON gateway: issue --etcd-cert without one (the user comes from --etcd-user)"
-                ))))
-            }
-            (StatusCode::BAD_REQUEST, _)
-                if String::from_utf8_lossy(&bytes).contains("HTTPS server") =>
-            {
-                Err(Attempt::Final(StoreError::Refused(format!(
-                    "{authority} speaks TLS: give it as https://{authority}"
-                ))))
-            }
-            (status, _) => {
-                // The answer's start, printable, says what answered.
-                let said: String = String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
-                    .chars()
-                    .map(|c| if c.is_control() { ' ' } else { c })
-                    .collect();
-                Err(Attempt::Final(StoreError::Etcd(format!(
-                    "{authority} does not look like etcd's client port (HTTP {} on POST {path}: {:?})",
-                    status.as_u16(),
-                    said.trim()
-                ))))
-            }
+        Err(Attempt::Final(StoreError::Status { code: INVALID_ARGUMENT, message })) => {
+            Err(Attempt::Final(StoreError::Refused(format!(
+                "etcd refused user {}: wrong password or no such user (--etcd-user, --etcd-password-file): {message}",
+                user.name
+            ))))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// One POST on `sender`, a connection to `authority`.
+async fn post(
+    sender: &mut SendRequest<Full<Bytes>>,
+    authority: &str,
+    path: &str,
+    body: Bytes,
+    token: Option<&str>,
+    max_body: usize,
+) -> Result<Bytes, Attempt> {
+    sender.ready().await.map_err(|e| transport(authority, &e))?;
+    let mut request = Request::post(path)
+        .header(hyper::header::HOST, authority)
+        .header(hyper::header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header(hyper::header::AUTHORIZATION, token);
+    }
+    let request = request
+        .body(Full::new(body))
+        .map_err(|e| Attempt::Final(StoreError::Etcd(e.to_string())))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| transport(authority, &e))?;
+    let status = response.status();
+    let bytes = Limited::new(response.into_body(), max_body)
+        .collect()
+        .await
+        .map_err(|e| Attempt::Elsewhere(format!("reading the answer: {e}")))?
+        .to_bytes();
+    // A streaming call (lease keep-alive) answers one JSON object per
+    // line; we send one request, so we read the first.
+    let first = bytes
+        .split(|b| *b == b'\n')
+        .find(|l| !l.iter().all(u8::is_ascii_whitespace))
+        .map_or_else(Bytes::new, |l| bytes.slice_ref(l));
+    // Whether it is JSON and an error, without building its tree.
+    let probe: Option<Probe> = serde_json::from_slice(&first).ok();
+    let error = |first: &Bytes| {
+        let v: Value = serde_json::from_slice(first).unwrap_or_default();
+        match v.get("error") {
+            // A stream's error comes in a 200 answer.
+            Some(e) if status == StatusCode::OK => classify(e),
+            _ => classify(&v),
+        }
+    };
+    match (status, probe) {
+        (StatusCode::OK, Some(p)) if p.error.is_none() => Ok(first),
+        (StatusCode::OK, Some(_)) => Err(error(&first)),
+        (_, Some(p)) if p.code.is_some() || p.error.is_some() => Err(error(&first)),
+        // etcd's gateway refuses a client certificate with a common
+        // name when client-cert-auth is on: the name would be ignored.
+        (StatusCode::BAD_REQUEST, _)
+            if String::from_utf8_lossy(&bytes).contains("CommonName of client") =>
+        {
+            Err(Attempt::Final(StoreError::Refused(format!(
+                "TLS: {authority} refuses a client certificate with a common name on its JSON gateway: issue --etcd-cert without one (the user comes from --etcd-user)"
+            ))))
+        }
+        (StatusCode::BAD_REQUEST, _)
+            if String::from_utf8_lossy(&bytes).contains("HTTPS server") =>
+        {
+            Err(Attempt::Final(StoreError::Refused(format!(
+                "{authority} speaks TLS: give it as https://{authority}"
+            ))))
+        }
+        (status, _) => {
+            // The answer's start, printable, says what answered.
+            let said: String = String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            Err(Attempt::Final(StoreError::Etcd(format!(
+                "{authority} does not look like etcd's client port (HTTP {} on POST {path}: {:?})",
+                status.as_u16(),
+                said.trim()
+            ))))
         }
     }
 }
@@ -526,7 +606,7 @@ mod tests {
         net::TcpListener,
     };
 
-    use super::*;
+    use super::{super::access::Credentials, *};
 
     /// A member that accepts connections and never answers (SIGSTOPped).
     /// Counts the connections it accepted.
@@ -575,6 +655,53 @@ mod tests {
             }
         });
         (format!("http://{addr}"), count)
+    }
+
+    /// A member with authentication on whose password check takes
+    /// `delay` (a loaded etcd doing bcrypt): counts the authentications
+    /// it was asked for, and the other requests that carried its token.
+    async fn slow_to_authenticate(delay: Duration) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (asked, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, v) = (asked.clone(), served.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (a, v) = (a.clone(), v.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                        let body = if request.starts_with("post /v3/auth/authenticate") {
+                            a.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(delay).await;
+                            r#"{"token":"t1"}"#
+                        } else if request.contains("authorization: t1") {
+                            v.fetch_add(1, Ordering::SeqCst);
+                            r#"{"ok":true}"#
+                        } else {
+                            r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#
+                        };
+                        let status = if body.contains("code") {
+                            "401 Unauthorized"
+                        } else {
+                            "200 OK"
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), asked, served)
     }
 
     /// A port nobody listens on.
@@ -648,6 +775,39 @@ mod tests {
             e.to_string(),
             format!("etcd: {authority} does not look like etcd's client port (HTTP 404 on POST /v3/kv/range: \"404 page not found\")")
         );
+    }
+
+    /// A call that gives up while its password check runs does not throw
+    /// the check away: the next call waits for the same one. Each
+    /// abandoned check used to be asked again, so a fleet returning to a
+    /// loaded etcd kept it checking passwords it never collected.
+    #[tokio::test]
+    async fn a_slow_password_check_is_asked_once_and_its_token_used() {
+        let (member, asked, served) = slow_to_authenticate(Duration::from_millis(1500)).await;
+        let access = Access {
+            user: Some(Credentials {
+                name: "node".into(),
+                password: "secret".into(),
+            }),
+            ..Access::default()
+        };
+        let mut g = Gateway::new(&[member], Duration::from_secs(1), 1 << 20, access);
+        let mut answered = None;
+        for call in 0..5 {
+            if let Ok(answer) = g.call("/v3/kv/range", &json!({})).await {
+                answered = Some((call, answer));
+                break;
+            }
+        }
+        let (call, answer) = answered.expect("no call was answered in 5");
+        assert_eq!(answer["ok"], true);
+        assert_eq!(call, 1, "the second call should use the first call's check");
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "the password was checked again"
+        );
+        assert_eq!(served.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
