@@ -43,6 +43,28 @@ pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
         .collect()
 }
 
+/// `pid`'s own TCP connections to `port` (those of its namespace that
+/// its file descriptors hold).
+pub fn connections_to(pid: u32, port: u16) -> usize {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    l.strip_prefix("socket:[")?
+                        .strip_suffix(']')
+                        .map(str::to_owned)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    tcp_sockets(pid)
+        .iter()
+        .filter(|s| s.remote_port == port && inodes.contains(&s.inode))
+        .count()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

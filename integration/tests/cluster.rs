@@ -531,27 +531,6 @@ fn a_second_agent_claiming_a_held_node_name_publishes_nothing() {
     wait_exact(&etcd, &second, ONE, RECOVERY);
 }
 
-/// The agent's TCP connections to `port` (from its sockets in /proc).
-fn connections_to(pid: u32, port: u16) -> usize {
-    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_link(e.path()).ok())
-                .filter_map(|l| {
-                    let l = l.to_string_lossy().into_owned();
-                    l.strip_prefix("socket:[")?
-                        .strip_suffix(']')
-                        .map(str::to_owned)
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    integration::proc_net::tcp_sockets(pid)
-        .iter()
-        .filter(|s| s.remote_port == port && inodes.contains(&s.inode))
-        .count()
-}
-
 #[test]
 fn without_etcd_nothing_connects_to_etcd() {
     if !require_root("without_etcd_nothing_connects_to_etcd") {
@@ -568,8 +547,11 @@ fn without_etcd_nothing_connects_to_etcd() {
     wait_exact(&etcd, &publishing, TWO, Duration::from_secs(5));
     // The control: the publishing agent holds a connection to etcd.
     let port = etcd.client_port;
-    assert!(connections_to(publishing.pid().unwrap(), port) > 0);
-    assert_eq!(connections_to(plain.pid().unwrap(), port), 0);
+    assert!(integration::proc_net::connections_to(publishing.pid().unwrap(), port) > 0);
+    assert_eq!(
+        integration::proc_net::connections_to(plain.pid().unwrap(), port),
+        0
+    );
     assert!(etcd.node_record(ONE).unwrap().is_none());
     assert!(!plain.log().contains("etcd"), "{}", plain.log());
 }

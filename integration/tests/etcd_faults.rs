@@ -46,11 +46,23 @@ enum Fault {
     Restart,
 }
 
-/// `--etcd` with member `first` first: the member the agents start on.
-fn endpoints_from(etcd: &Etcd, first: usize) -> String {
+/// `--etcd` for `node` with member `victim` where the node's agent starts:
+/// at the index its name picks (its bytes summed, as
+/// `rkt_mds::cluster::first_member`; checked below on its connections).
+fn endpoints_for(etcd: &Etcd, victim: usize, node: &str) -> String {
+    let start = node.bytes().map(usize::from).sum::<usize>() % 3;
     let mut list: Vec<String> = (0..3).map(|i| etcd.member_endpoint(i)).collect();
-    list.rotate_left(first);
+    list.rotate_left((victim + 3 - start) % 3);
     list.join(",")
+}
+
+/// The client port of `endpoint` (`http://127.0.0.1:PORT`).
+fn port_of(endpoint: &str) -> u16 {
+    endpoint
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port")
 }
 
 /// The UUIDs etcd holds for `node`, or `None` when no member answered.
@@ -69,7 +81,6 @@ fn run(fault: Fault, name: &str) {
         Fault::KillFollower | Fault::PauseFollower => etcd.follower().expect("a follower"),
         Fault::Restart => 0,
     };
-    let endpoints = endpoints_from(&etcd, victim);
     let manifest = fixtures::read("pods/bare-pod.json");
     let agents: Vec<Agent> = NODES
         .iter()
@@ -79,7 +90,7 @@ fn run(fault: Fault, name: &str) {
                     .arg("--node-name")
                     .arg(*node)
                     .arg("--etcd")
-                    .arg(&endpoints)
+                    .arg(endpoints_for(&etcd, victim, node))
                     .arg("--etcd-lease-ttl")
                     .arg(format!("{}s", TTL.as_secs())),
             )
@@ -99,6 +110,15 @@ fn run(fault: Fault, name: &str) {
         });
     }
 
+    // The member hit is one every agent uses.
+    let victim_port = port_of(&etcd.member_endpoint(victim));
+    for (agent, node) in agents.iter().zip(NODES) {
+        let pid = agent.pid().expect("the agent runs");
+        assert!(
+            integration::proc_net::connections_to(pid, victim_port) > 0,
+            "{node} has no connection to the member hit"
+        );
+    }
     let leases_before: Vec<i64> = NODES
         .iter()
         .map(|node| etcd.node_record(node).ok().flatten().map_or(0, |(_, l)| l))

@@ -29,6 +29,8 @@ pub async fn follow(config: Config, state: Arc<AppState>, mut stop: watch::Recei
             return;
         }
     };
+    // The publisher's member first: an agent loads one member.
+    store.prefer_member(super::first_member(&config.node));
     let mut failing = false;
     loop {
         match directory::read_nodes(&mut store, &config.prefix).await {
