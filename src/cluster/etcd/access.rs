@@ -36,6 +36,8 @@ pub struct Access {
     /// (etcd's JSON gateway refuses one that has), so the user comes from
     /// `--etcd-user` only.
     pub client_cert: bool,
+    /// The tokens etcd gave this user, shared by every clone.
+    pub(crate) tokens: Arc<super::tokens::Tokens>,
 }
 
 #[derive(Clone)]
@@ -113,6 +115,7 @@ impl Access {
             tls,
             user,
             client_cert: flags.cert.is_some(),
+            tokens: Arc::default(),
         })
     }
 }

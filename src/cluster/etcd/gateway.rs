@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use rustls_pki_types::ServerName;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use tokio::{net::TcpStream, task::JoinHandle, time::Instant};
+use tokio::{net::TcpStream, time::Instant};
 use tokio_rustls::TlsConnector;
 
 use super::{super::store::StoreError, access::Access};
@@ -59,7 +59,7 @@ const AUTHENTICATION_LIMIT: Duration = Duration::from_secs(30);
 const RETRY_ELSEWHERE: [i64; 2] = [14, 4];
 
 /// Why one member did not give an answer.
-enum Attempt {
+pub(super) enum Attempt {
     /// Try another member (and drop this connection).
     Elsewhere(String),
     /// An answer from etcd that another member would give too.
@@ -75,26 +75,6 @@ struct Member {
     sender: Option<SendRequest<Full<Bytes>>>,
     /// This member's auth token (`Some("")`: etcd has auth off).
     token: Option<String>,
-    /// The authentication under way, on a task of its own: a call that
-    /// gives up on this member leaves it running, and the next call waits
-    /// for it instead of asking for another password check (bcrypt: a
-    /// loaded etcd given up on and asked again by a whole fleet never
-    /// catches up).
-    authenticating: Option<JoinHandle<Result<Authenticated, Attempt>>>,
-}
-
-/// A token, and the connection it was asked on (kept for the calls).
-struct Authenticated {
-    token: String,
-    sender: SendRequest<Full<Bytes>>,
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        if let Some(task) = self.authenticating.take() {
-            task.abort();
-        }
-    }
 }
 
 /// Members of one etcd cluster, reached through their JSON gateway.
@@ -133,7 +113,6 @@ impl Gateway {
                     tls,
                     sender: None,
                     token: None,
-                    authenticating: None,
                 }
             })
             .collect();
@@ -240,16 +219,9 @@ impl Gateway {
         // once.
         for fresh in [false, true] {
             if self.access.user.is_some() && (self.members[i].token.is_none() || fresh) {
-                self.members[i].token = None;
-                let Authenticated { token, sender } = self.authenticated(i).await?;
+                let refused = self.members[i].token.take();
+                let token = self.token(i, refused.as_deref()).await?;
                 self.members[i].token = Some(token);
-                if self.members[i]
-                    .sender
-                    .as_ref()
-                    .is_none_or(|s| s.is_closed())
-                {
-                    self.members[i].sender = Some(sender);
-                }
             }
             if self.members[i]
                 .sender
@@ -298,36 +270,33 @@ impl Gateway {
         }
     }
 
-    /// The result of member `i`'s authentication: the one under way, or a
-    /// new one. Safe to give up on: the task goes on, and the next call
-    /// takes its result.
-    async fn authenticated(&mut self, i: usize) -> Result<Authenticated, Attempt> {
-        if self.members[i].authenticating.is_none() {
-            let m = &self.members[i];
-            let (authority, host) = (m.authority.clone(), m.host.clone());
-            let (tls, user) = (self.tls_for(i)?, self.access.user.clone());
-            let max_body = self.max_body;
-            let work = async move {
-                let mut sender = connect(&authority, &host, tls).await?;
-                let token = authenticate(&mut sender, &authority, user, max_body).await?;
-                Ok(Authenticated { token, sender })
-            };
-            self.members[i].authenticating = Some(tokio::spawn(async move {
-                tokio::time::timeout(AUTHENTICATION_LIMIT, work)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Attempt::Elsewhere(format!(
-                            "no token within {AUTHENTICATION_LIMIT:?}"
-                        )))
-                    })
-            }));
-        }
-        let Some(task) = self.members[i].authenticating.as_mut() else {
-            return Err(Attempt::Elsewhere("no authentication under way".into()));
+    /// A token for member `i` other than `refused`, from the tokens this
+    /// user's clients share: the one known, the authentication under way,
+    /// or a new one on a task of its own (see [`super::tokens`]).
+    async fn token(&mut self, i: usize, refused: Option<&str>) -> Result<String, Attempt> {
+        let m = &self.members[i];
+        let (authority, host) = (m.authority.clone(), m.host.clone());
+        let (tls, user) = (self.tls_for(i)?, self.access.user.clone());
+        let (tokens, max_body) = (self.access.tokens.clone(), self.max_body);
+        let start = {
+            let authority = authority.clone();
+            move || {
+                tokio::spawn(async move {
+                    let work = async {
+                        let mut sender = connect(&authority, &host, tls).await?;
+                        authenticate(&mut sender, &authority, user, max_body).await
+                    };
+                    tokio::time::timeout(AUTHENTICATION_LIMIT, work)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Attempt::Elsewhere(format!(
+                                "no token within {AUTHENTICATION_LIMIT:?}"
+                            )))
+                        })
+                })
+            }
         };
-        let done = task.await;
-        self.members[i].authenticating = None;
-        done.unwrap_or_else(|e| Err(Attempt::Elsewhere(format!("authentication: {e}"))))
+        tokens.get(&authority, refused, start).await
     }
 
     /// Who etcd took us for, for a permission error.
@@ -808,6 +777,41 @@ mod tests {
             "the password was checked again"
         );
         assert_eq!(served.load(Ordering::SeqCst), 1);
+    }
+
+    /// Two clients of one process with the same access (the publisher
+    /// and the trust-domain follower) cost a member one password check.
+    #[tokio::test]
+    async fn clients_with_one_access_share_its_tokens() {
+        let (member, asked, served) = slow_to_authenticate(Duration::from_millis(300)).await;
+        let access = Access {
+            user: Some(Credentials {
+                name: "node".into(),
+                password: "secret".into(),
+            }),
+            ..Access::default()
+        };
+        let timeout = Duration::from_secs(2);
+        let mut first = Gateway::new(
+            std::slice::from_ref(&member),
+            timeout,
+            1 << 20,
+            access.clone(),
+        );
+        let mut second = Gateway::new(&[member], timeout, 1 << 20, access);
+        let body = json!({});
+        let (a, b) = tokio::join!(
+            first.call("/v3/kv/range", &body),
+            second.call("/v3/kv/range", &body)
+        );
+        assert_eq!(a.unwrap()["ok"], true);
+        assert_eq!(b.unwrap()["ok"], true);
+        assert_eq!(
+            asked.load(Ordering::SeqCst),
+            1,
+            "each client checked the password"
+        );
+        assert_eq!(served.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

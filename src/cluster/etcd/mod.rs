@@ -5,6 +5,7 @@
 
 pub mod access;
 mod gateway;
+mod tokens;
 
 use std::time::Duration;
 
