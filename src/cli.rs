@@ -287,9 +287,10 @@ pub struct ServeArgs {
     pub liveness_interval: Duration,
     /// Publish this node to the cluster directory in etcd: its record (the
     /// JWK Set of its identity documents) and each pod's `GET /pods`
-    /// entry, under a lease kept alive. Comma-separated http[s]://host:port.
-    /// Off by default: without it nothing connects to etcd. etcd being
-    /// down never stops local service.
+    /// entry, under a lease kept alive. Comma-separated http[s]://host:port,
+    /// every member: the agent starts at the one its --node-name picks and
+    /// fails over to the others. Off by default: without it nothing
+    /// connects to etcd. etcd being down never stops local service.
     #[arg(long, value_name = "ENDPOINTS", value_parser = parse_endpoints)]
     pub etcd: Option<Endpoints>,
     #[command(flatten)]
