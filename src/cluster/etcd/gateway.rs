@@ -38,7 +38,7 @@ use serde_json::Value;
 use tokio::{net::TcpStream, time::Instant};
 use tokio_rustls::TlsConnector;
 
-use super::{super::store::StoreError, access::Access};
+use super::{super::store::StoreError, access::Access, tokens::Token};
 
 /// The shortest time one member is given before the next is tried.
 const MIN_ATTEMPT: Duration = Duration::from_millis(500);
@@ -158,6 +158,9 @@ impl Gateway {
 
     /// The answer of a successful call, as bytes (one JSON object).
     async fn call_bytes(&mut self, path: &str, body: &Value) -> Result<Bytes, StoreError> {
+        if self.members.is_empty() {
+            return Err(StoreError::Etcd("no etcd endpoint".into()));
+        }
         let body = Bytes::from(body.to_string());
         let deadline = Instant::now() + self.timeout;
         let n = self.members.len().max(1);
@@ -215,13 +218,19 @@ impl Gateway {
 
     async fn attempt(&mut self, i: usize, path: &str, body: Bytes) -> Result<Bytes, Attempt> {
         // A token that expired (etcd's simple tokens do after 5 minutes
-        // unused) or that a restarted member does not know is replaced
-        // once.
-        for fresh in [false, true] {
-            if self.access.user.is_some() && (self.members[i].token.is_none() || fresh) {
-                let refused = self.members[i].token.take();
+        // unused) or that a restarted member does not know is replaced:
+        // by the one the other clients of this access already got in its
+        // place, and if that one is refused too, by a new one. A member
+        // that refuses a token it has just made is restarting again: the
+        // call goes to another member (ending here would end a publisher's
+        // session as refused).
+        let mut refused: Option<String> = None;
+        for _ in 0..3 {
+            let mut new = false;
+            if self.access.user.is_some() && self.members[i].token.is_none() {
                 let token = self.token(i, refused.as_deref()).await?;
-                self.members[i].token = Some(token);
+                new = token.new;
+                self.members[i].token = Some(token.value);
             }
             if self.members[i]
                 .sender
@@ -237,7 +246,12 @@ impl Gateway {
                 Err(Attempt::Final(StoreError::Status {
                     code: UNAUTHENTICATED,
                     ..
-                })) if self.access.user.is_some() && !fresh => continue,
+                })) if self.access.user.is_some() => {
+                    refused = self.members[i].token.take();
+                    if new {
+                        break;
+                    }
+                }
                 Err(Attempt::Final(StoreError::Status {
                     code: PERMISSION_DENIED,
                     message,
@@ -255,7 +269,7 @@ impl Gateway {
             }
         }
         Err(Attempt::Elsewhere(
-            "the auth token was refused twice".into(),
+            "refused a new auth token as well".into(),
         ))
     }
 
@@ -273,7 +287,7 @@ impl Gateway {
     /// A token for member `i` other than `refused`, from the tokens this
     /// user's clients share: the one known, the authentication under way,
     /// or a new one on a task of its own (see [`super::tokens`]).
-    async fn token(&mut self, i: usize, refused: Option<&str>) -> Result<String, Attempt> {
+    async fn token(&mut self, i: usize, refused: Option<&str>) -> Result<Token, Attempt> {
         let m = &self.members[i];
         let (authority, host) = (m.authority.clone(), m.host.clone());
         let (tls, user) = (self.tls_for(i)?, self.access.user.clone());
@@ -296,7 +310,9 @@ impl Gateway {
                 })
             }
         };
-        tokens.get(&authority, refused, start).await
+        tokens
+            .get(&authority, refused, AUTHENTICATION_LIMIT, start)
+            .await
     }
 
     /// Who etcd took us for, for a permission error.
@@ -339,10 +355,14 @@ async fn authenticate(
     let body = serde_json::json!({"name": user.name, "password": user.password});
     let path = "/v3/auth/authenticate";
     match post(sender, authority, path, Bytes::from(body.to_string()), None, max_body).await {
-        Ok(answer) => Ok(serde_json::from_slice::<Value>(&answer)
+        // With authentication on, etcd always gives a token; without, it
+        // answers FAILED_PRECONDITION (below). An answer without one is not
+        // etcd's: taken as "no token needed", every call would be refused.
+        Ok(answer) => serde_json::from_slice::<Value>(&answer)
             .ok()
             .and_then(|a| a["token"].as_str().map(str::to_owned))
-            .unwrap_or_default()),
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| Attempt::Elsewhere(format!("no token in the answer on {path}"))),
         Err(Attempt::Final(StoreError::Status { code: FAILED_PRECONDITION, .. })) => {
             // "authentication is not enabled": no token to send.
             Ok(String::new())
@@ -829,5 +849,95 @@ mod tests {
             e.to_string().contains("no member answered within 1s"),
             "{e}"
         );
+    }
+
+    /// A member with authentication on that forgets every token it gave
+    /// when `forget` is cleared (a restart, or tokens expired unused):
+    /// tokens `t1`, `t2`, ... in the order asked. Counts authentications.
+    async fn forgetting() -> (String, Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let valid = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let asked = Arc::new(AtomicUsize::new(0));
+        let (v, a) = (valid.clone(), asked.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (v, a) = (v.clone(), a.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0; 4096];
+                    while let Ok(n) = s.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                        let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                        let token = request
+                            .lines()
+                            .find_map(|l| l.strip_prefix("authorization: "))
+                            .map(|t| t.trim().to_owned());
+                        let body = if request.starts_with("post /v3/auth/authenticate") {
+                            let t = format!("t{}", a.fetch_add(1, Ordering::SeqCst) + 1);
+                            v.lock().unwrap().push(t.clone());
+                            format!(r#"{{"token":"{t}"}}"#)
+                        } else if token.is_some_and(|t| v.lock().unwrap().contains(&t)) {
+                            r#"{"ok":true}"#.to_owned()
+                        } else {
+                            r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#.to_owned()
+                        };
+                        let status = if body.contains("code") {
+                            "401 Unauthorized"
+                        } else {
+                            "200 OK"
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if s.write_all(answer.as_bytes()).await.is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        (format!("http://{addr}"), valid, asked)
+    }
+
+    /// A client whose own token is older than the shared one, when the
+    /// shared one is no longer valid either (the member restarted twice,
+    /// or the shared token expired unused), gets the shared one on its
+    /// "fresh" try: refused again, the call ends in a final
+    /// UNAUTHENTICATED (the publisher ends its session as Denied).
+    #[tokio::test]
+    async fn a_stale_shared_token_is_not_a_final_refusal() {
+        let (member, valid, asked) = forgetting().await;
+        let access = Access {
+            user: Some(Credentials {
+                name: "node".into(),
+                password: "secret".into(),
+            }),
+            ..Access::default()
+        };
+        let timeout = Duration::from_secs(2);
+        let body = json!({});
+        let mut follower = Gateway::new(
+            std::slice::from_ref(&member),
+            timeout,
+            1 << 20,
+            access.clone(),
+        );
+        let mut publisher = Gateway::new(&[member], timeout, 1 << 20, access);
+        // The follower holds t1.
+        follower.call("/v3/kv/range", &body).await.unwrap();
+        // The member restarts; the publisher replaces the shared t1 by t2.
+        valid.lock().unwrap().clear();
+        publisher.call("/v3/kv/range", &body).await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 2);
+        // t2 is forgotten too (a second restart, or 5 minutes unused).
+        valid.lock().unwrap().clear();
+        // The follower's t1 is refused; the shared t2 is handed to it as
+        // fresh, and refused as well.
+        let answer = follower.call("/v3/kv/range", &body).await;
+        assert!(answer.is_ok(), "{:?}", answer.err());
+        assert_eq!(asked.load(Ordering::SeqCst), 3, "one check for t3");
     }
 }
