@@ -63,7 +63,8 @@ pub struct Config {
 /// each costing a survivor a password check on a secure etcd, not all of
 /// them onto the next member at once.
 pub fn first_member(node: &str) -> usize {
-    node.bytes().map(usize::from).sum()
+    node.bytes()
+        .fold(0usize, |sum, b| sum.wrapping_add(usize::from(b)))
 }
 
 /// The time bound of one etcd call: long enough for a batch on a busy

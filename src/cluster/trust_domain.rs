@@ -33,7 +33,7 @@ pub async fn follow(config: Config, state: Arc<AppState>, mut stop: watch::Recei
     // reads every 10 s keep a token there, which the publisher shares, so
     // that when its member dies, failing over costs etcd no password
     // check just when a third of the fleet fails over with it.
-    store.prefer_member(super::first_member(&config.node) + 1);
+    store.prefer_member(super::first_member(&config.node).wrapping_add(1));
     let mut failing = false;
     loop {
         match directory::read_nodes(&mut store, &config.prefix).await {
