@@ -851,9 +851,9 @@ mod tests {
         );
     }
 
-    /// A member with authentication on that forgets every token it gave
-    /// when `forget` is cleared (a restart, or tokens expired unused):
-    /// tokens `t1`, `t2`, ... in the order asked. Counts authentications.
+    /// A member with authentication on that gives tokens `t1`, `t2`, ...
+    /// in the order asked and accepts those in `valid` (cleared: a
+    /// restart, or tokens expired unused). Counts authentications.
     async fn forgetting() -> (String, Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -904,9 +904,9 @@ mod tests {
 
     /// A client whose own token is older than the shared one, when the
     /// shared one is no longer valid either (the member restarted twice,
-    /// or the shared token expired unused), gets the shared one on its
-    /// "fresh" try: refused again, the call ends in a final
-    /// UNAUTHENTICATED (the publisher ends its session as Denied).
+    /// or the shared token expired unused), is refused twice, then given
+    /// a new token: its call succeeds. It used to end in a final
+    /// UNAUTHENTICATED, which ends a publisher's session as refused.
     #[tokio::test]
     async fn a_stale_shared_token_is_not_a_final_refusal() {
         let (member, valid, asked) = forgetting().await;
@@ -934,8 +934,7 @@ mod tests {
         assert_eq!(asked.load(Ordering::SeqCst), 2);
         // t2 is forgotten too (a second restart, or 5 minutes unused).
         valid.lock().unwrap().clear();
-        // The follower's t1 is refused; the shared t2 is handed to it as
-        // fresh, and refused as well.
+        // The follower's t1 is refused, then the shared t2; t3 is new.
         let answer = follower.call("/v3/kv/range", &body).await;
         assert!(answer.is_ok(), "{:?}", answer.err());
         assert_eq!(asked.load(Ordering::SeqCst), 3, "one check for t3");
