@@ -646,17 +646,19 @@ mod tests {
         (format!("http://{addr}"), count)
     }
 
-    /// A member with authentication on whose password check takes
-    /// `delay` (a loaded etcd doing bcrypt): counts the authentications
-    /// it was asked for, and the other requests that carried its token.
-    async fn slow_to_authenticate(delay: Duration) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    /// A member with authentication on: `answer` makes the JSON body of
+    /// an answer from the request (lowercased) and the token it carried;
+    /// an answer with a `code` is etcd's 401.
+    async fn with_auth<F, A>(answer: F) -> String
+    where
+        F: Fn(String, Option<String>) -> A + Clone + Send + 'static,
+        A: std::future::Future<Output = String> + Send,
+    {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let (asked, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-        let (a, v) = (asked.clone(), served.clone());
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                let (a, v) = (a.clone(), v.clone());
+                let answer = answer.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0; 4096];
                     while let Ok(n) = s.read(&mut buf).await {
@@ -664,16 +666,11 @@ mod tests {
                             break;
                         }
                         let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-                        let body = if request.starts_with("post /v3/auth/authenticate") {
-                            a.fetch_add(1, Ordering::SeqCst);
-                            tokio::time::sleep(delay).await;
-                            r#"{"token":"t1"}"#
-                        } else if request.contains("authorization: t1") {
-                            v.fetch_add(1, Ordering::SeqCst);
-                            r#"{"ok":true}"#
-                        } else {
-                            r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#
-                        };
+                        let token = request
+                            .lines()
+                            .find_map(|l| l.strip_prefix("authorization: "))
+                            .map(|t| t.trim().to_owned());
+                        let body = answer(request, token).await;
                         let status = if body.contains("code") {
                             "401 Unauthorized"
                         } else {
@@ -690,7 +687,34 @@ mod tests {
                 });
             }
         });
-        (format!("http://{addr}"), asked, served)
+        format!("http://{addr}")
+    }
+
+    const INVALID_TOKEN: &str = r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#;
+
+    /// A member with authentication on whose password check takes
+    /// `delay` (a loaded etcd doing bcrypt): counts the authentications
+    /// it was asked for, and the other requests that carried its token.
+    async fn slow_to_authenticate(delay: Duration) -> (String, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+        let (asked, served) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, v) = (asked.clone(), served.clone());
+        let member = with_auth(move |request, token| {
+            let (a, v) = (a.clone(), v.clone());
+            async move {
+                if request.starts_with("post /v3/auth/authenticate") {
+                    a.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(delay).await;
+                    r#"{"token":"t1"}"#.to_owned()
+                } else if token.as_deref() == Some("t1") {
+                    v.fetch_add(1, Ordering::SeqCst);
+                    r#"{"ok":true}"#.to_owned()
+                } else {
+                    INVALID_TOKEN.to_owned()
+                }
+            }
+        })
+        .await;
+        (member, asked, served)
     }
 
     /// A port nobody listens on.
@@ -801,9 +825,9 @@ mod tests {
 
     /// Two clients of one process with the same access (the publisher
     /// and the trust-domain follower) cost a member one password check.
-    #[tokio::test]
-    async fn clients_with_one_access_share_its_tokens() {
-        let (member, asked, served) = slow_to_authenticate(Duration::from_millis(300)).await;
+    /// Two clients of `member` with one access (user `node`), as an
+    /// agent's publisher and trust-domain follower are.
+    fn two_clients_of_one_user(member: String) -> [Gateway; 2] {
         let access = Access {
             user: Some(Credentials {
                 name: "node".into(),
@@ -812,13 +836,21 @@ mod tests {
             ..Access::default()
         };
         let timeout = Duration::from_secs(2);
-        let mut first = Gateway::new(
-            std::slice::from_ref(&member),
-            timeout,
-            1 << 20,
-            access.clone(),
-        );
-        let mut second = Gateway::new(&[member], timeout, 1 << 20, access);
+        [
+            Gateway::new(
+                std::slice::from_ref(&member),
+                timeout,
+                1 << 20,
+                access.clone(),
+            ),
+            Gateway::new(&[member], timeout, 1 << 20, access),
+        ]
+    }
+
+    #[tokio::test]
+    async fn clients_with_one_access_share_its_tokens() {
+        let (member, asked, served) = slow_to_authenticate(Duration::from_millis(300)).await;
+        let [mut first, mut second] = two_clients_of_one_user(member);
         let body = json!({});
         let (a, b) = tokio::join!(
             first.call("/v3/kv/range", &body),
@@ -855,51 +887,23 @@ mod tests {
     /// in the order asked and accepts those in `valid` (cleared: a
     /// restart, or tokens expired unused). Counts authentications.
     async fn forgetting() -> (String, Arc<std::sync::Mutex<Vec<String>>>, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let valid = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let asked = Arc::new(AtomicUsize::new(0));
         let (v, a) = (valid.clone(), asked.clone());
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let (v, a) = (v.clone(), a.clone());
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 4096];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-                        let token = request
-                            .lines()
-                            .find_map(|l| l.strip_prefix("authorization: "))
-                            .map(|t| t.trim().to_owned());
-                        let body = if request.starts_with("post /v3/auth/authenticate") {
-                            let t = format!("t{}", a.fetch_add(1, Ordering::SeqCst) + 1);
-                            v.lock().unwrap().push(t.clone());
-                            format!(r#"{{"token":"{t}"}}"#)
-                        } else if token.is_some_and(|t| v.lock().unwrap().contains(&t)) {
-                            r#"{"ok":true}"#.to_owned()
-                        } else {
-                            r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#.to_owned()
-                        };
-                        let status = if body.contains("code") {
-                            "401 Unauthorized"
-                        } else {
-                            "200 OK"
-                        };
-                        let answer = format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if s.write_all(answer.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        (format!("http://{addr}"), valid, asked)
+        let member = with_auth(move |request, token| {
+            let answer = if request.starts_with("post /v3/auth/authenticate") {
+                let t = format!("t{}", a.fetch_add(1, Ordering::SeqCst) + 1);
+                v.lock().unwrap().push(t.clone());
+                format!(r#"{{"token":"{t}"}}"#)
+            } else if token.is_some_and(|t| v.lock().unwrap().contains(&t)) {
+                r#"{"ok":true}"#.to_owned()
+            } else {
+                INVALID_TOKEN.to_owned()
+            };
+            std::future::ready(answer)
+        })
+        .await;
+        (member, valid, asked)
     }
 
     /// A client whose own token is older than the shared one, when the
@@ -910,22 +914,8 @@ mod tests {
     #[tokio::test]
     async fn a_stale_shared_token_is_not_a_final_refusal() {
         let (member, valid, asked) = forgetting().await;
-        let access = Access {
-            user: Some(Credentials {
-                name: "node".into(),
-                password: "secret".into(),
-            }),
-            ..Access::default()
-        };
-        let timeout = Duration::from_secs(2);
+        let [mut follower, mut publisher] = two_clients_of_one_user(member);
         let body = json!({});
-        let mut follower = Gateway::new(
-            std::slice::from_ref(&member),
-            timeout,
-            1 << 20,
-            access.clone(),
-        );
-        let mut publisher = Gateway::new(&[member], timeout, 1 << 20, access);
         // The follower holds t1.
         follower.call("/v3/kv/range", &body).await.unwrap();
         // The member restarts; the publisher replaces the shared t1 by t2.
