@@ -163,7 +163,7 @@ impl Gateway {
         }
         let body = Bytes::from(body.to_string());
         let deadline = Instant::now() + self.timeout;
-        let n = self.members.len().max(1);
+        let n = self.members.len();
         let share = (self.timeout / n as u32).max(MIN_ATTEMPT);
         let mut last = String::from("no endpoint");
         let mut pauses = super::super::backoff::Backoff::new(ROUND_PAUSE, ROUND_PAUSE_CAP);
@@ -614,45 +614,13 @@ mod tests {
         (format!("http://{addr}"), count)
     }
 
-    /// A server answering every request with `status` and `body`, counting
-    /// requests.
-    async fn answering(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let count = Arc::new(AtomicUsize::new(0));
-        let c = count.clone();
-        tokio::spawn(async move {
-            while let Ok((mut s, _)) = listener.accept().await {
-                let c = c.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0; 4096];
-                    // One request per read is enough for these small bodies.
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                        c.fetch_add(1, Ordering::SeqCst);
-                        let answer = format!(
-                            "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
-                            body.len()
-                        );
-                        if s.write_all(answer.as_bytes()).await.is_err() {
-                            break;
-                        }
-                    }
-                });
-            }
-        });
-        (format!("http://{addr}"), count)
-    }
-
-    /// A member with authentication on: `answer` makes the JSON body of
-    /// an answer from the request (lowercased) and the token it carried;
-    /// an answer with a `code` is etcd's 401.
-    async fn with_auth<F, A>(answer: F) -> String
+    /// A server answering each request (one per read is enough for these
+    /// small bodies; the text as read) with the status line and body that
+    /// `answer` makes of it.
+    async fn serving<F, A>(answer: F) -> String
     where
-        F: Fn(String, Option<String>) -> A + Clone + Send + 'static,
-        A: std::future::Future<Output = String> + Send,
+        F: Fn(String) -> A + Clone + Send + 'static,
+        A: std::future::Future<Output = (&'static str, String)> + Send,
     {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -665,17 +633,8 @@ mod tests {
                         if n == 0 {
                             break;
                         }
-                        let request = String::from_utf8_lossy(&buf[..n]).to_lowercase();
-                        let token = request
-                            .lines()
-                            .find_map(|l| l.strip_prefix("authorization: "))
-                            .map(|t| t.trim().to_owned());
-                        let body = answer(request, token).await;
-                        let status = if body.contains("code") {
-                            "401 Unauthorized"
-                        } else {
-                            "200 OK"
-                        };
+                        let request = String::from_utf8_lossy(&buf[..n]).into_owned();
+                        let (status, body) = answer(request).await;
                         let answer = format!(
                             "HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{body}",
                             body.len()
@@ -688,6 +647,47 @@ mod tests {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// A server answering every request with `status` and `body`, counting
+    /// requests.
+    async fn answering(status: &'static str, body: &'static str) -> (String, Arc<AtomicUsize>) {
+        let count = Arc::new(AtomicUsize::new(0));
+        let c = count.clone();
+        let server = serving(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+            std::future::ready((status, body.to_owned()))
+        })
+        .await;
+        (server, count)
+    }
+
+    /// A member with authentication on: `answer` makes the JSON body of
+    /// an answer from the request (lowercased) and the token it carried;
+    /// an answer with a `code` is etcd's 401.
+    async fn with_auth<F, A>(answer: F) -> String
+    where
+        F: Fn(String, Option<String>) -> A + Clone + Send + 'static,
+        A: std::future::Future<Output = String> + Send,
+    {
+        serving(move |request| {
+            let answer = answer.clone();
+            async move {
+                let request = request.to_lowercase();
+                let token = request
+                    .lines()
+                    .find_map(|l| l.strip_prefix("authorization: "))
+                    .map(|t| t.trim().to_owned());
+                let body = answer(request, token).await;
+                let status = if body.contains("code") {
+                    "401 Unauthorized"
+                } else {
+                    "200 OK"
+                };
+                (status, body)
+            }
+        })
+        .await
     }
 
     const INVALID_TOKEN: &str = r#"{"error":"etcdserver: invalid auth token","code":16,"message":"etcdserver: invalid auth token"}"#;
